@@ -1,0 +1,138 @@
+"""The HTTP API (FastAPI): the routes of SPEC.md over a `Backend`.
+
+The same app serves the console in-process (httpx's ASGI transport, no port opened) and over TCP
+(`hyperservice serve`). Request bodies are validated here with the models, so every error comes back
+in one shape: `{"message": ..., "errors": [{"field": ..., "message": ...}]}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backend.core import Backend, Conflict, Invalid, NotFound
+from backend.models import ContainerInfo, ErrorBody, FieldError, Service, ServiceSpec, ServiceUpdate, field_errors, summarise
+
+log = logging.getLogger(__name__)
+
+_ERRORS = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 500: {"model": ErrorBody}}
+
+
+def _error(status: int, message: str, errors: list[FieldError] | None = None) -> JSONResponse:
+    body = ErrorBody(message=message, errors=errors or [])
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def _validated(request: Request, model: type[BaseModel], context: dict) -> Any:
+    try:
+        data = json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Invalid("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise Invalid("the request body must be a JSON object")
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        raise Invalid(f"invalid request: {summarise(errors)}", errors) from None
+
+
+def create_app(backend: Backend, token: str | None = None) -> FastAPI:
+    app = FastAPI(
+        title="hyperservice",
+        version="0.1.0",
+        description="Load-balanced, replicated container services on Docker (the Hyper.sh service API).",
+    )
+    app.state.backend = backend
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if token:
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return _error(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+        return await call_next(request)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return _error(409, str(exc), exc.errors)
+
+    @app.exception_handler(Invalid)
+    async def _invalid(request: Request, exc: Invalid) -> JSONResponse:
+        return _error(400, str(exc), exc.errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [FieldError(field=str(e["loc"][-1]), message=e["msg"]) for e in exc.errors()]
+        return _error(400, f"invalid request: {summarise(errors)}", errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return _error(500, str(exc) or exc.__class__.__name__)
+
+    @app.post("/services/create", status_code=201, response_model=Service, responses=_ERRORS,
+              openapi_extra=_body_schema(ServiceSpec))
+    async def create_service(request: Request) -> Service:
+        """Create a service; it answers at once, provisioning goes on in the background."""
+        spec = await _validated(request, ServiceSpec, backend.validation_context)
+        return await run_in_threadpool(backend.create, spec)
+
+    @app.get("/services", response_model=list[Service], responses=_ERRORS)
+    def list_services() -> list[Service]:
+        return backend.list()
+
+    @app.get("/services/{name}", response_model=Service, responses=_ERRORS)
+    def inspect_service(name: str) -> Service:
+        return backend.get(name)
+
+    @app.post("/services/{name}/update", response_model=Service, responses=_ERRORS,
+              openapi_extra=_body_schema(ServiceUpdate))
+    async def update_service(name: str, request: Request) -> Service:
+        """Change Replicas (scale), Image (rolling update) or FIP ("" detaches)."""
+        change = await _validated(request, ServiceUpdate, backend.validation_context)
+        return await run_in_threadpool(backend.update, name, change)
+
+    @app.delete("/services/{name}", status_code=204, responses=_ERRORS)
+    def delete_service(name: str, keep: bool = Query(False, description="leave the replicas running")) -> Response:
+        backend.delete(name, keep)
+        return Response(status_code=204)
+
+    @app.get("/services/{name}/containers", response_model=list[ContainerInfo], responses=_ERRORS)
+    def service_containers(name: str) -> list[ContainerInfo]:
+        """Each replica: Id, Name, State, Health (as the balancer sees it), Address, Started, Restarts."""
+        return backend.containers(name)
+
+    @app.get("/services/{name}/logs", response_class=PlainTextResponse, responses=_ERRORS)
+    def service_logs(
+        name: str,
+        container: str | None = Query(None, description="one replica (name or id); all when empty"),
+        tail: int | None = Query(None, ge=0, description="lines per replica from the end"),
+        follow: bool = Query(False, description="keep the stream open and send new lines"),
+    ) -> PlainTextResponse:
+        if follow:
+            raise Invalid("follow is not supported yet", [FieldError(field="follow", message="not supported yet")])
+        return PlainTextResponse(backend.logs(name, container or None, tail))
+
+    return app

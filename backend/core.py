@@ -1,0 +1,205 @@
+"""The backend's operations, UI-free and HTTP-free: what the API routes call.
+
+`Backend` owns the pieces (store, Docker driver, reconciler, change feed) and offers one method per
+operation: create, list, get, update, delete, containers, logs. Requests are validated before they
+get here (the API does it with the models); errors are raised as the exceptions below, which the API
+maps to status codes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+
+import docker.errors
+
+from backend.docker_driver import (
+    LABEL_REVISION,
+    ROLE_REPLICA,
+    DockerDriver,
+    EngineUnavailable,
+    ServiceRef,
+    replica_address,
+)
+from backend.events import EventHub
+from backend.models import ContainerInfo, FieldError, Service, ServiceSpec, ServiceStatus, ServiceUpdate
+from backend.reconciler import Reconciler
+from backend.settings import Settings
+from backend.store import NameTaken, ServiceRecord, Store
+
+log = logging.getLogger(__name__)
+
+DELETE_WAIT = 120.0  # seconds a DELETE waits for the teardown before answering
+
+
+class NotFound(Exception):
+    pass
+
+
+class Conflict(Exception):
+    def __init__(self, message: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class Invalid(Exception):
+    def __init__(self, message: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class Backend:
+    def __init__(self, settings: Settings, docker_client: docker.DockerClient | None = None) -> None:
+        self.settings = settings
+        self.store = Store(settings.state_file, settings.address_pool)
+        self.driver = DockerDriver(self.store.tenant, docker_client)
+        self.hub = EventHub()
+        self.reconciler = Reconciler(self.store, self.driver, self.hub, settings.resync_seconds, settings.workers)
+        self._started = False
+        self._lock = threading.Lock()
+
+    @property
+    def tenant(self) -> str:
+        return self.store.tenant
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._started:
+                self._started = True
+                self.reconciler.start()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._started:
+                self.reconciler.stop()
+                self._started = False
+        self.store.close()
+
+    @property
+    def validation_context(self) -> dict:
+        """What the models need to know of this backend's settings."""
+        return {"max_replicas": self.settings.max_replicas}
+
+    # -- operations --------------------------------------------------------------------------
+
+    def create(self, spec: ServiceSpec) -> Service:
+        try:
+            record = self.store.insert(spec, ServiceStatus.created, "Service is created")
+        except NameTaken:
+            raise Conflict(
+                f"a service named {spec.Name} already exists",
+                [FieldError(field="Name", message=f"{spec.Name} is taken by an existing service")],
+            ) from None
+        self.hub.publish("service", "created", Name=record.name, Status=record.status, Message=record.message)
+        self.reconciler.enqueue(record.name)
+        return self.service_object(record)
+
+    def list(self) -> list[Service]:
+        return [self.service_object(record) for record in self.store.all()]
+
+    def get(self, name: str) -> Service:
+        return self.service_object(self._record(name))
+
+    def update(self, name: str, change: ServiceUpdate) -> Service:
+        record = self._record(name)
+        if record.deleting:
+            raise Conflict(f"service {name} is being deleted")
+        if change.FIP is not None:
+            raise Invalid(
+                "floating IPs are not supported yet",
+                [FieldError(field="FIP", message="floating IPs are not supported yet")],
+            )
+        if change.Image is not None:
+            record = self.store.change_image(name, change.Image) or record
+            self.reconciler.report(name, ServiceStatus.updating, f"Rolling out {change.Image}")
+        if change.Replicas is not None and change.Replicas != record.spec.Replicas:
+            record = self.store.scale(name, change.Replicas) or record
+            if change.Image is None:
+                self.reconciler.report(name, ServiceStatus.scaling, f"Scaling to {change.Replicas} replicas")
+        self.hub.publish("service", "updated", Name=name)
+        self.reconciler.enqueue(name)
+        return self.get(name)
+
+    def delete(self, name: str, keep: bool = False) -> None:
+        """Mark the service deleted and wait (bounded) for the reconciler to tear it down."""
+        record = self._record(name)
+        self.store.mark_deleting(name, keep)
+        self.hub.publish("service", "status", Name=name, Status=ServiceStatus.deleting.value, Message="Deleting")
+        self.reconciler.enqueue(name)
+        deadline = time.monotonic() + DELETE_WAIT
+        while time.monotonic() < deadline:
+            current = self.store.get(name)
+            if current is None or current.uid != record.uid:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"service {name} is still being deleted; the backend keeps trying")
+
+    def containers(self, name: str) -> list[ContainerInfo]:
+        record = self._record(name)
+        ref = ServiceRef(record.name, record.uid)
+        result = []
+        for container in self.driver.containers(ref, ROLE_REPLICA):
+            state = container.attrs.get("State") or {}
+            started = state.get("StartedAt", "")
+            result.append(
+                ContainerInfo(
+                    Id=container.id,
+                    Name=container.name,
+                    State=container.status,
+                    Health="",
+                    Address=replica_address(container, record.spec.ContainerPort or record.spec.ServicePort),
+                    Started="" if started.startswith("0001-") else started,
+                    Restarts=int(container.attrs.get("RestartCount", 0)),
+                    Image=record.spec.Image
+                    if container.labels.get(LABEL_REVISION) == str(record.revision)
+                    else container.attrs.get("Config", {}).get("Image", ""),
+                    Outdated=container.labels.get(LABEL_REVISION) != str(record.revision),
+                )
+            )
+        return result
+
+    def logs(self, name: str, container: str | None, tail: int | None) -> str:
+        """The replicas' logs, each line labelled with its replica, interleaved by time."""
+        record = self._record(name)
+        replicas = self.driver.containers(ServiceRef(record.name, record.uid), ROLE_REPLICA)
+        if container:
+            replicas = [c for c in replicas if container in (c.name, c.id, c.short_id) or c.id.startswith(container)]
+            if not replicas:
+                raise NotFound(f"service {name} has no replica {container}")
+        streams = []
+        for replica in replicas:
+            raw = self.driver.logs(replica.id, tail)
+            lines = raw.decode("utf-8", "replace").splitlines() if isinstance(raw, bytes) else []
+            streams.append([(line.partition(" ")[0], replica.name, line.partition(" ")[2]) for line in lines])
+        merged = heapq.merge(*streams)
+        return "".join(f"{when} {who} | {text}\n" for when, who, text in merged)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _record(self, name: str) -> ServiceRecord:
+        record = self.store.get(name)
+        if record is None:
+            raise NotFound(f"no service named {name}")
+        return record
+
+    def service_object(self, record: ServiceRecord) -> Service:
+        return Service.from_spec(
+            record.spec,
+            IP=record.ip,
+            Tenant=self.tenant,
+            FIP=record.fip,
+            Message=record.message,
+            Created=record.created,
+            Status=record.status,
+            Containers=record.containers,
+        )
+
+    def engine_status(self) -> str | None:
+        """None when the Docker engine answers, else why not (checked now)."""
+        try:
+            self.driver.ping()
+            return None
+        except EngineUnavailable as exc:
+            return str(exc)

@@ -1,0 +1,67 @@
+"""The change feed: what the backend tells listeners (the `/events` stream, the console) as it happens.
+
+Publishers (the API, the reconciler, the Docker event watcher) call `publish` from any thread; each
+subscriber gets its own queue and reads at its own pace. A subscriber that stops reading for long
+loses the oldest events, never blocks a publisher.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any
+
+MAX_PENDING = 10_000
+
+
+class Subscription:
+    def __init__(self, hub: EventHub) -> None:
+        self._hub = hub
+        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(MAX_PENDING)
+
+    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._hub._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventHub:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: list[Subscription] = []
+
+    def subscribe(self) -> Subscription:
+        subscription = Subscription(self)
+        with self._lock:
+            self._subscribers.append(subscription)
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            if subscription in self._subscribers:
+                self._subscribers.remove(subscription)
+
+    def publish(self, kind: str, action: str, **fields: Any) -> None:
+        event = {"Type": kind, "Action": action, "Time": time.time(), **fields}
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscription in subscribers:
+            try:
+                subscription.queue.put_nowait(event)
+            except queue.Full:
+                try:
+                    subscription.queue.get_nowait()  # drop the oldest
+                    subscription.queue.put_nowait(event)
+                except (queue.Empty, queue.Full):
+                    pass

@@ -1,0 +1,535 @@
+"""The data model: the create and update requests, the service object, and the API's error shape.
+
+This is the one source of truth for what a valid service is: the HTTP API validates request bodies
+with these models and the console validates its form with the very same ones. Every value that later
+reaches a container option, a network name or a load-balancer config passes through here first, so
+nothing with a newline, a control character or an HAProxy directive can be smuggled through.
+
+Field names are the API's PascalCase names (as in the Hyper.sh seed), in the seed's order: the
+service object serialises with exactly the seed's keys, in that order.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+from enum import StrEnum
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+DEFAULT_MAX_REPLICAS = 100
+
+# ---------------------------------------------------------------------------------------------
+# Vocabularies
+# ---------------------------------------------------------------------------------------------
+
+
+# tcp: TCP proxy; http: HTTP proxy; https: TLS passed through untouched; httpsTerm: TLS ended at
+# the balancer with SSLCert, plain HTTP to the replicas.
+ProtocolName = Literal["tcp", "http", "https", "httpsTerm"]
+PROTOCOLS: tuple[str, ...] = get_args(ProtocolName)
+AlgorithmName = Literal["roundrobin", "leastconn", "source"]
+ALGORITHMS: tuple[str, ...] = get_args(AlgorithmName)
+SizeName = Literal["s1", "s2", "s3", "s4", "m1", "m2", "m3", "l1", "l2", "l3"]
+
+
+class ServiceStatus(StrEnum):
+    created = "created"
+    scaling = "scaling"
+    updating = "updating"
+    active = "active"
+    error = "error"
+    deleting = "deleting"
+
+
+# ContainerSize → (memory limit in MiB, CPUs) given to each replica.
+CONTAINER_SIZES: dict[str, tuple[int, int]] = {
+    "s1": (64, 1),
+    "s2": (128, 1),
+    "s3": (256, 1),
+    "s4": (512, 1),
+    "m1": (1024, 1),
+    "m2": (2048, 2),
+    "m3": (4096, 2),
+    "l1": (4096, 4),
+    "l2": (8192, 4),
+    "l3": (16384, 8),
+}
+
+
+def describe_size(size: str) -> str:
+    """'s4' → '512 MB, 1 CPU' (for help texts and selects)."""
+    memory_mb, cpus = CONTAINER_SIZES[size]
+    memory = f"{memory_mb // 1024} GB" if memory_mb >= 1024 else f"{memory_mb} MB"
+    return f"{memory}, {cpus} CPU{'s' if cpus > 1 else ''}"
+
+
+SIGNAL_NAMES: tuple[str, ...] = tuple(
+    sorted(s.name for s in signal.Signals if s.name.startswith("SIG") and not s.name.startswith("SIG_"))
+)
+COMMON_STOP_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL")
+
+# ---------------------------------------------------------------------------------------------
+# Patterns (each one says in words what it allows; the words go into the error message)
+# ---------------------------------------------------------------------------------------------
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+NAME_RULE = (
+    "must be a DNS label: 1-63 characters of lowercase letters, digits and '-', "
+    "starting and ending with a letter or digit ([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
+)
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = re.compile(
+    r"^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"(?::[0-9]+)?)/)?"
+    rf"{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@sha256:[a-f0-9]{64})?$"
+)
+IMAGE_ID_PATTERN = re.compile(r"^sha256:[a-f0-9]{64}$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+VOLUME_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+LABEL_KEY_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+GROUP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+RESERVED_LABEL_PREFIX = "io.hyperservice."
+# Any control character (newline, carriage return, tab, NUL, escape, ...) in a free-text value.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _field_error(field: str, reason: str) -> PydanticCustomError:
+    """An error raised from a model-level check that still belongs to one field."""
+    return PydanticCustomError("field_error", "{reason}", {"field": field, "reason": reason})
+
+
+def _no_control(value: str, what: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} must not contain newlines or other control characters")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Lenient input forms: the API takes what a person would type, the model keeps one canonical form
+# ---------------------------------------------------------------------------------------------
+
+
+def _shell_words(value: Any) -> Any:
+    """Entrypoint/Cmd: a list of strings, or a shell-like line that is split like a shell would."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            return shlex.split(value)
+        except ValueError as exc:  # unbalanced quotes
+            raise ValueError(f"is not a valid shell-like line: {exc}") from None
+    return value
+
+
+def _labels_from_list(value: Any) -> Any:
+    """Labels: an object {"k": "v"}, or a list of "k=v" strings as in the seed's description."""
+    if isinstance(value, list):
+        labels: dict[str, str] = {}
+        for item in value:
+            if not isinstance(item, str) or "=" not in item:
+                raise ValueError(f"list items must be 'key=value' strings, got {item!r}")
+            key, _, val = item.partition("=")
+            labels[key] = val
+        return labels
+    return value
+
+
+def _empty_list_is_null(value: Any) -> Any:
+    return None if value == [] else value
+
+
+def _normalise_signal(value: Any) -> Any:
+    if value is None or value == "":
+        return "SIGTERM"
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            if not 1 <= int(text) <= 64:
+                raise ValueError("a signal number must be between 1 and 64")
+            return text
+        name = text.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        if name not in SIGNAL_NAMES:
+            raise ValueError(f"must be a signal name such as {', '.join(COMMON_STOP_SIGNALS[:4])}, or a number")
+        return name
+    return value
+
+
+ShellWords = Annotated[list[str] | None, BeforeValidator(_shell_words)]
+StringList = Annotated[list[str] | None, BeforeValidator(_empty_list_is_null)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+# ---------------------------------------------------------------------------------------------
+# The create request
+# ---------------------------------------------------------------------------------------------
+
+
+class ServiceSpec(BaseModel):
+    """The body of `POST /services/create`: what the operator asks for. Stored as the desired state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    Name: str = Field(description="Service name: a DNS label, also the prefix of its containers' names")
+    Image: str = Field(description="Image the replicas run, e.g. nginx:1.27 (pulled when missing)")
+    WorkingDir: str = Field("", description="Working directory inside the replicas: empty or an absolute path")
+    ContainerSize: SizeName = Field(
+        "s4", description="Memory limit and CPUs of each replica (s1 64 MB/1 CPU ... l3 16 GB/8 CPUs)"
+    )
+    SSLCert: str = Field("", description="PEM certificate chain and private key; only for httpsTerm")
+    NetMode: Literal["bridge", ""] = Field("bridge", description="Network mode; only bridge is supported")
+    StopSignal: Annotated[str, BeforeValidator(_normalise_signal)] = Field(
+        "SIGTERM", description="Signal sent to stop a replica: a name (SIGTERM) or a number"
+    )
+    ServicePort: Port = Field(description="Port the service answers on, at its address (1-65535)")
+    ContainerPort: Port | None = Field(None, description="Port the replicas listen on; defaults to ServicePort")
+    Replicas: int = Field(description="Number of replicas")
+    HealthCheckInterval: int = Field(5, ge=1, description="Seconds between health checks of each replica")
+    HealthCheckFall: int = Field(3, ge=1, description="Consecutive failed checks before a replica is DOWN")
+    HealthCheckRise: int = Field(2, ge=1, description="Consecutive passed checks before a replica is UP")
+    Algorithm: AlgorithmName = Field("roundrobin", description="How the balancer picks a replica")
+    Protocol: ProtocolName = Field("tcp", description="tcp, http, https (TLS passed through) or httpsTerm")
+    Stdin: bool = Field(False, description="Keep STDIN open in the replicas")
+    Tty: bool = Field(False, description="Allocate a pseudo-TTY in the replicas")
+    SessionAffinity: bool = Field(False, description="Sticky sessions: a cookie (http) or the client address")
+    Entrypoint: ShellWords = Field(None, description="Entrypoint: list of strings, or a shell-like line")
+    Cmd: ShellWords = Field(None, description="Command: list of strings, or a shell-like line")
+    Env: StringList = Field(None, description="Environment: list of VAR=value")
+    Volumes: StringList = Field(None, description="Named volumes: list of volume_name:/container/path[:ro]")
+    Labels: Annotated[dict[str, str] | None, BeforeValidator(_labels_from_list)] = Field(
+        None, description='Labels: {"key": "value"} (a list of key=value is accepted too)'
+    )
+    SecurityGroups: StringList = Field(None, description="Security groups the service belongs to")
+
+    # -- one field at a time ------------------------------------------------------------------
+
+    @field_validator("Name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.match(NAME_PATTERN, value):
+            raise ValueError(NAME_RULE)
+        return value
+
+    @field_validator("Image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return check_image(value)
+
+    @field_validator("WorkingDir")
+    @classmethod
+    def _working_dir(cls, value: str) -> str:
+        _no_control(value, "the path")
+        if value and not value.startswith("/"):
+            raise ValueError("must be empty or an absolute path such as /app")
+        return value
+
+    @field_validator("Replicas")
+    @classmethod
+    def _replicas(cls, value: int, info: ValidationInfo) -> int:
+        return check_replicas(value, info)
+
+    @field_validator("Entrypoint", "Cmd")
+    @classmethod
+    def _words(cls, value: list[str] | None) -> list[str] | None:
+        for word in value or []:
+            if "\x00" in word:
+                raise ValueError("must not contain NUL characters")
+        return value or None
+
+    @field_validator("Env")
+    @classmethod
+    def _env(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or []:
+            name, sep, val = item.partition("=")
+            if not sep:
+                raise ValueError(f"{item!r} must be VAR=value (no '=' found)")
+            if not ENV_NAME_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not a valid variable name (letters, digits, _; not starting with a digit)")
+            _no_control(val, f"the value of {name}")
+        return value
+
+    @field_validator("Volumes")
+    @classmethod
+    def _volumes(cls, value: list[str] | None) -> list[str] | None:
+        targets: set[str] = set()
+        for item in value or []:
+            _no_control(item, "a volume")
+            parts = item.split(":")
+            source = parts[0]
+            if source.startswith(("/", ".", "~")) or "\\" in source:
+                raise ValueError(f"{item!r}: host paths are not allowed, only named volumes (volume_name:/path[:ro])")
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                raise ValueError(f"{item!r} must be volume_name:/container/path or volume_name:/container/path:ro")
+            if not VOLUME_NAME_PATTERN.match(source):
+                raise ValueError(f"{source!r} is not a valid volume name (letters, digits, '_', '.', '-')")
+            target = parts[1]
+            if not target.startswith("/"):
+                raise ValueError(f"{item!r}: the container path must be absolute")
+            if target in targets:
+                raise ValueError(f"{target!r} is mounted twice")
+            targets.add(target)
+        return value
+
+    @field_validator("Labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, val in (value or {}).items():
+            if not LABEL_KEY_PATTERN.match(key):
+                raise ValueError(f"{key!r} is not a valid label key (letters, digits, '.', '_', '/', '-')")
+            if key.startswith(RESERVED_LABEL_PREFIX):
+                raise ValueError(f"{key!r}: keys starting with {RESERVED_LABEL_PREFIX} are reserved")
+            _no_control(val, f"the value of label {key}")
+        return value or None
+
+    @field_validator("SecurityGroups")
+    @classmethod
+    def _groups(cls, value: list[str] | None) -> list[str] | None:
+        for group in value or []:
+            if not GROUP_NAME_PATTERN.match(group):
+                raise ValueError(f"{group!r} is not a valid group name (letters, digits, '_', '.', '-')")
+        return value
+
+    # -- fields that depend on each other ---------------------------------------------------
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ServiceSpec:
+        if self.ContainerPort is None:
+            self.ContainerPort = self.ServicePort
+        if self.Protocol == "httpsTerm":
+            if not self.SSLCert:
+                raise _field_error("SSLCert", "is required for httpsTerm: a PEM certificate chain and its private key")
+            from backend.certs import check_pem_bundle  # cryptography is only loaded when needed
+
+            problem = check_pem_bundle(self.SSLCert)
+            if problem:
+                raise _field_error("SSLCert", problem)
+        elif self.SSLCert:
+            raise _field_error("SSLCert", "is only allowed with Protocol httpsTerm")
+        return self
+
+    def memory_bytes(self) -> int:
+        return CONTAINER_SIZES[self.ContainerSize][0] * 1024 * 1024
+
+    def cpus(self) -> int:
+        return CONTAINER_SIZES[self.ContainerSize][1]
+
+
+def check_image(value: str) -> str:
+    if not value:
+        raise ValueError("is required: an image reference such as nginx:1.27")
+    if len(value) > 255 or not (IMAGE_PATTERN.match(value) or IMAGE_ID_PATTERN.match(value)):
+        raise ValueError(
+            "must be a Docker image reference: [registry/]repository[:tag][@sha256:digest], "
+            "lowercase repository, e.g. nginx:1.27"
+        )
+    return value
+
+
+def check_replicas(value: int, info: ValidationInfo | None = None) -> int:
+    limit = DEFAULT_MAX_REPLICAS
+    if info is not None and info.context:
+        limit = info.context.get("max_replicas", limit)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    if value > limit:
+        raise ValueError(f"must be at most {limit}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The update request
+# ---------------------------------------------------------------------------------------------
+
+
+class ServiceUpdate(BaseModel):
+    """The body of `POST /services/{name}/update`: any of Replicas, Image, FIP ("" detaches)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    Replicas: int | None = Field(None, description="New number of replicas")
+    Image: str | None = Field(None, description="New image: replicas are replaced one at a time")
+    FIP: str | None = Field(None, description='Floating IP to attach; "" detaches')
+
+    @field_validator("Replicas")
+    @classmethod
+    def _replicas(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return None if value is None else check_replicas(value, info)
+
+    @field_validator("Image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        return None if value is None else check_image(value)
+
+    @field_validator("FIP")
+    @classmethod
+    def _fip(cls, value: str | None) -> str | None:
+        if value:
+            import ipaddress
+
+            try:
+                ipaddress.IPv4Address(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IPv4 address") from None
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> ServiceUpdate:
+        if self.Replicas is None and self.Image is None and self.FIP is None:
+            raise _field_error("", "give at least one of Replicas, Image, FIP")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# The service object
+# ---------------------------------------------------------------------------------------------
+
+
+class Service(BaseModel):
+    """The service object the API answers with: the seed's keys, in the seed's order.
+
+    Built from a stored, already validated spec plus observed state, so it carries no validation of
+    its own. SSLCert is always "" here: key material never leaves the backend.
+    """
+
+    Name: str
+    Image: str
+    WorkingDir: str
+    ContainerSize: str
+    SSLCert: Literal[""] = ""
+    NetMode: str
+    StopSignal: str
+    ServicePort: int
+    ContainerPort: int
+    Replicas: int
+    HealthCheckInterval: int
+    HealthCheckFall: int
+    HealthCheckRise: int
+    Algorithm: str
+    Protocol: str
+    Stdin: bool
+    Tty: bool
+    SessionAffinity: bool
+    Entrypoint: list[str] | None
+    Cmd: list[str] | None
+    Env: list[str] | None
+    Volumes: list[str] | None
+    Labels: dict[str, str] | None
+    SecurityGroups: list[str] | None
+    IP: str = ""
+    Tenant: str = Field(pattern=r"^[0-9a-f]{32}$")
+    FIP: str = ""
+    Message: str = ""
+    Created: str = ""
+    Status: str = ServiceStatus.created.value
+    Containers: list[str] | None = None
+
+    @classmethod
+    def from_spec(cls, spec: ServiceSpec, **state: Any) -> Service:
+        fields = spec.model_dump(exclude={"SSLCert"})
+        return cls(**fields, **state)
+
+
+SERVICE_KEYS: tuple[str, ...] = tuple(Service.model_fields)
+
+
+class ContainerInfo(BaseModel):
+    """One replica as `GET /services/{name}/containers` reports it."""
+
+    Id: str
+    Name: str
+    State: str  # Docker's state: created, running, restarting, exited, dead, ...
+    Health: str  # as the balancer sees it: UP, DOWN, starting; "" when not balanced yet
+    HealthSince: str = ""
+    Address: str  # IP:ContainerPort on the service's network
+    Started: str  # RFC 3339, "" when never started
+    Restarts: int
+    Image: str = ""
+    Outdated: bool = False  # still runs an image older than the service's
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers with: a message and, for bad input, one entry per field."""
+
+    message: str
+    errors: list[FieldError] = []
+
+
+def _friendly(error: dict[str, Any]) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    if kind in ("greater_than_equal",):
+        return f"must be at least {ctx['ge']}"
+    if kind in ("less_than_equal",):
+        return f"must be at most {ctx['le']}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return "must be a whole number"
+    if kind in ("bool_type", "bool_parsing"):
+        return "must be true or false"
+    if kind in ("string_type",):
+        return "must be a string"
+    if kind in ("list_type",):
+        return "must be a list"
+    if kind in ("dict_type",):
+        return 'must be an object {"key": "value"}'
+    if kind in ("literal_error", "enum"):
+        return f"must be one of {ctx.get('expected', '')}".replace("'", "")
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "field_error":
+        return ctx["reason"]
+    return error["msg"]
+
+
+def field_errors(exc: ValidationError, skip_prefix: tuple[str, ...] = ()) -> list[FieldError]:
+    """Turn a pydantic ValidationError into per-field errors a person can act on.
+
+    The field is the top-level request field (e.g. "Env" for a bad item in Env); errors raised by
+    cross-field checks name their field themselves.
+    """
+    result: list[FieldError] = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if part not in skip_prefix]
+        if error["type"] == "field_error":
+            field = error["ctx"]["field"]
+        else:
+            field = str(loc[0]) if loc else ""
+        message = _friendly(error)
+        if len(loc) > 1 and isinstance(loc[1], int) and error["type"] != "value_error":
+            message = f"item {loc[1] + 1}: {message}"
+        result.append(FieldError(field=field, message=message))
+    return result
+
+
+def summarise(errors: list[FieldError]) -> str:
+    """One line for all field errors: 'Replicas: must be at least 1; Name: is required'."""
+    return "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)

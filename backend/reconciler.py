@@ -1,0 +1,319 @@
+"""The reconciler: drives what runs on Docker towards what the store says each service should be.
+
+Controller-style, as in Kubernetes' sample-controller:
+- Docker events, API calls and a periodic resync only mark a service dirty (add its name to a queue);
+- `sync(name)` compares the desired state (store) with the observed one (Docker) and takes the next
+  idempotent step: create the network, pull the image, replace dead replicas, scale up or down, roll
+  outdated replicas to the new image one at a time (one extra replica at most, never fewer ready
+  replicas than asked for), tear a deleted service down;
+- a step that waits for something asks to be looked at again shortly; a step that fails is retried
+  with exponential backoff, and the service shows `error` with the reason meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import docker.errors
+from docker.models.containers import Container
+
+from backend.docker_driver import (
+    LABEL_REVISION,
+    LABEL_SERVICE,
+    ROLE_BALANCER,
+    ROLE_REPLICA,
+    DockerDriver,
+    EngineUnavailable,
+    ImageUnavailable,
+    ServiceRef,
+)
+from backend.events import EventHub
+from backend.models import ServiceStatus
+from backend.store import ServiceRecord, Store
+from backend.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+SOON = 0.25  # seconds before looking again at a service whose step is still under way
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
+CRASH_LOOP_RESTARTS = 3  # a replica restarted this often without staying up is reported
+ALIVE_STATES = ("running", "restarting", "created", "paused")
+
+
+@dataclass
+class Outcome:
+    """What one sync found: the status to report, and when to look again (None: when told)."""
+
+    status: str
+    message: str
+    again_in: float | None = None
+
+
+class Reconciler:
+    def __init__(self, store: Store, driver: DockerDriver, hub: EventHub, resync_seconds: float, workers: int) -> None:
+        self.store = store
+        self.driver = driver
+        self.hub = hub
+        self.resync_seconds = resync_seconds
+        self.queue = WorkQueue()
+        self._workers = workers
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._failures: dict[str, int] = {}
+        self._events_stream = None
+        self.engine_error: str | None = None  # why the engine can't be reached, None when it can
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        targets = [self._work] * self._workers + [self._watch_events, self._resync_loop]
+        for index, target in enumerate(targets):
+            thread = threading.Thread(target=target, name=f"reconciler-{target.__name__}-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.queue.shutdown()
+        stream = self._events_stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # closing a half-dead HTTP stream may fail in several ways; it's closed either way
+                pass
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def enqueue(self, name: str) -> None:
+        self.queue.add(name)
+
+    def resync_all(self) -> None:
+        for name in self.store.names():
+            self.queue.add(name)
+
+    # -- threads -----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (name := self.queue.get()) is not None:
+            again_in: float | None = None
+            try:
+                again_in = self.sync(name)
+                self._failures.pop(name, None)
+            except EngineUnavailable as exc:
+                self._engine_down(str(exc))
+                again_in = self._backoff(name)
+            except Exception as exc:  # any failure of a step: report it on the service, retry later
+                log.warning("sync of %s failed: %s", name, exc, exc_info=not isinstance(exc, docker.errors.APIError))
+                self.report(name, ServiceStatus.error, describe_failure(exc))
+                again_in = self._backoff(name)
+            finally:
+                self.queue.done(name)
+            if again_in is not None:
+                self.queue.add_after(name, again_in)
+
+    def _backoff(self, name: str) -> float:
+        failures = self._failures.get(name, 0) + 1
+        self._failures[name] = failures
+        return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
+
+    def _watch_events(self) -> None:
+        """Follow Docker's event stream; every event of ours marks its service dirty."""
+        delay = BACKOFF_FIRST
+        while not self._stopping.is_set():
+            try:
+                self.driver.ping()
+                self._events_stream = self.driver.events()
+                self._engine_up()
+                delay = BACKOFF_FIRST
+                self.resync_all()  # whatever happened while we were not listening
+                for event in self._events_stream:
+                    self._on_docker_event(event)
+            except Exception as exc:  # the engine went away, or never was there
+                if self._stopping.is_set():
+                    return
+                self._engine_down(str(exc) if isinstance(exc, EngineUnavailable) else f"event stream lost: {exc}")
+            self._stopping.wait(delay)
+            delay = min(BACKOFF_MAX / 4, delay * 2)
+
+    def _on_docker_event(self, event: dict) -> None:
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        name = attributes.get(LABEL_SERVICE)
+        if not name:
+            return
+        self.queue.add(name)
+        if event.get("Type") == "container":
+            action = str(event.get("Action") or event.get("status") or "")
+            self.hub.publish(
+                "container",
+                action.split(":")[0],
+                Service=name,
+                Id=(event.get("Actor") or {}).get("ID", ""),
+                Name=attributes.get("name", ""),
+            )
+
+    def _resync_loop(self) -> None:
+        while not self._stopping.wait(self.resync_seconds):
+            try:
+                self.resync_all()
+                self.collect_orphans()
+            except EngineUnavailable as exc:
+                self._engine_down(str(exc))
+            except Exception as exc:  # keep the loop alive whatever a resync hits
+                log.warning("resync failed: %s", exc)
+
+    def _engine_down(self, why: str) -> None:
+        if self.engine_error != why:
+            self.engine_error = why
+            log.warning("%s", why)
+            self.hub.publish("engine", "down", Message=why)
+
+    def _engine_up(self) -> None:
+        if self.engine_error is not None:
+            self.engine_error = None
+            self.hub.publish("engine", "up", Message="Docker engine reachable")
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def sync(self, name: str) -> float | None:
+        """Take the next step for one service; answer when to look again (None: when told)."""
+        record = self.store.get(name)
+        if record is None:
+            return None
+        if record.deleting:
+            self.teardown(record)
+            return None
+        outcome = self._converge(record)
+        self.report(name, outcome.status, outcome.message)
+        return outcome.again_in
+
+    def _converge(self, record: ServiceRecord) -> Outcome:
+        spec, ref = record.spec, ServiceRef(record.name, record.uid)
+        network = self.driver.ensure_network(ref)
+        if record.status in (ServiceStatus.created, ServiceStatus.error) and not self.driver.has_image(spec.Image):
+            self.report(record.name, ServiceStatus.scaling, f"Pulling image {spec.Image}")
+        try:
+            self.driver.ensure_image(spec.Image)
+        except ImageUnavailable as exc:
+            return Outcome(ServiceStatus.error, str(exc), again_in=self._backoff(record.name))
+
+        replicas = self.driver.containers(ref, ROLE_REPLICA)
+        alive = [c for c in replicas if c.status in ALIVE_STATES]
+        dead = [c for c in replicas if c.status not in ALIVE_STATES]
+        current = [c for c in alive if c.labels.get(LABEL_REVISION) == str(record.revision)]
+        outdated = [c for c in alive if c.labels.get(LABEL_REVISION) != str(record.revision)]
+        ready = [c for c in current if self.is_ready(c)]
+        desired = spec.Replicas
+        self.store.update(record.name, containers=[c.id for c in alive])
+
+        # Replace what died (stopped by hand, killed, removed from its restart policy).
+        if dead:
+            self.driver.remove_many(dead, graceful=False)
+
+        # Roll: at most one replica above `desired`, never fewer ready replicas than `desired`.
+        limit = desired + 1 if outdated else desired
+        to_create = max(0, min(desired - len(current), limit - len(current) - len(outdated)))
+        excess_outdated = max(0, len(ready) + len(outdated) - desired) if outdated else 0
+        excess_current = max(0, len(current) - desired)
+
+        to_remove = _least_useful(outdated, self.is_ready)[:excess_outdated]
+        to_remove += _least_useful(current, self.is_ready)[:excess_current]
+        if to_create:
+            self._create_replicas(record, network.name, to_create)
+        if to_remove:
+            self.driver.remove_many(to_remove)
+
+        crashing = [c for c in current if _crash_looping(c)]
+        if crashing:
+            return Outcome(ServiceStatus.error, describe_crash(crashing[0]), again_in=self._backoff(record.name))
+        if to_create or to_remove or dead:
+            return self._progress(record, len(ready), outdated, again_in=SOON)
+        if outdated or len(ready) < desired:
+            return self._progress(record, len(ready), outdated, again_in=SOON)
+        return Outcome(ServiceStatus.active, "Scaling complete")
+
+    def _progress(self, record: ServiceRecord, ready: int, outdated: list[Container], again_in: float) -> Outcome:
+        desired = record.spec.Replicas
+        if outdated:
+            return Outcome(
+                ServiceStatus.updating,
+                f"Rolling out {record.spec.Image}: {len(outdated)} of {desired} replicas still on the old image",
+                again_in,
+            )
+        return Outcome(ServiceStatus.scaling, f"Scaling to {desired} replicas ({ready} ready)", again_in)
+
+    def _create_replicas(self, record: ServiceRecord, network: str, count: int) -> None:
+        ref = ServiceRef(record.name, record.uid)
+        with ThreadPoolExecutor(max_workers=min(16, count)) as pool:
+            futures = [
+                pool.submit(self.driver.create_replica, ref, record.spec, record.revision, network) for _ in range(count)
+            ]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+
+    def is_ready(self, container: Container) -> bool:
+        """A replica that may take traffic (the balancer adds its own health on top)."""
+        return container.status == "running"
+
+    def teardown(self, record: ServiceRecord) -> None:
+        """Remove what a deleted service owned (with keep: all but its replicas), then forget it."""
+        ref = ServiceRef(record.name, record.uid)
+        containers = self.driver.containers(ref)
+        if record.keep:
+            containers = [c for c in containers if c.labels.get("io.hyperservice.role") == ROLE_BALANCER]
+        self.driver.remove_many(containers, graceful=not record.keep)
+        if not record.keep:
+            self.driver.remove_network(ref)
+        self.store.forget(record)
+        self.hub.publish("service", "deleted", Name=record.name)
+
+    def collect_orphans(self) -> None:
+        """Remove objects of ours whose service is gone (e.g. a backend died half-way through a delete)."""
+        owned = self.driver.owned_uids()
+        known = self.store.known_uids()
+        for uid, name in owned.items():
+            if uid in known:
+                continue
+            log.info("removing orphaned objects of service %s (uid %s)", name, uid)
+            ref = ServiceRef(name, uid)
+            self.driver.remove_many(self.driver.containers(ref), graceful=False)
+            self.driver.remove_network(ref)
+
+    def report(self, name: str, status: str, message: str) -> None:
+        if self.store.set_status(name, str(status), message):
+            self.hub.publish("service", "status", Name=name, Status=str(status), Message=message)
+
+
+def _least_useful(containers: list[Container], is_ready) -> list[Container]:
+    """Removal order: not-ready replicas first, then the newest (keep the proven ones)."""
+    newest_first = sorted(containers, key=lambda c: c.attrs.get("Created", ""), reverse=True)
+    return sorted(newest_first, key=is_ready)  # stable: among equals, newest stays first
+
+
+def _crash_looping(container: Container) -> bool:
+    state = container.attrs.get("State") or {}
+    return container.status == "restarting" or (
+        container.attrs.get("RestartCount", 0) >= CRASH_LOOP_RESTARTS and state.get("Status") != "running"
+    )
+
+
+def describe_crash(container: Container) -> str:
+    state = container.attrs.get("State") or {}
+    return (
+        f"replica {container.name} keeps exiting (exit code {state.get('ExitCode')}, "
+        f"{container.attrs.get('RestartCount', 0)} restarts); see its logs"
+    )
+
+
+def describe_failure(exc: Exception) -> str:
+    """A failed step, in words a person can act on."""
+    if isinstance(exc, docker.errors.APIError):
+        text = str(exc.explanation or exc)
+        if "address already in use" in text or "port is already allocated" in text:
+            return f"address already in use: {text.split('Error starting userland proxy:')[-1].strip()[:200]}"
+        return text.strip()[:300]
+    return str(exc)[:300] or exc.__class__.__name__

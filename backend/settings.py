@@ -1,0 +1,86 @@
+"""Settings of the backend: HYPERSERVICE_* environment variables, optionally a TOML config file.
+
+Every knob an operator may turn lives here, with its default and what it does. Environment variables
+win over the config file (`$HYPERSERVICE_DATA_DIR/config.toml`, or the file named by
+`HYPERSERVICE_CONFIG`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+DEFAULT_LB_IMAGE = "haproxy:lts-alpine"
+
+
+def _config_file() -> Path:
+    named = os.environ.get("HYPERSERVICE_CONFIG")
+    if named:
+        return Path(named)
+    data_dir = os.environ.get("HYPERSERVICE_DATA_DIR") or platformdirs.user_data_dir("hyperservice")
+    return Path(data_dir) / "config.toml"
+
+
+class Settings(BaseSettings):
+    """The backend's settings; each field is read from `HYPERSERVICE_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="HYPERSERVICE_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("hyperservice")))
+    """Where the SQLite state file (`state.db`) lives."""
+
+    lb_image: str = DEFAULT_LB_IMAGE
+    """The HAProxy image each service's load balancer runs (pulled on first use)."""
+
+    address_pool: str = "127.77.0.0/16"
+    """CIDR the per-service addresses (`IP`) are taken from; each service gets its own address."""
+
+    fip_pool: str = ""
+    """Comma-separated host addresses that may be attached to services as floating IPs."""
+
+    max_replicas: int = Field(default=100, ge=1)
+    """The largest `Replicas` a service may ask for."""
+
+    resync_seconds: float = Field(default=30.0, gt=0)
+    """How often the reconciler re-reads every service, to catch what Docker's event stream missed."""
+
+    workers: int = Field(default=4, ge=1)
+    """How many services the reconciler works on at once."""
+
+    @field_validator("address_pool")
+    @classmethod
+    def _valid_pool(cls, value: str) -> str:
+        ipaddress.ip_network(value, strict=False)
+        return value
+
+    @property
+    def fip_addresses(self) -> list[str]:
+        return [part.strip() for part in self.fip_pool.split(",") if part.strip()]
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / "state.db"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
+
+
+@lru_cache(maxsize=1)
+def current_settings() -> Settings:
+    """The settings from the environment, read once (tests build their own `Settings`)."""
+    return Settings()
+

@@ -1,0 +1,77 @@
+"""A work queue of service names, in the manner of client-go's workqueue.
+
+- A name added many times before a worker takes it is worked on once (events only mark it dirty).
+- A name is never worked on by two workers at once; added while in work, it runs again after.
+- `add_after` re-adds a name later (a step that waits for something, or a retry with backoff).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+
+
+class WorkQueue:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: list[str] = []
+        self._dirty: set[str] = set()
+        self._processing: set[str] = set()
+        self._delayed: list[tuple[float, int, str]] = []
+        self._counter = itertools.count()
+        self._shutdown = False
+
+    def add(self, name: str) -> None:
+        with self._cond:
+            if self._shutdown or name in self._dirty:
+                return
+            self._dirty.add(name)
+            if name not in self._processing:
+                self._queue.append(name)
+                self._cond.notify()
+
+    def add_after(self, name: str, delay: float) -> None:
+        if delay <= 0:
+            self.add(name)
+            return
+        with self._cond:
+            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._counter), name))
+            self._cond.notify()
+
+    def get(self) -> str | None:
+        """Block until a name is ready; None once the queue is shut down."""
+        with self._cond:
+            while True:
+                if self._shutdown:
+                    return None
+                self._promote_due()
+                if self._queue:
+                    name = self._queue.pop(0)
+                    self._dirty.discard(name)
+                    self._processing.add(name)
+                    return name
+                timeout = self._delayed[0][0] - time.monotonic() if self._delayed else None
+                self._cond.wait(timeout)
+
+    def done(self, name: str) -> None:
+        with self._cond:
+            self._processing.discard(name)
+            if name in self._dirty:
+                self._queue.append(name)
+                self._cond.notify()
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._shutdown = True
+            self._cond.notify_all()
+
+    def _promote_due(self) -> None:
+        now = time.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, name = heapq.heappop(self._delayed)
+            if name not in self._dirty:
+                self._dirty.add(name)
+                if name not in self._processing:
+                    self._queue.append(name)

@@ -1,0 +1,122 @@
+"""Shared fixtures: a real backend on the real Docker engine, reached the way the console reaches it.
+
+`backend` is a fresh backend (own data dir, so its own tenant) with its reconciler running; `api` is
+an httpx client on it through the ASGI transport (in-process, as the console does). Whatever a test
+leaves on the engine is removed afterwards by the tenant label, so tests never see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from backend.api import create_app
+from backend.core import Backend
+from backend.docker_driver import LABEL_TENANT
+from backend.settings import Settings
+
+WEB_IMAGE = "hyperservice-test/web:1"
+WEB_IMAGE_2 = "hyperservice-test/web:2"
+LB_IMAGE = "hyperservice-test/haproxy:2.6"
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    client = docker.from_env()
+    client.ping()  # no engine: the tests fail loudly, they are not skipped
+    for image in (WEB_IMAGE, WEB_IMAGE_2, LB_IMAGE):
+        client.images.get(image)  # built by tests/images/build.sh (scripts/test does it)
+    return client
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    values = {
+        "data_dir": data_dir,
+        "lb_image": LB_IMAGE,
+        "resync_seconds": 2.0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+def remove_tenant_objects(client: docker.DockerClient, tenant: str) -> None:
+    label = f"{LABEL_TENANT}={tenant}"
+    for container in client.containers.list(all=True, filters={"label": label}):
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+    for network in client.networks.list(filters={"label": label}):
+        try:
+            network.remove()
+        except docker.errors.NotFound:
+            pass
+
+
+@pytest.fixture
+def backend(settings: Settings, docker_client: docker.DockerClient) -> Iterator[Backend]:
+    instance = Backend(settings)
+    instance.start()
+    tenant = instance.tenant
+    try:
+        yield instance
+    finally:
+        instance.close()
+        remove_tenant_objects(docker_client, tenant)
+
+
+def client_for(instance: Backend, token: str | None = None) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_app(instance, token))
+    return httpx.AsyncClient(transport=transport, base_url="http://hyperservice", timeout=60)
+
+
+@pytest.fixture
+async def api(backend: Backend) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(backend) as client:
+        yield client
+
+
+async def eventually(check: Callable[[], object], timeout: float = 30.0, interval: float = 0.1, what: str = ""):
+    """Poll `check` (sync or async) until it returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value: {last!r}")
+
+
+async def wait_status(api: httpx.AsyncClient, name: str, status: str, timeout: float = 30.0) -> dict:
+    async def check():
+        body = (await api.get(f"/services/{name}")).json()
+        return body if body.get("Status") == status else None
+
+    return await eventually(check, timeout, what=f"{name} to be {status}")
+
+
+def web_body(name: str, replicas: int = 2, **extra) -> dict:
+    return {"Name": name, "Image": WEB_IMAGE, "ServicePort": 80, "Replicas": replicas, **extra}
+
+
+def pytest_collection_modifyitems(items):
+    # Real-engine tests are marked by using the docker fixtures; keep unit tests first (fast feedback).
+    items.sort(key=lambda item: 0 if "docker_client" not in getattr(item, "fixturenames", ()) else 1)
+
+
+os.environ.setdefault("HYPERSERVICE_DATA_DIR", "/tmp/hyperservice-tests-default")
