@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,12 +24,17 @@ from backend.models import ContainerInfo, ErrorBody, FieldError, Service, Servic
 
 log = logging.getLogger(__name__)
 
+PING_SECONDS = 5.0
 _ERRORS = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 500: {"model": ErrorBody}}
 
 
 def _error(status: int, message: str, errors: list[FieldError] | None = None) -> JSONResponse:
     body = ErrorBody(message=message, errors=errors or [])
     return JSONResponse(body.model_dump(), status_code=status)
+
+
+def _line(event: dict) -> bytes:
+    return (json.dumps(event, separators=(",", ":")) + "\n").encode()
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -132,7 +137,39 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
         follow: bool = Query(False, description="keep the stream open and send new lines"),
     ) -> PlainTextResponse:
         if follow:
-            raise Invalid("follow is not supported yet", [FieldError(field="follow", message="not supported yet")])
+            follower = backend.follow_logs(name, container or None, tail)
+
+            async def body():
+                try:
+                    async for line in follower.lines():
+                        yield line
+                finally:
+                    follower.close()
+
+            return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
         return PlainTextResponse(backend.logs(name, container or None, tail))
+
+    @app.get("/events", responses=_ERRORS)
+    async def events(request: Request) -> StreamingResponse:
+        """Newline-delimited JSON: one object per change of a service, a container or the engine.
+
+        The first line is {"Type": "hello", ...} (sent once subscribed: read the list after it and
+        nothing is missed); a {"Type": "ping"} line comes every few seconds of quiet.
+        """
+        subscription = backend.hub.subscribe_async()
+        engine = backend.reconciler.engine_error
+
+        async def body():
+            try:
+                yield _line({"Type": "hello", "Action": "subscribed", "Engine": engine or "ok", "Tenant": backend.tenant})
+                while True:
+                    event = await subscription.get(timeout=PING_SECONDS)
+                    if await request.is_disconnected():
+                        return
+                    yield _line(event or {"Type": "ping", "Action": "ping"})
+            finally:
+                subscription.close()
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
 
     return app

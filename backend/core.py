@@ -160,21 +160,29 @@ class Backend:
             )
         return result
 
-    def logs(self, name: str, container: str | None, tail: int | None) -> str:
-        """The replicas' logs, each line labelled with its replica, interleaved by time."""
+    def log_sources(self, name: str, container: str | None) -> list[tuple[str, str]]:
+        """(replica name, container id) of the replicas whose logs are asked for."""
         record = self._record(name)
         replicas = self.driver.containers(ServiceRef(record.name, record.uid), ROLE_REPLICA)
         if container:
-            replicas = [c for c in replicas if container in (c.name, c.id, c.short_id) or c.id.startswith(container)]
+            replicas = [c for c in replicas if container in (c.name, c.id) or c.id.startswith(container)]
             if not replicas:
                 raise NotFound(f"service {name} has no replica {container}")
+        return [(c.name, c.id) for c in replicas]
+
+    def logs(self, name: str, container: str | None, tail: int | None) -> str:
+        """The replicas' logs, each line labelled with its replica, interleaved by time."""
         streams = []
-        for replica in replicas:
-            raw = self.driver.logs(replica.id, tail)
+        for replica_name, replica_id in self.log_sources(name, container):
+            raw = self.driver.logs(replica_id, tail)
             lines = raw.decode("utf-8", "replace").splitlines() if isinstance(raw, bytes) else []
-            streams.append([(line.partition(" ")[0], replica.name, line.partition(" ")[2]) for line in lines])
+            streams.append([(line.partition(" ")[0], replica_name, line.partition(" ")[2]) for line in lines])
         merged = heapq.merge(*streams)
         return "".join(f"{when} {who} | {text}\n" for when, who, text in merged)
+
+    def follow_logs(self, name: str, container: str | None, tail: int | None) -> LogFollower:
+        """Live logs of the chosen replicas, labelled, as they are written (see LogFollower)."""
+        return LogFollower(self.driver, self.log_sources(name, container), tail)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -203,3 +211,64 @@ class Backend:
             return None
         except EngineUnavailable as exc:
             return str(exc)
+
+
+class LogFollower:
+    """Follows several replicas' log streams on threads and hands out labelled lines.
+
+    `lines()` is an async iterator for the API's streaming response; `close()` ends the Docker
+    streams (called when the client goes away).
+    """
+
+    def __init__(self, driver: DockerDriver, sources: list[tuple[str, str]], tail: int | None) -> None:
+        self._driver = driver
+        self._sources = sources
+        self._tail = tail if tail is not None else 100
+        self._streams: list = []
+        self._closed = threading.Event()
+
+    async def lines(self):
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        for replica_name, replica_id in self._sources:
+            threading.Thread(
+                target=self._pump, args=(loop, queue, replica_name, replica_id), daemon=True, name=f"logs-{replica_name}"
+            ).start()
+        running = len(self._sources)
+        while running:
+            line = await queue.get()
+            if line is None:
+                running -= 1
+                continue
+            yield line
+
+    def _pump(self, loop, queue, replica_name: str, replica_id: str) -> None:
+        try:
+            stream = self._driver.logs(replica_id, self._tail, follow=True)
+            self._streams.append(stream)
+            pending = b""
+            for chunk in stream:
+                if self._closed.is_set():
+                    break
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    when, _, text = raw.decode("utf-8", "replace").partition(" ")
+                    loop.call_soon_threadsafe(queue.put_nowait, f"{when} {replica_name} | {text}\n")
+        except Exception as exc:  # the replica went away, or the engine did: end this stream
+            log.debug("log stream of %s ended: %s", replica_name, exc)
+        finally:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+            except RuntimeError:
+                pass
+
+    def close(self) -> None:
+        self._closed.set()
+        for stream in self._streams:
+            try:
+                stream.close()
+            except Exception:  # closing a stream the engine already ended
+                pass

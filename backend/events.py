@@ -7,6 +7,7 @@ loses the oldest events, never blocks a publisher.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -36,10 +37,39 @@ class Subscription:
         self.close()
 
 
+class AsyncSubscription:
+    """A subscription read from an asyncio loop (the /events route) without holding a thread."""
+
+    def __init__(self, hub: EventHub, loop: asyncio.AbstractEventLoop) -> None:
+        self._hub = hub
+        self._loop = loop
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_PENDING)
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._put, event)
+        except RuntimeError:  # the loop is closed: the reader is gone
+            self.close()
+
+    def _put(self, event: dict[str, Any]) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(event)
+
+    async def get(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self._hub._unsubscribe(self)
+
+
 class EventHub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._subscribers: list[Subscription] = []
+        self._subscribers: list[Subscription | AsyncSubscription] = []
 
     def subscribe(self) -> Subscription:
         subscription = Subscription(self)
@@ -47,7 +77,13 @@ class EventHub:
             self._subscribers.append(subscription)
         return subscription
 
-    def _unsubscribe(self, subscription: Subscription) -> None:
+    def subscribe_async(self) -> AsyncSubscription:
+        subscription = AsyncSubscription(self, asyncio.get_running_loop())
+        with self._lock:
+            self._subscribers.append(subscription)
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription | AsyncSubscription) -> None:
         with self._lock:
             if subscription in self._subscribers:
                 self._subscribers.remove(subscription)
@@ -57,6 +93,9 @@ class EventHub:
         with self._lock:
             subscribers = list(self._subscribers)
         for subscription in subscribers:
+            if isinstance(subscription, AsyncSubscription):
+                subscription.deliver(event)
+                continue
             try:
                 subscription.queue.put_nowait(event)
             except queue.Full:
