@@ -64,12 +64,18 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
     app.state.backend = backend
 
     @app.middleware("http")
-    async def require_token(request: Request, call_next):
+    async def guard(request: Request, call_next):
+        """Check the token; turn any unexpected failure into a 500 with its message (never re-raised,
+        so an in-process client gets an answer, not a traceback)."""
         if token:
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return _error(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
-        return await call_next(request)
+        try:
+            return await call_next(request)
+        except Exception as exc:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return _error(500, str(exc) or exc.__class__.__name__)
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
@@ -91,11 +97,6 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, str(exc) or exc.__class__.__name__)
 
     @app.post("/services/create", status_code=201, response_model=Service, responses=_ERRORS,
               openapi_extra=_body_schema(ServiceSpec))

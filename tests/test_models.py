@@ -1,0 +1,176 @@
+"""The models alone: defaults, key order, validation messages (no Docker needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trustme
+from pydantic import ValidationError
+
+from backend.models import SERVICE_KEYS, Service, ServiceSpec, ServiceUpdate, field_errors
+
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "services-create.txt"
+
+
+def seed_example_response() -> dict:
+    text = SEED.read_text() if SEED.exists() else ""
+    start = text.index("Content-Type: application/json", text.index("Example response"))
+    body = text[text.index("{", start) : text.index("Json parameters")]
+    return json.loads(body)
+
+
+SEED_REQUEST = {
+    "Name": "http",
+    "Image": "nginx",
+    "ContainerPort": 80,
+    "Replicas": 2,
+    "Protocol": "http",
+    "ServicePort": 80,
+    "Labels": {"app": "nginx"},
+}
+
+
+def errors_of(**fields) -> dict[str, str]:
+    body = {"Name": "web", "Image": "busybox", "Replicas": 1, "ServicePort": 80, **fields}
+    with pytest.raises(ValidationError) as caught:
+        ServiceSpec.model_validate(body)
+    return {e.field: e.message for e in field_errors(caught.value)}
+
+
+def test_service_object_has_the_seed_keys_in_the_seed_order():
+    assert list(SERVICE_KEYS) == list(seed_example_response())
+
+
+def test_seed_request_gets_the_documented_defaults():
+    spec = ServiceSpec.model_validate(SEED_REQUEST)
+    service = Service.from_spec(spec, Tenant="b8dc36865f4b480683dabb25598d61c4")
+    seed = seed_example_response()
+    dumped = service.model_dump()
+    # Every default the seed shows, except NetMode/StopSignal: SPEC.md names their defaults
+    # ("bridge", "SIGTERM") where the seed's example shows "".
+    for key in ("WorkingDir", "ContainerSize", "SSLCert", "HealthCheckInterval", "HealthCheckFall",
+                "HealthCheckRise", "Algorithm", "Stdin", "Tty", "SessionAffinity", "Entrypoint", "Cmd",
+                "Env", "Volumes", "SecurityGroups", "ContainerPort", "Labels"):
+        assert dumped[key] == seed[key], key
+    assert dumped["NetMode"] == "bridge" and dumped["StopSignal"] == "SIGTERM"
+
+
+def test_container_port_follows_service_port_unless_given():
+    assert ServiceSpec(Name="a", Image="b", Replicas=1, ServicePort=8080).ContainerPort == 8080
+    assert ServiceSpec(Name="a", Image="b", Replicas=1, ServicePort=80, ContainerPort=8080).ContainerPort == 8080
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        ({"Replicas": 0}, "Replicas", "at least 1"),
+        ({"Replicas": 101}, "Replicas", "at most 100"),
+        ({"ServicePort": 70000}, "ServicePort", "at most 65535"),
+        ({"ContainerPort": 0}, "ContainerPort", "at least 1"),
+        ({"Name": "Bad_Name"}, "Name", "DNS label"),
+        ({"Name": "-web"}, "Name", "DNS label"),
+        ({"Name": "a" * 64}, "Name", "DNS label"),
+        ({"Env": ["FOO"]}, "Env", "VAR=value"),
+        ({"Env": ["1FOO=x"]}, "Env", "not a valid variable name"),
+        ({"Env": ["FOO=a\nb"]}, "Env", "control characters"),
+        ({"Volumes": ["/etc:/data"]}, "Volumes", "host paths are not allowed"),
+        ({"Volumes": ["./x:/data"]}, "Volumes", "host paths are not allowed"),
+        ({"Volumes": ["data:relative"]}, "Volumes", "absolute"),
+        ({"Volumes": ["data:/d:rx"]}, "Volumes", "volume_name:/container/path"),
+        ({"WorkingDir": "app"}, "WorkingDir", "absolute path"),
+        ({"WorkingDir": "/app\n"}, "WorkingDir", "control characters"),
+        ({"Image": "UPPER/case"}, "Image", "image reference"),
+        ({"Image": "nginx\nbind :1"}, "Image", "image reference"),
+        ({"Protocol": "udp"}, "Protocol", "tcp, http, https or httpsTerm"),
+        ({"Algorithm": "random"}, "Algorithm", "roundrobin, leastconn or source"),
+        ({"ContainerSize": "xl"}, "ContainerSize", "s1"),
+        ({"NetMode": "host"}, "NetMode", "bridge"),
+        ({"StopSignal": "SIGFOO"}, "StopSignal", "signal name"),
+        ({"StopSignal": "99"}, "StopSignal", "between 1 and 64"),
+        ({"HealthCheckInterval": 0}, "HealthCheckInterval", "at least 1"),
+        ({"HealthCheckFall": 0}, "HealthCheckFall", "at least 1"),
+        ({"HealthCheckRise": 0}, "HealthCheckRise", "at least 1"),
+        ({"Labels": {"bad key": "x"}}, "Labels", "not a valid label key"),
+        ({"Labels": {"io.hyperservice.role": "x"}}, "Labels", "reserved"),
+        ({"Labels": {"k": "v\nserver evil 1.2.3.4:80"}}, "Labels", "control characters"),
+        ({"Labels": ["novalue"]}, "Labels", "key=value"),
+        ({"SecurityGroups": ["bad group"]}, "SecurityGroups", "not a valid group name"),
+        ({"Cmd": 'echo "unbalanced'}, "Cmd", "shell-like"),
+        ({"Protocol": "httpsTerm"}, "SSLCert", "required for httpsTerm"),
+        ({"SSLCert": "-----BEGIN CERTIFICATE-----\nxx\n-----END CERTIFICATE-----"}, "SSLCert", "only allowed"),
+        ({"Surprise": 1}, "Surprise", "not a known field"),
+        ({"Replicas": "many"}, "Replicas", "whole number"),
+        ({"Tty": "perhaps"}, "Tty", "true or false"),
+    ],
+)
+def test_bad_values_name_their_field_and_say_what_is_allowed(fields, field, words):
+    errors = errors_of(**fields)
+    assert field in errors, errors
+    assert words in errors[field]
+
+
+def test_required_fields():
+    with pytest.raises(ValidationError) as caught:
+        ServiceSpec.model_validate({})
+    fields = {e.field: e.message for e in field_errors(caught.value)}
+    assert fields == {f: "is required" for f in ("Name", "Image", "ServicePort", "Replicas")}
+
+
+def test_max_replicas_comes_from_the_backend_settings():
+    body = {"Name": "a", "Image": "b", "ServicePort": 1, "Replicas": 7}
+    ServiceSpec.model_validate(body, context={"max_replicas": 7})
+    with pytest.raises(ValidationError, match="at most 6"):
+        ServiceSpec.model_validate(body, context={"max_replicas": 6})
+
+
+def test_lenient_forms_become_canonical():
+    spec = ServiceSpec(
+        Name="a", Image="registry.local:5000/team/app:1.2@sha256:" + "a" * 64, Replicas=1, ServicePort=1,
+        Cmd="sh -c 'echo hello world'", Entrypoint=[], Labels=["tier=web", "team=ops"], StopSignal="term",
+        Volumes=["data:/var/lib/data:ro"], Env=["A=1", "B="],
+    )
+    assert spec.Cmd == ["sh", "-c", "echo hello world"]
+    assert spec.Entrypoint is None
+    assert spec.Labels == {"tier": "web", "team": "ops"}
+    assert spec.StopSignal == "SIGTERM"
+    assert ServiceSpec(Name="a", Image="b", Replicas=1, ServicePort=1, StopSignal=9).StopSignal == "9"
+
+
+def test_httpsterm_takes_a_matching_chain_and_key():
+    ca = trustme.CA()
+    cert = ca.issue_cert("web.example")
+    good = cert.private_key_and_cert_chain_pem.bytes().decode()
+    spec = ServiceSpec(Name="a", Image="b", Replicas=1, ServicePort=443, Protocol="httpsTerm", SSLCert=good)
+    assert spec.SSLCert == good
+    other_key = ca.issue_cert("other.example").private_key_pem.bytes().decode()
+    chain_only = "".join(blob.bytes().decode() for blob in cert.cert_chain_pems)
+    for bad, words in [
+        (chain_only, "no private key"),
+        (chain_only + other_key, "does not match"),
+        (good + "\nglobal\n  daemon\n", "only PEM blocks"),
+        ("not a pem", "only PEM blocks"),
+    ]:
+        errors = errors_of(Protocol="httpsTerm", SSLCert=bad, ServicePort=443)
+        assert words in errors["SSLCert"], errors
+        assert "PRIVATE KEY-----\nMII" not in errors["SSLCert"]  # key material never echoed
+
+
+def test_service_object_never_carries_the_certificate():
+    ca = trustme.CA()
+    pem = ca.issue_cert("a.example").private_key_and_cert_chain_pem.bytes().decode()
+    spec = ServiceSpec(Name="a", Image="b", Replicas=1, ServicePort=443, Protocol="httpsTerm", SSLCert=pem)
+    assert Service.from_spec(spec, Tenant="0" * 32).SSLCert == ""
+
+
+def test_update_request():
+    assert ServiceUpdate.model_validate({"Replicas": 3}).Replicas == 3
+    assert ServiceUpdate.model_validate({"FIP": ""}).FIP == ""
+    for body, field in [({"Replicas": 0}, "Replicas"), ({"Image": "Bad Image"}, "Image"),
+                        ({"FIP": "300.1.1.1"}, "FIP"), ({"Name": "x"}, "Name")]:
+        with pytest.raises(ValidationError) as caught:
+            ServiceUpdate.model_validate(body)
+        assert field in {e.field for e in field_errors(caught.value)}
+    with pytest.raises(ValidationError, match="at least one of"):
+        ServiceUpdate.model_validate({})

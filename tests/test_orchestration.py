@@ -1,0 +1,176 @@
+"""Replicas on the real Docker engine: field mapping, sizes, scaling, replacement, rollout, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import docker
+import httpx
+
+from backend.docker_driver import LABEL_ROLE, LABEL_SERVICE, LABEL_TENANT, LABEL_UID
+from tests.conftest import WEB_IMAGE, WEB_IMAGE_2, eventually, wait_status, web_body
+
+
+def replicas_of(docker_client: docker.DockerClient, backend, name: str, running_only: bool = True) -> list:
+    labels = [f"{LABEL_TENANT}={backend.tenant}", f"{LABEL_SERVICE}={name}", f"{LABEL_ROLE}=replica"]
+    found = docker_client.containers.list(all=not running_only, filters={"label": labels})
+    return found
+
+
+def http_get(address: str, path: str = "/") -> str:
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=3) as response:
+        return response.read().decode()
+
+
+async def test_every_field_reaches_the_container(api: httpx.AsyncClient, backend, docker_client):
+    body = web_body(
+        "fields", 1,
+        ContainerSize="s1", WorkingDir="/tmp", Tty=True, Stdin=True, StopSignal="SIGQUIT",
+        Env=["GREETING=hello world", "PORT=8080"], ServicePort=80, ContainerPort=8080,
+        Labels={"team": "ops"}, Volumes=["hbx-test-data:/data", "hbx-test-conf:/conf:ro"],
+        Entrypoint="/bin/sh -c", Cmd=["echo started in $(pwd); exec /bin/serve"],
+    )
+    response = await api.post("/services/create", json=body)
+    assert response.status_code == 201, response.text
+    service = await wait_status(api, "fields", "active")
+    try:
+        (container,) = replicas_of(docker_client, backend, "fields")
+        config, host = container.attrs["Config"], container.attrs["HostConfig"]
+        assert container.id == service["Containers"][0]
+        assert host["Memory"] == 64 * 1024 * 1024  # s1: 64 MB
+        assert host["NanoCpus"] == 1_000_000_000  # s1: 1 CPU
+        assert config["WorkingDir"] == "/tmp" and config["Tty"] is True and config["OpenStdin"] is True
+        assert config["StopSignal"] == "SIGQUIT"
+        assert {"GREETING=hello world", "PORT=8080"} <= set(config["Env"])
+        assert config["Entrypoint"] == ["/bin/sh", "-c"]
+        assert config["Cmd"] == ["echo started in $(pwd); exec /bin/serve"]
+        assert config["Labels"]["team"] == "ops"
+        assert config["Labels"][LABEL_UID] and config["Labels"][LABEL_ROLE] == "replica"
+        mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+        assert mounts["/data"]["Type"] == "volume" and mounts["/data"]["Name"] == "hbx-test-data" and mounts["/data"]["RW"]
+        assert mounts["/conf"]["Name"] == "hbx-test-conf" and not mounts["/conf"]["RW"]
+        (network,) = container.attrs["NetworkSettings"]["Networks"]
+        assert network.startswith("hs-fields-")
+        # The replica really runs what was asked: the port from Env, the entrypoint's echo in its logs.
+        containers = (await api.get("/services/fields/containers")).json()
+        address = containers[0]["Address"]
+        assert address.endswith(":8080")
+        answer = await asyncio.to_thread(http_get, address)
+        assert containers[0]["Name"] in answer  # the test image answers with its hostname
+        logs = (await api.get("/services/fields/logs")).text
+        assert f"{containers[0]['Name']} | started in /tmp" in logs
+    finally:
+        await api.delete("/services/fields")
+        for volume in ("hbx-test-data", "hbx-test-conf"):
+            try:
+                docker_client.volumes.get(volume).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+
+async def test_scale_2_to_4_to_1_converges(api: httpx.AsyncClient, backend, docker_client):
+    await api.post("/services/create", json=web_body("scale", 2))
+    await wait_status(api, "scale", "active")
+    assert len(replicas_of(docker_client, backend, "scale")) == 2
+    for target in (4, 1):
+        response = await api.post("/services/scale/update", json={"Replicas": target})
+        assert response.status_code == 200 and response.json()["Replicas"] == target
+        service = await wait_status(api, "scale", "active")
+        running = replicas_of(docker_client, backend, "scale")
+        assert len(running) == target
+        assert sorted(service["Containers"]) == sorted(c.id for c in running)
+        assert len(replicas_of(docker_client, backend, "scale", running_only=False)) == target  # none left behind
+
+
+async def test_a_dead_replica_is_replaced(api: httpx.AsyncClient, backend, docker_client):
+    await api.post("/services/create", json=web_body("heal", 2))
+    await wait_status(api, "heal", "active")
+    victim, survivor = replicas_of(docker_client, backend, "heal")
+    victim.stop(timeout=1)  # stopped by hand: the restart policy leaves it down, the reconciler does not
+
+    def replaced():
+        ids = {c.id for c in replicas_of(docker_client, backend, "heal")}
+        return len(ids) == 2 and victim.id not in ids and survivor.id in ids
+
+    await eventually(replaced, timeout=20, what="the stopped replica to be replaced")
+    await wait_status(api, "heal", "active")
+
+
+async def test_a_missing_image_turns_the_service_to_error_naming_the_image(api: httpx.AsyncClient):
+    response = await api.post("/services/create", json=web_body("ghost", 1, Image="hbx-no-such-image:1"))
+    assert response.status_code == 201
+    service = await wait_status(api, "ghost", "error", timeout=60)
+    assert "hbx-no-such-image:1" in service["Message"] and "not found" in service["Message"]
+
+
+async def test_rolling_update_replaces_every_replica_and_never_runs_fewer(api, backend, docker_client):
+    await api.post("/services/create", json=web_body("roll", 3))
+    before = await wait_status(api, "roll", "active")
+    response = await api.post("/services/roll/update", json={"Image": WEB_IMAGE_2})
+    assert response.status_code == 200 and response.json()["Image"] == WEB_IMAGE_2
+    fewest = 3
+    while (await api.get("/services/roll")).json()["Status"] != "active":
+        fewest = min(fewest, len(replicas_of(docker_client, backend, "roll")))
+        await asyncio.sleep(0.05)
+    after = (await api.get("/services/roll")).json()
+    assert fewest >= 3  # one at a time, a new one up before an old one goes
+    assert not set(after["Containers"]) & set(before["Containers"])
+    running = replicas_of(docker_client, backend, "roll")
+    assert len(running) == 3 and {c.image.tags[0] for c in running} == {WEB_IMAGE_2}
+    for info in (await api.get("/services/roll/containers")).json():
+        assert "version 2" in await asyncio.to_thread(http_get, info["Address"])
+        assert info["Outdated"] is False and info["Image"] == WEB_IMAGE_2
+
+
+async def test_delete_removes_everything_the_service_owned(api: httpx.AsyncClient, backend, docker_client):
+    await api.post("/services/create", json=web_body("gone", 3))
+    await wait_status(api, "gone", "active")
+    uid_label = replicas_of(docker_client, backend, "gone")[0].labels[LABEL_UID]
+    response = await api.delete("/services/gone")
+    assert response.status_code == 204
+    assert (await api.get("/services/gone")).status_code == 404
+    assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_UID}={uid_label}"}) == []
+    assert docker_client.networks.list(filters={"label": f"{LABEL_UID}={uid_label}"}) == []
+    assert backend.store.get("gone") is None
+    # The name is free again, and the new service is a new instance.
+    assert (await api.post("/services/create", json=web_body("gone", 1))).status_code == 201
+    await wait_status(api, "gone", "active")
+    assert replicas_of(docker_client, backend, "gone")[0].labels[LABEL_UID] != uid_label
+
+
+async def test_delete_with_keep_leaves_the_replicas_running(api: httpx.AsyncClient, backend, docker_client):
+    await api.post("/services/create", json=web_body("kept", 2))
+    service = await wait_status(api, "kept", "active")
+    response = await api.delete("/services/kept", params={"keep": "true"})
+    assert response.status_code == 204
+    assert (await api.get("/services/kept")).status_code == 404
+    still = {c.id for c in docker_client.containers.list(filters={"id": service["Containers"][0]})}
+    still |= {c.id for c in docker_client.containers.list(filters={"id": service["Containers"][1]})}
+    assert still == set(service["Containers"])
+    # ...and the periodic resync does not collect them as orphans.
+    backend.reconciler.collect_orphans()
+    assert all(docker_client.containers.get(cid).status == "running" for cid in service["Containers"])
+
+
+async def test_replicas_are_created_in_parallel(api: httpx.AsyncClient, backend, docker_client, monkeypatch):
+    import threading
+
+    real_create = backend.driver.create_replica
+    lock, in_flight, most = threading.Lock(), [0], [0]
+
+    def counting_create(*args, **kwargs):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            return real_create(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(backend.driver, "create_replica", counting_create)
+    await api.post("/services/create", json=web_body("many", 6))
+    await wait_status(api, "many", "active", timeout=60)
+    assert len(replicas_of(docker_client, backend, "many")) == 6
+    assert most[0] >= 3, f"at most {most[0]} replicas were being created at once"
