@@ -150,6 +150,21 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
             return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
         return PlainTextResponse(backend.logs(name, container or None, tail))
 
+    @app.get("/services/{name}/stats", responses=_ERRORS)
+    def service_stats(name: str) -> StreamingResponse:
+        """Newline-delimited JSON, one line per replica about every second: Id, Name, CPUPercent
+        (100 = one CPU busy), MemoryBytes, MemoryLimit. Ends when the replicas it started with are gone."""
+        follower = backend.follow_stats(name)
+
+        async def body():
+            try:
+                async for line in follower.lines():
+                    yield line
+            finally:
+                follower.close()
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
+
     @app.get("/events", responses=_ERRORS)
     async def events(request: Request) -> StreamingResponse:
         """Newline-delimited JSON: one object per change of a service, a container or the engine.

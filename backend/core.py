@@ -184,6 +184,10 @@ class Backend:
         """Live logs of the chosen replicas, labelled, as they are written (see LogFollower)."""
         return LogFollower(self.driver, self.log_sources(name, container), tail)
 
+    def follow_stats(self, name: str) -> StatsFollower:
+        """CPU and memory of every replica, about once a second each, pushed by Docker."""
+        return StatsFollower(self.driver, self.log_sources(name, None))
+
     # -- helpers -----------------------------------------------------------------------------
 
     def _record(self, name: str) -> ServiceRecord:
@@ -213,19 +217,20 @@ class Backend:
             return str(exc)
 
 
-class LogFollower:
-    """Follows several replicas' log streams on threads and hands out labelled lines.
+class _Follower:
+    """Reads one blocking Docker stream per replica on threads and hands items to an asyncio loop."""
 
-    `lines()` is an async iterator for the API's streaming response; `close()` ends the Docker
-    streams (called when the client goes away).
-    """
-
-    def __init__(self, driver: DockerDriver, sources: list[tuple[str, str]], tail: int | None) -> None:
+    def __init__(self, driver: DockerDriver, sources: list[tuple[str, str]]) -> None:
         self._driver = driver
         self._sources = sources
-        self._tail = tail if tail is not None else 100
         self._streams: list = []
         self._closed = threading.Event()
+
+    def _open(self, replica_id: str):  # the blocking stream of one replica
+        raise NotImplementedError
+
+    def _items(self, replica_name: str, replica_id: str, stream):  # what that stream yields, as text
+        raise NotImplementedError
 
     async def lines(self):
         import asyncio
@@ -234,7 +239,7 @@ class LogFollower:
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         for replica_name, replica_id in self._sources:
             threading.Thread(
-                target=self._pump, args=(loop, queue, replica_name, replica_id), daemon=True, name=f"logs-{replica_name}"
+                target=self._pump, args=(loop, queue, replica_name, replica_id), daemon=True, name=f"follow-{replica_name}"
             ).start()
         running = len(self._sources)
         while running:
@@ -246,19 +251,14 @@ class LogFollower:
 
     def _pump(self, loop, queue, replica_name: str, replica_id: str) -> None:
         try:
-            stream = self._driver.logs(replica_id, self._tail, follow=True)
+            stream = self._open(replica_id)
             self._streams.append(stream)
-            pending = b""
-            for chunk in stream:
+            for item in self._items(replica_name, replica_id, stream):
                 if self._closed.is_set():
                     break
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                for raw in complete:
-                    when, _, text = raw.decode("utf-8", "replace").partition(" ")
-                    loop.call_soon_threadsafe(queue.put_nowait, f"{when} {replica_name} | {text}\n")
+                loop.call_soon_threadsafe(queue.put_nowait, item)
         except Exception as exc:  # the replica went away, or the engine did: end this stream
-            log.debug("log stream of %s ended: %s", replica_name, exc)
+            log.debug("stream of %s ended: %s", replica_name, exc)
         finally:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
@@ -272,3 +272,52 @@ class LogFollower:
                 stream.close()
             except Exception:  # closing a stream the engine already ended
                 pass
+
+
+class StatsFollower(_Follower):
+    """One JSON line per replica and sample: {"Id", "Name", "CPUPercent", "MemoryBytes", "MemoryLimit"}."""
+
+    def _open(self, replica_id: str):
+        return self._driver.stats(replica_id)
+
+    def _items(self, replica_name: str, replica_id: str, stream):
+        import json
+
+        for sample in stream:
+            yield json.dumps({"Id": replica_id, "Name": replica_name, **stats_figures(sample)}) + "\n"
+
+
+def stats_figures(sample: dict) -> dict:
+    """CPU percent (of one CPU, as `docker stats` shows it) and memory from one Docker stats sample."""
+    cpu, pre = sample.get("cpu_stats") or {}, sample.get("precpu_stats") or {}
+    cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (pre.get("cpu_usage") or {}).get("total_usage", 0)
+    system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or []) or 1
+    percent = (cpu_delta / system_delta) * online * 100.0 if system_delta > 0 and cpu_delta >= 0 else 0.0
+    memory = sample.get("memory_stats") or {}
+    cache = (memory.get("stats") or {}).get("cache", 0)
+    return {
+        "CPUPercent": round(percent, 2),
+        "MemoryBytes": max(0, memory.get("usage", 0) - cache),
+        "MemoryLimit": memory.get("limit", 0),
+    }
+
+
+class LogFollower(_Follower):
+    """Labelled log lines ("<time> <replica> | <text>") of several replicas as they are written."""
+
+    def __init__(self, driver: DockerDriver, sources: list[tuple[str, str]], tail: int | None) -> None:
+        super().__init__(driver, sources)
+        self._tail = tail if tail is not None else 100
+
+    def _open(self, replica_id: str):
+        return self._driver.logs(replica_id, self._tail, follow=True)
+
+    def _items(self, replica_name: str, replica_id: str, stream):
+        pending = b""
+        for chunk in stream:
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for raw in complete:
+                when, _, text = raw.decode("utf-8", "replace").partition(" ")
+                yield f"{when} {replica_name} | {text}\n"

@@ -240,6 +240,11 @@ class DockerDriver:
         return container.logs(timestamps=True, tail=tail if tail is not None else "all", follow=follow, stream=follow)
 
 
+    def stats(self, container_id: str):
+        """Docker's stats stream of one container: a decoded sample about every second."""
+        return self.client.api.stats(container_id, stream=True, decode=True)
+
+
 def _mount(volume: str) -> Mount:
     parts = volume.split(":")
     return Mount(target=parts[1], source=parts[0], type="volume", read_only=len(parts) == 3 and parts[2] == "ro")
