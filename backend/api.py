@@ -130,6 +130,16 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
         """Each replica: Id, Name, State, Health (as the balancer sees it), Address, Started, Restarts."""
         return backend.containers(name)
 
+    @app.get("/replicas", response_model=dict[str, list[ContainerInfo]], responses=_ERRORS)
+    def all_replicas() -> dict[str, list[ContainerInfo]]:
+        """Extension: every service's replicas in one answer ({"<service>": [...]})."""
+        return backend.all_containers()
+
+    @app.get("/limits", responses=_ERRORS)
+    def limits() -> dict:
+        """Extension: the limits the backend validates against (for a remote console's form)."""
+        return {"MaxReplicas": backend.settings.max_replicas}
+
     @app.get("/services/{name}/logs", response_class=PlainTextResponse, responses=_ERRORS)
     def service_logs(
         name: str,

@@ -17,6 +17,7 @@ import docker.errors
 
 from backend.docker_driver import (
     LABEL_REVISION,
+    LABEL_UID,
     ROLE_REPLICA,
     DockerDriver,
     EngineUnavailable,
@@ -138,27 +139,33 @@ class Backend:
 
     def containers(self, name: str) -> list[ContainerInfo]:
         record = self._record(name)
-        ref = ServiceRef(record.name, record.uid)
-        result = []
-        for container in self.driver.containers(ref, ROLE_REPLICA):
-            state = container.attrs.get("State") or {}
-            started = state.get("StartedAt", "")
-            result.append(
-                ContainerInfo(
-                    Id=container.id,
-                    Name=container.name,
-                    State=container.status,
-                    Health="",
-                    Address=replica_address(container, record.spec.ContainerPort or record.spec.ServicePort),
-                    Started="" if started.startswith("0001-") else started,
-                    Restarts=int(container.attrs.get("RestartCount", 0)),
-                    Image=record.spec.Image
-                    if container.labels.get(LABEL_REVISION) == str(record.revision)
-                    else container.attrs.get("Config", {}).get("Image", ""),
-                    Outdated=container.labels.get(LABEL_REVISION) != str(record.revision),
-                )
-            )
+        return [self._container_info(record, c) for c in self.driver.containers(ServiceRef(record.name, record.uid), ROLE_REPLICA)]
+
+    def all_containers(self) -> dict[str, list[ContainerInfo]]:
+        """Every service's replicas, from one listing of the engine (the console's start-up)."""
+        records = {record.uid: record for record in self.store.all()}
+        result: dict[str, list[ContainerInfo]] = {record.name: [] for record in records.values()}
+        for container in self.driver.all_replicas():
+            record = records.get(container.labels.get(LABEL_UID, ""))
+            if record is not None:
+                result[record.name].append(self._container_info(record, container))
         return result
+
+    def _container_info(self, record: ServiceRecord, container) -> ContainerInfo:
+        state = container.attrs.get("State") or {}
+        started = state.get("StartedAt", "")
+        current = container.labels.get(LABEL_REVISION) == str(record.revision)
+        return ContainerInfo(
+            Id=container.id,
+            Name=container.name,
+            State=container.status,
+            Health="",
+            Address=replica_address(container, record.spec.ContainerPort or record.spec.ServicePort),
+            Started="" if started.startswith("0001-") else started,
+            Restarts=int(container.attrs.get("RestartCount", 0)),
+            Image=record.spec.Image if current else container.attrs.get("Config", {}).get("Image", ""),
+            Outdated=not current,
+        )
 
     def log_sources(self, name: str, container: str | None) -> list[tuple[str, str]]:
         """(replica name, container id) of the replicas whose logs are asked for."""

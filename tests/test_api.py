@@ -121,3 +121,15 @@ async def test_server_errors_answer_500_with_a_message(api: httpx.AsyncClient, b
     response = await api.get("/services")
     assert response.status_code == 500
     assert response.json() == {"message": "the store is on fire", "errors": []}
+
+
+async def test_all_replicas_in_one_answer_and_the_limits(api: httpx.AsyncClient, backend):
+    await api.post("/services/create", json=web_body("one", 1))
+    await api.post("/services/create", json=web_body("two", 2))
+    one = await wait_status(api, "one", "active")
+    two = await wait_status(api, "two", "active")
+    replicas = (await api.get("/replicas")).json()
+    assert {name: sorted(c["Id"] for c in items) for name, items in replicas.items()} == {
+        "one": sorted(one["Containers"]), "two": sorted(two["Containers"])}
+    assert replicas["two"][0]["State"] == "running" and replicas["two"][0]["Address"]
+    assert (await api.get("/limits")).json() == {"MaxReplicas": backend.settings.max_replicas}

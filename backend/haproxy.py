@@ -1,0 +1,627 @@
+"""The balancer's HAProxy side: the generated haproxy.cfg, the runtime-API commands and the health-log parser.
+
+Pure text in, text out: no Docker calls here (backend/docker_driver.py copies the files into the
+balancer container and runs the commands there). Works with HAProxy 2.6 (the offline test image)
+and the current LTS (the official `haproxy:lts-alpine` image).
+
+How a balancer is driven (measured in notes/haproxy-findings.md):
+
+* The config has a fixed number of server *slots* (`s1` .. `sN`) in the backend `replicas`. A
+  replica occupies one slot; spare slots are rendered `disabled` with a placeholder address.
+* The server set changes through the runtime API, without a reload: `assign_slot_commands()` points
+  a spare slot at a new replica and keeps it out of rotation until it has passed `rise` checks;
+  `release_slot_commands()` takes a replica out of rotation while its in-flight requests finish.
+  The commands reach HAProxy through `docker exec <lb> sh -c '... | busybox nc 127.0.0.1 9999'`
+  (`runtime_exec_argv()`), which works with a remote DOCKER_HOST too.
+* The config file is re-rendered with the current assignments after each change (so a restarted
+  container comes back with the right servers); a reload (SIGUSR2 to the master) is only needed
+  when the slot count has to grow, and is seamless too (the master hands the listening socket over).
+* Health reaches the backend by following the balancer container's stdout: `option
+  log-health-checks` + `log stdout format raw` print one line per check result and state change,
+  which `parse_health_line()` turns into a `HealthEvent`. `parse_servers_state()` reads the
+  snapshot (`show servers state`) taken once when the backend (re)attaches.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+# --- fixed names and ports inside the balancer container ---------------------------------------
+
+CONFIG_DIR = "/usr/local/etc/haproxy"
+CONFIG_PATH = f"{CONFIG_DIR}/haproxy.cfg"  # where the official image's CMD reads its config
+CERT_PATH = f"{CONFIG_DIR}/service.pem"  # httpsTerm: certificate chain + key, copied next to the config
+# Server states saved just before a reload and loaded by the new worker, so a DOWN replica stays
+# DOWN across the reload (a fresh worker would start it UP and send it traffic until its first check).
+# /var/lib/haproxy is the haproxy user's writable home in both images.
+STATE_PATH = "/var/lib/haproxy/server-state"
+# A state file holding only its format version: loads silently and restores nothing. Copy it in when
+# creating the container (otherwise every start warns "Can't open global server state file"); the
+# reload puts it back once the new worker runs, so a later restart never applies stale state.
+EMPTY_SERVER_STATE = "1\n"
+# The balancer runs unprivileged (user haproxy) so it listens on a high port; Docker publishes
+# IP:ServicePort onto it.
+LISTEN_PORT = 18080
+# Runtime API on the container's own loopback: unreachable from the replicas' network and from the
+# host, reachable with `docker exec`. TCP rather than a unix socket because busybox nc (the only
+# client in both images: no socat in the official one) cannot speak to unix sockets.
+RUNTIME_API_PORT = 9999
+FRONTEND = "service"
+BACKEND = "replicas"  # fixed, so no user-supplied value ever becomes an HAProxy identifier
+SLOT_PREFIX = "s"
+# A spare slot points at a closed port of the balancer's own loopback: even if it were enabled by
+# mistake, the connection would be refused and redispatched, never sent somewhere real.
+SPARE_ADDRESS = "127.0.0.1:1"
+AFFINITY_COOKIE = "HSID"
+MAX_SLOTS = 1000
+MAXCONN = 4096  # explicit: otherwise derived from the container's file limit (memory grows with it)
+STICK_TABLE_SIZE = "1m"
+STICK_EXPIRE = "30m"
+# HAProxy reads one CLI line into one buffer (16 kB by default); stay well below it per exec.
+MAX_RUNTIME_LINE = 8000
+
+Protocol = Literal["tcp", "http", "https", "httpsTerm"]
+Algorithm = Literal["roundrobin", "leastconn", "source"]
+PROTOCOLS: tuple[str, ...] = ("tcp", "http", "https", "httpsTerm")
+ALGORITHMS: tuple[str, ...] = ("roundrobin", "leastconn", "source")
+HTTP_PROTOCOLS = frozenset({"http", "httpsTerm"})  # balanced at layer 7, checked with HTTP
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9._-]+$")  # anything that becomes one word of the config
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~/%?&=+-]*$")  # health check URI / file path: no spaces, quotes, '#'
+_SLOT = re.compile(rf"^{SLOT_PREFIX}([1-9][0-9]*)$")
+
+
+def _refuse_control(value: str, what: str) -> str:
+    """A control character (newline above all) would end the config line and start a new directive."""
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} must not contain control characters (newline, tab, NUL, ...): {value!r}")
+    return value
+
+
+def slot_name(index: int) -> str:
+    """The server name of slot `index` (1-based): 's1', 's2', ..."""
+    if not 1 <= index <= MAX_SLOTS:
+        raise ValueError(f"slot index must be between 1 and {MAX_SLOTS}")
+    return f"{SLOT_PREFIX}{index}"
+
+
+def slot_index(name: str) -> int | None:
+    """The index of slot `name` ('s3' -> 3), None when `name` is not a slot name."""
+    match = _SLOT.match(name)
+    return int(match.group(1)) if match else None
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'172.20.0.3:80' -> ('172.20.0.3', 80); ValueError unless IPv4:port (Docker bridge addresses)."""
+    _refuse_control(address, "a server address")
+    host, sep, port = address.rpartition(":")
+    try:
+        ip = ipaddress.IPv4Address(host)
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"a server address must be IPv4:port, got {address!r}") from None
+    if not sep or not port.isdigit() or not 1 <= number <= 65535:
+        raise ValueError(f"a server address must be IPv4:port with a port in 1-65535, got {address!r}")
+    return str(ip), number
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    """Everything haproxy.cfg depends on; built from an already-validated ServiceSpec.
+
+    `servers` are the occupied slots: (slot name, "ip:port") pairs, e.g. (("s1", "172.20.0.3:80"),).
+    Every other slot up to `slots` is rendered as a spare (disabled) server, ready to be assigned
+    at runtime. Values are checked again here: nothing with a control character or a stray word
+    reaches the file (ValueError).
+    """
+
+    service: str
+    protocol: Protocol
+    algorithm: Algorithm
+    session_affinity: bool
+    container_port: int  # the port the replicas listen on (assign_slot_commands uses it)
+    health_interval: int  # seconds between checks (HealthCheckInterval)
+    health_fall: int  # consecutive failures -> DOWN (HealthCheckFall)
+    health_rise: int  # consecutive successes -> UP (HealthCheckRise)
+    servers: tuple[tuple[str, str], ...] = ()
+    slots: int = 16
+    health_check_path: str = "/"  # http/httpsTerm: the URI of the `GET` check
+    cert_path: str = CERT_PATH  # httpsTerm only: the PEM bundle inside the container
+    state_path: str = STATE_PATH  # where a reload leaves the server states for the new worker
+
+    def __post_init__(self) -> None:
+        for what, value in (
+            ("service", self.service),
+            ("protocol", self.protocol),
+            ("algorithm", self.algorithm),
+            ("health_check_path", self.health_check_path),
+            ("cert_path", self.cert_path),
+            ("state_path", self.state_path),
+        ):
+            if not isinstance(value, str):
+                raise ValueError(f"{what} must be a string")
+            _refuse_control(value, what)
+        if not _SAFE_WORD.match(self.service):
+            raise ValueError(f"service must be a plain name, got {self.service!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}")
+        if not isinstance(self.session_affinity, bool):
+            raise ValueError("session_affinity must be a boolean")
+        for what, number, low, high in (
+            ("container_port", self.container_port, 1, 65535),
+            ("health_interval", self.health_interval, 1, 86400),
+            ("health_fall", self.health_fall, 1, 1000),
+            ("health_rise", self.health_rise, 1, 1000),
+            ("slots", self.slots, 1, MAX_SLOTS),
+        ):
+            if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+                raise ValueError(f"{what} must be an integer between {low} and {high}")
+        if not _SAFE_PATH.match(self.health_check_path):
+            raise ValueError("health_check_path must be an absolute URI path without spaces or quotes")
+        for what, path in (("cert_path", self.cert_path), ("state_path", self.state_path)):
+            if not _SAFE_PATH.match(path):
+                raise ValueError(f"{what} must be an absolute path without spaces or quotes")
+        seen: set[str] = set()
+        for name, address in self.servers:
+            _refuse_control(name, "a server name")
+            index = slot_index(name)
+            if index is None or index > self.slots:
+                raise ValueError(f"server {name!r} is not a slot name {SLOT_PREFIX}1..{SLOT_PREFIX}{self.slots}")
+            if name in seen:
+                raise ValueError(f"slot {name} is assigned twice")
+            seen.add(name)
+            split_address(address)
+
+    @property
+    def is_http(self) -> bool:
+        return self.protocol in HTTP_PROTOCOLS
+
+
+def render_config(cfg: BalancerConfig) -> str:
+    """The complete haproxy.cfg for one service's balancer."""
+    http = cfg.is_http
+    assigned = dict(cfg.servers)
+    lines = [
+        f"# hyperservice balancer of service {cfg.service}: generated, rewritten on every change.",
+        "global",
+        # Raw lines on stdout: the Docker log stream carries them to the backend (health events).
+        "    log stdout format raw local0 info",
+        f"    maxconn {MAXCONN}",
+        f"    stats socket ipv4@127.0.0.1:{RUNTIME_API_PORT} level admin",
+        "    stats timeout 30s",
+        f"    server-state-file {cfg.state_path}",
+    ]
+    if cfg.protocol == "httpsTerm":
+        lines += ["    ssl-default-bind-options ssl-min-ver TLSv1.2", "    tune.ssl.default-dh-param 2048"]
+    lines += [
+        "",
+        "defaults",
+        "    log global",
+        "    load-server-state-from-file global",
+        f"    mode {'http' if http else 'tcp'}",
+        f"    option {'httplog' if http else 'tcplog'}",
+        # Only failed or abnormal traffic is logged: the log stream stays about health.
+        "    option dontlog-normal",
+        "    timeout connect 5s",
+    ]
+    if http:
+        lines += [
+            "    timeout client 60s",
+            "    timeout server 60s",
+            "    timeout http-request 10s",
+            "    timeout http-keep-alive 10s",
+            "    timeout tunnel 1h",  # upgraded connections (WebSocket)
+        ]
+    else:
+        # Plain TCP sessions may idle for long (databases, SSH...): don't cut them after a minute.
+        lines += ["    timeout client 1h", "    timeout server 1h"]
+    lines += [
+        # A replica that refuses a connection (just started, just stopped) costs a retry on another
+        # replica, not a failed request.
+        "    retries 3",
+        "    option redispatch 1",
+        "",
+        f"frontend {FRONTEND}",
+    ]
+    bind = f"    bind :{LISTEN_PORT}"
+    if cfg.protocol == "httpsTerm":
+        bind += f" ssl crt {cfg.cert_path} alpn h2,http/1.1"
+    lines.append(bind)
+    if http:
+        lines.append("    option forwardfor")
+        if cfg.protocol == "httpsTerm":
+            lines.append("    http-request set-header X-Forwarded-Proto https")
+    lines += [f"    default_backend {BACKEND}", "", f"backend {BACKEND}", f"    balance {cfg.algorithm}"]
+    if cfg.algorithm == "source":
+        # Consistent hashing: a replica coming or going moves only its own share of clients.
+        lines.append("    hash-type consistent")
+    if http:
+        lines.append(f"    option httpchk GET {cfg.health_check_path}")
+    # else: a plain `check` is a TCP connect check (https is passed through untouched).
+    lines.append("    option log-health-checks")
+    if cfg.session_affinity:
+        if http:
+            secure = " secure" if cfg.protocol == "httpsTerm" else ""
+            lines.append(f"    cookie {AFFINITY_COOKIE} insert indirect nocache httponly{secure}")
+        else:
+            lines += [
+                f"    stick-table type ip size {STICK_TABLE_SIZE} expire {STICK_EXPIRE}",
+                "    stick on src",
+            ]
+    lines.append(
+        f"    default-server check inter {cfg.health_interval}s fall {cfg.health_fall} rise {cfg.health_rise}"
+    )
+    for index in range(1, cfg.slots + 1):
+        name = slot_name(index)
+        address = assigned.get(name)
+        line = f"    server {name} {address or SPARE_ADDRESS}"
+        if cfg.session_affinity and http:
+            line += f" cookie {name}"
+        if address is None:
+            line += " disabled"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+# --- runtime API ------------------------------------------------------------------------------
+
+
+def _server(slot: str) -> str:
+    if slot_index(slot) is None:
+        raise ValueError(f"{slot!r} is not a slot name")
+    return f"{BACKEND}/{slot}"
+
+
+def assign_slot_commands(slot: str, ip: str, port: int) -> list[str]:
+    """Point spare `slot` at a replica, in rotation only once it has passed `rise` checks.
+
+    Leaving maintenance straight to `ready` would make the server UP at once (HAProxy 2.6 starts a
+    server UP and only the first failed check takes it down). Going through drain lets `health
+    down` stick: the server then stays DOWN until `rise` consecutive checks pass, and HAProxy logs
+    "Server replicas/sN is UP" when it enters rotation.
+    """
+    host, number = split_address(f"{ip}:{port}")
+    server = _server(slot)
+    return [
+        f"set server {server} addr {host} port {number}",
+        f"set server {server} state drain",
+        f"set server {server} health down",
+        f"set server {server} state ready",
+    ]
+
+
+def release_slot_commands(slot: str) -> list[str]:
+    """Take `slot` out of rotation. Requests already on it finish (maintenance never cuts them);
+    wait until `parse_session_counts()` shows 0 for it before stopping the replica."""
+    return [f"set server {_server(slot)} state maint"]
+
+
+SHOW_SERVERS_STATE = f"show servers state {BACKEND}"
+SHOW_SERVER_STATS = "show stat -1 4 -1"  # all proxies, servers only (CSV)
+
+
+def command_lines(commands: Sequence[str]) -> list[str]:
+    """Join commands into as few CLI lines (`a; b; c`) as fit in HAProxy's line buffer."""
+    lines: list[str] = []
+    current = ""
+    for command in commands:
+        _refuse_control(command, "a runtime command")
+        if ";" in command:
+            raise ValueError(f"a runtime command must not contain ';': {command!r}")
+        candidate = f"{current}; {command}" if current else command
+        if len(candidate) > MAX_RUNTIME_LINE and current:
+            lines.append(current)
+            candidate = command
+        current = candidate
+    if current:
+        lines.append(current)
+    return lines
+
+
+def runtime_exec_argv(line: str) -> list[str]:
+    """The `docker exec` argv that sends one CLI line to the balancer's runtime API.
+
+    The line travels as a positional argument ("$1"), never through shell parsing. `busybox nc`
+    exists in both the official alpine image and the offline test image (which has no `nc` link).
+    """
+    _refuse_control(line, "a runtime command line")
+    script = f'printf "%s\\n" "$1" | busybox nc 127.0.0.1 {RUNTIME_API_PORT}'
+    return ["sh", "-c", script, "hyperservice-cli", line]
+
+
+def reload_exec_argv(state_path: str = STATE_PATH) -> list[str]:
+    """The `docker exec` argv of a seamless reload that keeps the servers' health across it.
+
+    Saves `show servers state` to `state_path`, sends SIGUSR2 to the master (PID 1, same user),
+    waits (at most 10 s) until a new worker answers on the runtime API, then empties the file again:
+    a stale state file would be applied at the next container start and, measured, restores old
+    ports over the config's (a replica then stays DOWN). Exit status 0 = reloaded.
+    The master hands the listening socket to the new worker (no connection refused, no established
+    connection cut; the old worker finishes its connections and exits).
+    Only needed when the slot count grows; routine changes go through the runtime API.
+    """
+    if not _SAFE_PATH.match(state_path):
+        raise ValueError("state_path must be an absolute path without spaces or quotes")
+    ask = f"busybox nc 127.0.0.1 {RUNTIME_API_PORT}"
+    script = (
+        f"pid() {{ printf 'show info\\n' | {ask} | busybox grep '^Pid:'; }}; "
+        'old=$(pid) && [ -n "$old" ] || exit 1; '
+        f"printf 'show servers state\\n' | {ask} > {state_path}.new && busybox mv {state_path}.new {state_path} "
+        "&& kill -USR2 1 || exit 1; "
+        "i=0; while [ $i -lt 100 ]; do busybox sleep 0.1; new=$(pid); "
+        '[ -n "$new" ] && [ "$new" != "$old" ] && break; i=$((i+1)); done; '
+        f"printf '1\\n' > {state_path}; [ $i -lt 100 ]"
+    )
+    return ["sh", "-c", script]
+
+
+def balancer_files(cfg: BalancerConfig, ssl_pem: str | None = None) -> dict[str, tuple[bytes, int]]:
+    """What to copy into a balancer container (put_archive at "/", owner uid/gid 99 = haproxy):
+    absolute path -> (content, file mode). The PEM holds a private key: readable by haproxy only."""
+    files = {
+        CONFIG_PATH: (render_config(cfg).encode(), 0o644),
+        cfg.state_path: (EMPTY_SERVER_STATE.encode(), 0o644),
+    }
+    if cfg.protocol == "httpsTerm":
+        if not ssl_pem:
+            raise ValueError("httpsTerm needs the PEM bundle (certificate chain + key)")
+        if "\x00" in ssl_pem:
+            raise ValueError("the PEM bundle must be text")
+        files[cfg.cert_path] = (ssl_pem.encode(), 0o600)
+    return files
+
+
+# Answers that mean success: nothing at all, or an informational line.
+_BENIGN_ANSWERS = (
+    re.compile(r"^IP changed from .* by 'stats socket command'$"),
+    re.compile(r"^no need to change the (addr|port)"),
+)
+
+
+def runtime_errors(output: str) -> list[str]:
+    """The lines of a CLI answer to `set server ...` commands that report a failure."""
+    return [
+        line
+        for line in (raw.strip() for raw in output.splitlines())
+        if line and not any(pattern.match(line) for pattern in _BENIGN_ANSWERS)
+    ]
+
+
+@dataclass(frozen=True)
+class ServerSnapshot:
+    """One row of `show servers state`: where a slot points and how HAProxy sees it."""
+
+    slot: str
+    address: str  # "ip:port"; SPARE_ADDRESS for a never-assigned slot
+    state: str  # UP, DOWN, MAINT or DRAIN (see HealthEvent.state)
+    checked: bool  # False while no check has completed since start-up (still UP-by-default)
+    seconds_since_change: int
+
+
+# srv_op_state (server-t.h): 0 stopped, 1 starting, 2 running, 3 stopping.
+# srv_admin_state bits: 0x01 forced maint, 0x02 inherited maint, 0x20 resolution maint (together
+# HAProxy's "in maintenance" mask), 0x08 forced drain, 0x10 inherited drain. 0x04 only records that
+# the config said `disabled`: it stays set after `state ready`, so it must not count as maintenance.
+_MAINT_BITS = 0x01 | 0x02 | 0x20
+_DRAIN_BITS = 0x08 | 0x10
+
+
+def parse_servers_state(text: str) -> dict[str, ServerSnapshot]:
+    """Parse the answer to SHOW_SERVERS_STATE (columns found by name: stable across 2.6 and 3.x)."""
+    header: list[str] | None = None
+    result: dict[str, ServerSnapshot] = {}
+    for line in text.splitlines():
+        if line.startswith("# be_id"):
+            header = line[2:].split()
+            continue
+        if header is None or not line.strip() or line.startswith("#"):
+            continue
+        row = dict(zip(header, line.split()))
+        if row.get("be_name") != BACKEND or "srv_name" not in row:
+            continue
+        op_state, admin = int(row["srv_op_state"]), int(row["srv_admin_state"])
+        if admin & _MAINT_BITS:
+            state = "MAINT"
+        elif admin & _DRAIN_BITS or op_state == 3:
+            state = "DRAIN"
+        else:
+            state = "UP" if op_state in (1, 2) else "DOWN"
+        result[row["srv_name"]] = ServerSnapshot(
+            slot=row["srv_name"],
+            address=f"{row['srv_addr']}:{row['srv_port']}",
+            state=state,
+            checked=row.get("srv_check_result", "0") != "0",  # CHK_RES_UNKNOWN = 0
+            seconds_since_change=int(row["srv_time_since_last_change"]),
+        )
+    return result
+
+
+def parse_session_counts(csv_text: str) -> dict[str, int]:
+    """Current sessions per slot of the replicas backend, from SHOW_SERVER_STATS (CSV)."""
+    rows = [line for line in csv_text.splitlines() if line.strip()]
+    if not rows or not rows[0].startswith("# "):
+        return {}
+    reader = csv.DictReader([rows[0][2:], *rows[1:]])
+    return {
+        row["svname"]: int(row["scur"] or 0)
+        for row in reader
+        if row.get("pxname") == BACKEND and row.get("svname") not in ("FRONTEND", "BACKEND")
+    }
+
+
+# --- health log lines -------------------------------------------------------------------------
+
+HealthState = Literal["UP", "DOWN", "MAINT", "DRAIN"]
+
+
+@dataclass(frozen=True)
+class HealthEvent:
+    """One health line of the balancer's log.
+
+    `state` is the server's state *after* the line: UP (in rotation), DOWN (failed its checks, or
+    just assigned and not yet `rise` checks old), MAINT (out of rotation: spare or released),
+    DRAIN (no new traffic). `transition` is True for "Server ... is ..." lines (the state changed)
+    and False for "Health check for server ..." lines (one check result; the state is the one the
+    server has after it, e.g. "1/2 DOWN" = still DOWN, one success towards UP).
+    `at` is the Docker timestamp when the line carried one (`logs(timestamps=True)`).
+    """
+
+    backend: str
+    slot: str
+    state: HealthState
+    transition: bool
+    detail: str
+    at: datetime | None = None
+
+
+_DOCKER_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d) ")
+# What stderr adds in front of the same message when HAProxy runs in the foreground (-db).
+_STDERR_PREFIX = re.compile(r"^\[(?:WARNING|NOTICE|ALERT)\]\s+\(\d+\)\s+:\s+(?:CLI : )?")
+_SERVER_LINE = re.compile(r"^(?:Backup )?Server (?P<backend>[^\s/]+)/(?P<slot>\S+) (?P<rest>.*?)\.?$")
+_CHECK_LINE = re.compile(
+    r"^Health check for (?:backup )?server (?P<backend>[^\s/]+)/(?P<slot>\S+) "
+    r"(?P<result>succeeded|failed|conditionally succeeded)(?P<detail>.*), status: \d+/\d+ (?P<state>UP|DOWN)\.?$"
+)
+
+
+def _docker_time(match: re.Match[str]) -> datetime:
+    seconds, fraction, zone = match.groups()
+    micro = (fraction or "0")[:6].ljust(6, "0")  # Docker gives nanoseconds; datetime keeps microseconds
+    return datetime.fromisoformat(f"{seconds}.{micro}{'+00:00' if zone == 'Z' else zone}")
+
+
+def _state_of(rest: str) -> HealthState | None:
+    """The state a "Server b/s <rest>" line leaves the server in (None: no change / not health)."""
+    if rest.startswith(("remains in forced drain", "is leaving forced drain but remains")):
+        return None
+    if rest.startswith("is going DOWN for maintenance") or "enters maintenance" in rest:
+        return "MAINT"
+    if rest.startswith("is UP/DRAIN") or rest.startswith("enters drain state") or rest.startswith("is stopping"):
+        return "DRAIN"
+    if rest.startswith("is UP"):
+        return "UP"
+    if rest.startswith("is DOWN"):
+        return "DOWN"
+    return None
+
+
+def parse_health_line(line: str, backend: str = BACKEND) -> HealthEvent | None:
+    """A HealthEvent for a health line of `backend`, None for anything else (traffic, notices...)."""
+    text = line.rstrip("\r\n")
+    at = None
+    stamp = _DOCKER_TIMESTAMP.match(text)
+    if stamp:
+        at = _docker_time(stamp)
+        text = text[stamp.end():]
+    text = _STDERR_PREFIX.sub("", text, count=1)
+    check = _CHECK_LINE.match(text)
+    if check:
+        if check.group("backend") != backend:
+            return None
+        detail = f"{check.group('result')}{check.group('detail')}".strip(" ,")
+        return HealthEvent(backend, check.group("slot"), check.group("state"), False, detail, at)  # type: ignore[arg-type]
+    server = _SERVER_LINE.match(text)
+    if not server or server.group("backend") != backend:
+        return None
+    rest = server.group("rest")
+    state = _state_of(rest)
+    if state is None:
+        return None
+    return HealthEvent(backend, server.group("slot"), state, True, rest, at)
+
+
+def health_events(lines: Iterable[str], backend: str = BACKEND) -> Iterable[HealthEvent]:
+    """The health events among `lines` (e.g. a Docker log stream split into lines)."""
+    for line in lines:
+        event = parse_health_line(line, backend)
+        if event is not None:
+            yield event
+
+
+# --- per-replica health as the product reports it ----------------------------------------------
+
+ReplicaHealth = Literal["starting", "UP", "DOWN"]
+
+
+@dataclass(frozen=True)
+class SlotHealth:
+    health: ReplicaHealth
+    since: datetime
+    gated: bool  # assigned through assign_slot_commands() and not UP yet: its DOWN lines are the gate
+
+
+class HealthBoard:
+    """Health of each occupied slot (UP / DOWN / starting, with since-when) from the balancer's events.
+
+    Feed it `assigned()` when a slot is given to a replica, the `parse_servers_state()` snapshot when
+    (re)attaching to a balancer, and every HealthEvent from its log stream. Rules:
+    * an assigned slot is "starting" until its first UP: the DOWN lines the gate itself produces
+      ("changed from CLI", "leaving forced drain", "1/2 DOWN" while rising) don't make it DOWN; a
+      replica that never comes UP stays "starting" (the reconciler gives up after its own deadline);
+    * a slot that is UP but not yet checked (balancer just started: HAProxy starts servers UP) is
+      "starting" until its first check result, which makes it UP or DOWN;
+    * MAINT/DRAIN lines don't change health: they follow the backend's own release commands.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[str, SlotHealth] = {}
+
+    def get(self, slot: str) -> SlotHealth | None:
+        return self._slots.get(slot)
+
+    def all(self) -> dict[str, SlotHealth]:
+        return dict(self._slots)
+
+    def assigned(self, slot: str, at: datetime | None = None) -> None:
+        self._slots[slot] = SlotHealth("starting", at or _now(), gated=True)
+
+    def released(self, slot: str) -> None:
+        self._slots.pop(slot, None)
+
+    def load_snapshot(self, snapshot: dict[str, ServerSnapshot], at: datetime | None = None) -> None:
+        """Replace what is known with a `show servers state` snapshot taken at `at`."""
+        now = at or _now()
+        known = self._slots
+        self._slots = {}
+        for slot, server in snapshot.items():
+            if server.state in ("MAINT", "DRAIN"):
+                continue
+            since = now - timedelta(seconds=server.seconds_since_change)
+            previous = known.get(slot)
+            if server.state == "UP":
+                health: ReplicaHealth = "UP" if server.checked else "starting"
+                self._slots[slot] = SlotHealth(health, since, gated=False)
+            elif previous is not None and previous.gated:
+                self._slots[slot] = previous  # still behind its gate
+            else:
+                self._slots[slot] = SlotHealth("DOWN", since, gated=False)
+
+    def apply(self, event: HealthEvent) -> bool:
+        """Take one event into account; True when the slot's health (or since) changed."""
+        current = self._slots.get(event.slot)
+        if current is None or event.state in ("MAINT", "DRAIN"):
+            return False
+        at = event.at or _now()
+        if event.state == "UP":
+            if current.health == "UP":
+                return False
+            self._slots[event.slot] = SlotHealth("UP", at, gated=False)
+            return True
+        # DOWN
+        if current.gated or current.health == "DOWN":
+            return False
+        self._slots[event.slot] = SlotHealth("DOWN", at, gated=False)
+        return True
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
