@@ -15,6 +15,7 @@ import time
 
 import docker.errors
 
+from backend.balancer import LABEL_SLOT
 from backend.docker_driver import (
     LABEL_REVISION,
     LABEL_UID,
@@ -57,7 +58,7 @@ class Backend:
         self.store = Store(settings.state_file, settings.address_pool)
         self.driver = DockerDriver(self.store.tenant, docker_client)
         self.hub = EventHub()
-        self.reconciler = Reconciler(self.store, self.driver, self.hub, settings.resync_seconds, settings.workers)
+        self.reconciler = Reconciler(self.store, self.driver, self.hub, settings)
         self._started = False
         self._lock = threading.Lock()
 
@@ -155,11 +156,13 @@ class Backend:
         state = container.attrs.get("State") or {}
         started = state.get("StartedAt", "")
         current = container.labels.get(LABEL_REVISION) == str(record.revision)
+        health = self.reconciler.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
         return ContainerInfo(
             Id=container.id,
             Name=container.name,
             State=container.status,
-            Health="",
+            Health=health.health if health else "",
+            HealthSince=health.since.isoformat().replace("+00:00", "Z") if health else "",
             Address=replica_address(container, record.spec.ContainerPort or record.spec.ServicePort),
             Started="" if started.startswith("0001-") else started,
             Restarts=int(container.attrs.get("RestartCount", 0)),

@@ -104,7 +104,7 @@ class DockerDriver:
             self._ncpu = int(self.client.info().get("NCPU") or 1)
         return self._ncpu
 
-    def _labels(self, ref: ServiceRef, role: str, **extra: str) -> dict[str, str]:
+    def labels(self, ref: ServiceRef, role: str, **extra: str) -> dict[str, str]:
         return {LABEL_SERVICE: ref.name, LABEL_UID: ref.uid, LABEL_ROLE: role, LABEL_TENANT: self.tenant, **extra}
 
     # -- images -------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ class DockerDriver:
             return network
         try:
             return self.client.networks.create(
-                network_name(ref), driver="bridge", check_duplicate=True, labels=self._labels(ref, ROLE_NETWORK)
+                network_name(ref), driver="bridge", check_duplicate=True, labels=self.labels(ref, ROLE_NETWORK)
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # created by a concurrent step in the meantime
@@ -174,7 +174,9 @@ class DockerDriver:
         with ThreadPoolExecutor(max_workers=min(8, len(sparse))) as pool:
             return [c for c in pool.map(inspected, sparse) if c is not None]
 
-    def create_replica(self, ref: ServiceRef, spec: ServiceSpec, revision: int, network: str) -> Container:
+    def create_replica(
+        self, ref: ServiceRef, spec: ServiceSpec, revision: int, network: str, extra_labels: dict[str, str]
+    ) -> Container:
         """Create and start one replica with every field of the spec mapped to a container option."""
         name = f"{ref.name}-{_suffix()}"
         cpus = min(spec.cpus(), self.ncpu())  # the engine refuses more CPUs than it has
@@ -189,7 +191,10 @@ class DockerDriver:
             tty=spec.Tty,
             stdin_open=spec.Stdin,
             stop_signal=spec.StopSignal,
-            labels={**(spec.Labels or {}), **self._labels(ref, ROLE_REPLICA, **{LABEL_REVISION: str(revision)})},
+            labels={
+                **(spec.Labels or {}),
+                **self.labels(ref, ROLE_REPLICA, **{LABEL_REVISION: str(revision)}, **extra_labels),
+            },
             mounts=[_mount(volume) for volume in spec.Volumes or []],
             mem_limit=spec.memory_bytes(),
             memswap_limit=spec.memory_bytes(),  # no swap on top: the size is the limit
@@ -200,6 +205,7 @@ class DockerDriver:
         )
         try:
             container.start()
+            container.reload()  # its address on the service network
         except docker.errors.APIError:
             container.remove(force=True)
             raise

@@ -1,8 +1,10 @@
-"""The balancer's HAProxy side: the generated haproxy.cfg, the runtime-API commands and the health-log parser.
+"""Owns everything HAProxy-specific about a service's balancer: haproxy.cfg, runtime-API commands, health-log parsing.
 
-Pure text in, text out: no Docker calls here (backend/docker_driver.py copies the files into the
-balancer container and runs the commands there). Works with HAProxy 2.6 (the offline test image)
-and the current LTS (the official `haproxy:lts-alpine` image).
+Pure text in, text out: no Docker calls here (the Docker driver copies `balancer_files()` into the
+balancer container and runs the `*_exec_argv()` commands there). Written for HAProxy 2.6 (the
+offline test image; every config is checked with `haproxy -c` in tests/test_haproxy_config.py) and
+the current LTS 3.x (the official `haproxy:lts-alpine` image), using only directives, CLI commands
+and log messages that 3.x kept.
 
 How a balancer is driven (measured in notes/haproxy-findings.md):
 
@@ -14,12 +16,13 @@ How a balancer is driven (measured in notes/haproxy-findings.md):
   The commands reach HAProxy through `docker exec <lb> sh -c '... | busybox nc 127.0.0.1 9999'`
   (`runtime_exec_argv()`), which works with a remote DOCKER_HOST too.
 * The config file is re-rendered with the current assignments after each change (so a restarted
-  container comes back with the right servers); a reload (SIGUSR2 to the master) is only needed
-  when the slot count has to grow, and is seamless too (the master hands the listening socket over).
+  container comes back with the right servers); a reload is only needed when the slot count has to
+  grow: `reload_exec_argv()` (SIGUSR2 to the master, server states carried over, seamless).
 * Health reaches the backend by following the balancer container's stdout: `option
   log-health-checks` + `log stdout format raw` print one line per check result and state change,
-  which `parse_health_line()` turns into a `HealthEvent`. `parse_servers_state()` reads the
-  snapshot (`show servers state`) taken once when the backend (re)attaches.
+  which `parse_health_line()` turns into a `HealthEvent`; `parse_servers_state()` reads the
+  snapshot (`show servers state`) taken once when the backend (re)attaches; `HealthBoard` turns
+  both into each replica's UP / DOWN / starting with since-when.
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ class BalancerConfig:
     protocol: Protocol
     algorithm: Algorithm
     session_affinity: bool
-    container_port: int  # the port the replicas listen on (assign_slot_commands uses it)
+    container_port: int  # the port the replicas listen on (pass it to assign_slot_commands)
     health_interval: int  # seconds between checks (HealthCheckInterval)
     health_fall: int  # consecutive failures -> DOWN (HealthCheckFall)
     health_rise: int  # consecutive successes -> UP (HealthCheckRise)
@@ -238,8 +241,9 @@ def render_config(cfg: BalancerConfig) -> str:
     lines.append(bind)
     if http:
         lines.append("    option forwardfor")
-        if cfg.protocol == "httpsTerm":
-            lines.append("    http-request set-header X-Forwarded-Proto https")
+        # Set, never passed through: a client must not be able to claim it came over TLS.
+        scheme = "https" if cfg.protocol == "httpsTerm" else "http"
+        lines.append(f"    http-request set-header X-Forwarded-Proto {scheme}")
     lines += [f"    default_backend {BACKEND}", "", f"backend {BACKEND}", f"    balance {cfg.algorithm}"]
     if cfg.algorithm == "source":
         # Consistent hashing: a replica coming or going moves only its own share of clients.
@@ -284,6 +288,9 @@ def _server(slot: str) -> str:
 def assign_slot_commands(slot: str, ip: str, port: int) -> list[str]:
     """Point spare `slot` at a replica, in rotation only once it has passed `rise` checks.
 
+    Not idempotent in effect: sent for a slot already serving, it takes it out of rotation until it
+    passes `rise` checks again. Use `reconcile_commands()` to send only what differs.
+
     Leaving maintenance straight to `ready` would make the server UP at once (HAProxy 2.6 starts a
     server UP and only the first failed check takes it down). Going through drain lets `health
     down` stick: the server then stays DOWN until `rise` consecutive checks pass, and HAProxy logs
@@ -307,6 +314,25 @@ def release_slot_commands(slot: str) -> list[str]:
 
 SHOW_SERVERS_STATE = f"show servers state {BACKEND}"
 SHOW_SERVER_STATS = "show stat -1 4 -1"  # all proxies, servers only (CSV)
+
+
+def reconcile_commands(desired: dict[str, str], current: dict[str, "ServerSnapshot"]) -> list[str]:
+    """The runtime commands that turn the balancer's `current` slots (`parse_servers_state()`) into
+    `desired` (slot -> "ip:port"): assign what is missing or points elsewhere, release what is
+    serving but no longer wanted, leave the rest alone (their health is kept). ValueError when a
+    desired slot does not exist in the running config (grow the slots: re-render + reload)."""
+    commands: list[str] = []
+    for slot, address in sorted(desired.items(), key=lambda item: slot_index(item[0]) or 0):
+        ip, port = split_address(address)
+        server = current.get(slot)
+        if server is None:
+            raise ValueError(f"slot {slot} is not in the running config")
+        if server.address != f"{ip}:{port}" or server.state in ("MAINT", "DRAIN"):
+            commands += assign_slot_commands(slot, ip, port)
+    for slot, server in sorted(current.items(), key=lambda item: slot_index(item[0]) or 0):
+        if slot not in desired and server.state != "MAINT":
+            commands += release_slot_commands(slot)
+    return commands
 
 
 def command_lines(commands: Sequence[str]) -> list[str]:

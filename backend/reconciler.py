@@ -12,33 +12,39 @@ Controller-style, as in Kubernetes' sample-controller:
 
 from __future__ import annotations
 
+import itertools
+import re
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import docker.errors
 from docker.models.containers import Container
 
+from backend.balancer import LABEL_SLOT, Balancers, ReplicaHealth
 from backend.docker_driver import (
     LABEL_REVISION,
     LABEL_SERVICE,
-    ROLE_BALANCER,
     ROLE_REPLICA,
     DockerDriver,
     EngineUnavailable,
     ImageUnavailable,
     ServiceRef,
+    replica_address,
 )
+from backend.haproxy import slot_name
 from backend.events import EventHub
 from backend.models import ServiceStatus
+from backend.settings import Settings
 from backend.store import ServiceRecord, Store
 from backend.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 SOON = 0.25  # seconds before looking again at a service whose step is still under way
+WAIT_FOR_HEALTH = 2.0  # ... whose replicas wait for their health checks (health events come sooner)
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 CRASH_LOOP_RESTARTS = 3  # a replica restarted this often without staying up is reported
 ALIVE_STATES = ("running", "restarting", "created", "paused")
@@ -54,11 +60,15 @@ class Outcome:
 
 
 class Reconciler:
-    def __init__(self, store: Store, driver: DockerDriver, hub: EventHub, resync_seconds: float, workers: int) -> None:
+    def __init__(self, store: Store, driver: DockerDriver, hub: EventHub, settings: Settings) -> None:
         self.store = store
         self.driver = driver
         self.hub = hub
-        self.resync_seconds = resync_seconds
+        self.resync_seconds = settings.resync_seconds
+        self.replace_down_after = settings.replace_down_after
+        workers = settings.workers
+        self.balancers = Balancers(driver, settings.lb_image, settings.max_replicas + 1, self._on_health)
+        self._owners: dict[str, dict[str, tuple[str, str]]] = {}  # service uid -> slot -> (container id, name)
         self.queue = WorkQueue()
         self._workers = workers
         self._threads: list[threading.Thread] = []
@@ -78,6 +88,7 @@ class Reconciler:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.balancers.stop()
         self.queue.shutdown()
         stream = self._events_stream
         if stream is not None:
@@ -155,6 +166,16 @@ class Reconciler:
                 Name=attributes.get("name", ""),
             )
 
+    def _on_health(self, name: str, slot: str, health: ReplicaHealth) -> None:
+        """A replica's health changed as its balancer sees it (slot "" : the balancer's log ended)."""
+        self.queue.add(name)
+        if not slot:
+            return
+        record = self.store.get(name)
+        owner = self._owners.get(record.uid, {}).get(slot) if record else None
+        if owner:
+            self.hub.publish("container", "health", Service=name, Id=owner[0], Name=owner[1], Health=health.health)
+
     def _resync_loop(self) -> None:
         while not self._stopping.wait(self.resync_seconds):
             try:
@@ -187,7 +208,7 @@ class Reconciler:
             self.teardown(record)
             return None
         outcome = self._converge(record)
-        self.report(name, outcome.status, outcome.message)
+        self.report(name, outcome.status, outcome.message, record.generation)
         return outcome.again_in
 
     def _converge(self, record: ServiceRecord) -> Outcome:
@@ -200,40 +221,63 @@ class Reconciler:
         except ImageUnavailable as exc:
             return Outcome(ServiceStatus.error, str(exc), again_in=self._backoff(record.name))
 
+        def ready(container: Container) -> bool:
+            return container.status == "running" and self._health(record, container) == "UP"
+
         replicas = self.driver.containers(ref, ROLE_REPLICA)
-        alive = [c for c in replicas if c.status in ALIVE_STATES]
-        dead = [c for c in replicas if c.status not in ALIVE_STATES]
+        alive = [c for c in replicas if c.status in ALIVE_STATES and not self._down_too_long(record, c)]
+        dead = [c for c in replicas if c not in alive]  # exited, stopped by hand, or DOWN for too long
         current = [c for c in alive if c.labels.get(LABEL_REVISION) == str(record.revision)]
         outdated = [c for c in alive if c.labels.get(LABEL_REVISION) != str(record.revision)]
-        ready = [c for c in current if self.is_ready(c)]
+        ready_now = [c for c in current if ready(c)]
         desired = spec.Replicas
-        self.store.update(record.name, containers=[c.id for c in alive])
-
-        # Replace what died (stopped by hand, killed, removed from its restart policy).
-        if dead:
-            self.driver.remove_many(dead, graceful=False)
 
         # Roll: at most one replica above `desired`, never fewer ready replicas than `desired`.
         limit = desired + 1 if outdated else desired
         to_create = max(0, min(desired - len(current), limit - len(current) - len(outdated)))
-        excess_outdated = max(0, len(ready) + len(outdated) - desired) if outdated else 0
+        excess_outdated = max(0, len(ready_now) + len(outdated) - desired) if outdated else 0
         excess_current = max(0, len(current) - desired)
+        leaving = _least_useful(outdated, ready)[:excess_outdated] + _least_useful(current, ready)[:excess_current]
 
-        to_remove = _least_useful(outdated, self.is_ready)[:excess_outdated]
-        to_remove += _least_useful(current, self.is_ready)[:excess_current]
-        if to_create:
-            self._create_replicas(record, network.name, to_create)
-        if to_remove:
-            self.driver.remove_many(to_remove)
+        staying = [c for c in alive if c not in leaving]
+        created = self._create_replicas(record, network.name, to_create, _free_slots(staying, to_create))
+        serving = staying + created
+        self.store.update(record.name, containers=[c.id for c in serving])
+        self._owners[record.uid] = {c.labels.get(LABEL_SLOT, ""): (c.id, c.name) for c in serving}
+
+        # The balancers carry exactly the serving replicas; the leaving ones are drained, then stopped.
+        servers = {
+            c.labels[LABEL_SLOT]: address
+            for c in serving
+            if c.labels.get(LABEL_SLOT) and (address := replica_address(c, spec.ContainerPort or spec.ServicePort))
+        }
+        balancers = self.balancers.ensure(record, network.name, servers)
+        self.balancers.set_servers(record, balancers, servers)
+        if leaving:
+            self.balancers.wait_drained(balancers, [c.labels.get(LABEL_SLOT, "") for c in leaving])
+        if dead or leaving:
+            self.driver.remove_many(dead, graceful=False)
+            self.driver.remove_many(leaving)
 
         crashing = [c for c in current if _crash_looping(c)]
         if crashing:
             return Outcome(ServiceStatus.error, describe_crash(crashing[0]), again_in=self._backoff(record.name))
-        if to_create or to_remove or dead:
-            return self._progress(record, len(ready), outdated, again_in=SOON)
-        if outdated or len(ready) < desired:
-            return self._progress(record, len(ready), outdated, again_in=SOON)
+        if created or leaving or dead:
+            return self._progress(record, len(ready_now), outdated, again_in=SOON)
+        if outdated or len(ready_now) < desired:
+            # Waiting for health checks: the balancer's health events wake us sooner.
+            return self._progress(record, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
         return Outcome(ServiceStatus.active, "Scaling complete")
+
+    def _health(self, record: ServiceRecord, container: Container) -> str:
+        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
+        return known.health if known else ""
+
+    def _down_too_long(self, record: ServiceRecord, container: Container) -> bool:
+        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
+        if known is None or known.health != "DOWN":
+            return False
+        return (datetime.now(timezone.utc) - known.since).total_seconds() > self.replace_down_after
 
     def _progress(self, record: ServiceRecord, ready: int, outdated: list[Container], again_in: float) -> Outcome:
         desired = record.spec.Replicas
@@ -245,29 +289,31 @@ class Reconciler:
             )
         return Outcome(ServiceStatus.scaling, f"Scaling to {desired} replicas ({ready} ready)", again_in)
 
-    def _create_replicas(self, record: ServiceRecord, network: str, count: int) -> None:
+    def _create_replicas(self, record: ServiceRecord, network: str, count: int, slots: list[str]) -> list[Container]:
+        """Create and start `count` replicas at once, each in its own balancer slot."""
+        if not count:
+            return []
         ref = ServiceRef(record.name, record.uid)
         with ThreadPoolExecutor(max_workers=min(16, count)) as pool:
             futures = [
-                pool.submit(self.driver.create_replica, ref, record.spec, record.revision, network) for _ in range(count)
+                pool.submit(self.driver.create_replica, ref, record.spec, record.revision, network, {LABEL_SLOT: slot})
+                for slot in slots
             ]
             errors = [f.exception() for f in futures if f.exception() is not None]
+            created = [f.result() for f in futures if f.exception() is None]
         if errors:
+            self.driver.remove_many(created, graceful=False)  # nothing half-created
             raise errors[0]
-
-    def is_ready(self, container: Container) -> bool:
-        """A replica that may take traffic (the balancer adds its own health on top)."""
-        return container.status == "running"
+        return created
 
     def teardown(self, record: ServiceRecord) -> None:
         """Remove what a deleted service owned (with keep: all but its replicas), then forget it."""
         ref = ServiceRef(record.name, record.uid)
-        containers = self.driver.containers(ref)
-        if record.keep:
-            containers = [c for c in containers if c.labels.get("io.hyperservice.role") == ROLE_BALANCER]
-        self.driver.remove_many(containers, graceful=not record.keep)
+        self.balancers.remove_all(ref)  # the address stops answering first
         if not record.keep:
+            self.driver.remove_many(self.driver.containers(ref))
             self.driver.remove_network(ref)
+        self._owners.pop(record.uid, None)
         self.store.forget(record)
         self.hub.publish("service", "deleted", Name=record.name)
 
@@ -283,9 +329,16 @@ class Reconciler:
             self.driver.remove_many(self.driver.containers(ref), graceful=False)
             self.driver.remove_network(ref)
 
-    def report(self, name: str, status: str, message: str) -> None:
-        if self.store.set_status(name, str(status), message):
+    def report(self, name: str, status: str, message: str, generation: int | None = None) -> None:
+        if self.store.set_status(name, str(status), message, generation):
             self.hub.publish("service", "status", Name=name, Status=str(status), Message=message)
+
+
+def _free_slots(staying: list[Container], count: int) -> list[str]:
+    """The lowest `count` balancer slots no staying replica occupies."""
+    used = {c.labels.get(LABEL_SLOT) for c in staying}
+    free = (slot_name(index) for index in itertools.count(1) if slot_name(index) not in used)
+    return list(itertools.islice(free, count))
 
 
 def _least_useful(containers: list[Container], is_ready) -> list[Container]:
@@ -313,7 +366,10 @@ def describe_failure(exc: Exception) -> str:
     """A failed step, in words a person can act on."""
     if isinstance(exc, docker.errors.APIError):
         text = str(exc.explanation or exc)
-        if "address already in use" in text or "port is already allocated" in text:
-            return f"address already in use: {text.split('Error starting userland proxy:')[-1].strip()[:200]}"
+        taken = re.search(r"listen tcp4? ([0-9.:]+): bind: address already in use", text) or re.search(
+            r"Bind for ([0-9.:]+) failed: port is already allocated", text
+        )
+        if taken:
+            return f"address {taken.group(1)} already in use"
         return text.strip()[:300]
     return str(exc)[:300] or exc.__class__.__name__

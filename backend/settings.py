@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(default=30.0, gt=0)
     """How often the reconciler re-reads every service, to catch what Docker's event stream missed."""
 
+    replace_down_after: float = Field(default=60.0, gt=0)
+    """Seconds a replica may stay DOWN (failing its health check) before it is replaced."""
+
     workers: int = Field(default=4, ge=1)
     """How many services the reconciler works on at once."""
 

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS services (
     uid       TEXT NOT NULL UNIQUE,     -- labels every Docker object of this service instance
     spec      TEXT NOT NULL,            -- ServiceSpec as JSON (includes SSLCert; never served)
     revision  INTEGER NOT NULL DEFAULT 1,
+    generation INTEGER NOT NULL DEFAULT 1, -- bumped by every change of what is desired
     ip        TEXT NOT NULL UNIQUE,
     fip       TEXT NOT NULL DEFAULT '',
     status    TEXT NOT NULL,
@@ -58,6 +59,7 @@ class ServiceRecord:
     uid: str
     spec: ServiceSpec
     revision: int
+    generation: int
     ip: str
     fip: str
     status: str
@@ -115,6 +117,7 @@ class Store:
                     uid=uuid.uuid4().hex,
                     spec=spec,
                     revision=1,
+                    generation=1,
                     ip=ip,
                     fip="",
                     status=status,
@@ -171,6 +174,8 @@ class Store:
         if not changes:
             return self.get(name)
         columns, values = [], []
+        if {"spec", "fip", "deleting"} & set(changes):
+            columns.append("generation = generation + 1")
         for key, value in changes.items():
             if key == "spec":
                 value = value.model_dump_json()
@@ -182,14 +187,19 @@ class Store:
             self._db.execute(f"UPDATE services SET {', '.join(columns)} WHERE name = ?", (*values, name))
         return self.get(name)
 
-    def set_status(self, name: str, status: str, message: str) -> bool:
-        """Record a status; True when it changed (so callers know whether to tell anyone)."""
+    def set_status(self, name: str, status: str, message: str, generation: int | None = None) -> bool:
+        """Record a status; True when it changed (so callers know whether to tell anyone).
+
+        With `generation`, only if the desired state is still the one the status was worked out for:
+        a sync that read the spec before an update must not report on the old spec afterwards.
+        """
+        query = "UPDATE services SET status = ?, message = ? WHERE name = ? AND (status != ? OR message != ?)"
+        values: list = [status, message, name, status, message]
+        if generation is not None:
+            query += " AND generation = ?"
+            values.append(generation)
         with self._lock:
-            cursor = self._db.execute(
-                "UPDATE services SET status = ?, message = ? WHERE name = ? AND (status != ? OR message != ?)",
-                (status, message, name, status, message),
-            )
-            return cursor.rowcount > 0
+            return self._db.execute(query, values).rowcount > 0
 
     def scale(self, name: str, replicas: int) -> ServiceRecord | None:
         record = self.get(name)
@@ -206,7 +216,8 @@ class Store:
             spec = json.loads(row[0])
             spec["Image"] = image
             self._db.execute(
-                "UPDATE services SET spec = ?, revision = ? WHERE name = ?", (json.dumps(spec), row[1] + 1, name)
+                "UPDATE services SET spec = ?, revision = ?, generation = generation + 1 WHERE name = ?",
+                (json.dumps(spec), row[1] + 1, name),
             )
         return self.get(name)
 
@@ -242,16 +253,17 @@ class Store:
             return {row[0] for row in self._db.execute("SELECT uid FROM released")}
 
 
-_COLUMNS = "name, uid, spec, revision, ip, fip, status, message, created, containers, deleting, keep"
+_COLUMNS = "name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep"
 
 
 def _record(row: Iterable) -> ServiceRecord:
-    name, uid, spec, revision, ip, fip, status, message, created, containers, deleting, keep = row
+    name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep = row
     return ServiceRecord(
         name=name,
         uid=uid,
         spec=ServiceSpec.model_construct(**json.loads(spec)),
         revision=revision,
+        generation=generation,
         ip=ip,
         fip=fip,
         status=status,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -41,6 +42,9 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         "data_dir": data_dir,
         "lb_image": LB_IMAGE,
         "resync_seconds": 2.0,
+        # Each backend its own block of loopback addresses: tests (and anyone else on this engine)
+        # never compete for one IP:port.
+        "address_pool": f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24",
         **overrides,
     }
     return Settings(**values)

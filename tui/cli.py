@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tui.app import ConsoleApp
 
-    ConsoleApp(api_url=args.api, token=args.token).run()
-    return 0
+    app = ConsoleApp(api_url=args.api, token=args.token)
+    app.run()
+    return app.return_code or 0
 
 
 if __name__ == "__main__":

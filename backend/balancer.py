@@ -1,0 +1,298 @@
+"""The balancers on Docker: the HAProxy containers in front of each service, and what they see.
+
+Each service has one balancer container published on `IP:ServicePort` and, while a floating IP is
+attached, a second one published on `FIP:ServicePort` (so attaching or detaching never disturbs the
+service's own address). Both sit on the service's network and carry the same server set.
+
+This module owns the Docker side of that (backend/haproxy.py owns the HAProxy text):
+- creating a balancer: render the config, copy it in (put_archive, no bind mounts: a remote
+  DOCKER_HOST works too), start it;
+- changing its server set through the runtime API (`docker exec … busybox nc`), never a reload:
+  a new replica gets no traffic until it passed `rise` checks, a leaving one is drained first;
+- following its log stream for health lines, so each replica's UP / DOWN / starting (with since
+  when) is known within a check interval, event-driven.
+
+Replicas are matched to the balancer's server slots by their `io.hyperservice.slot` label.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import docker.errors
+from docker.models.containers import Container
+
+from backend import haproxy
+from backend.docker_driver import (
+    LABEL_ROLE,
+    ROLE_BALANCER,
+    DockerDriver,
+    ServiceRef,
+)
+from backend.store import ServiceRecord
+
+log = logging.getLogger(__name__)
+
+LABEL_SLOT = "io.hyperservice.slot"  # on a replica: the balancer slot it occupies (s1, s2, ...)
+LABEL_ADDRESS = "io.hyperservice.address"  # on a balancer: the host address it is published on
+LABEL_FRONT = "io.hyperservice.front"  # on a balancer: "ip" (the service's own) or "fip"
+HAPROXY_UID = 99  # user haproxy in the official image and in the offline test image
+DRAIN_WAIT = 10.0  # seconds a leaving replica's requests get to finish before it is stopped
+LOG_OPTIONS = {"max-size": "1m", "max-file": "2"}  # health lines flow through the log: keep it small
+
+
+class BalancerError(Exception):
+    """The balancer refused a runtime command, or could not be reached."""
+
+
+@dataclass(frozen=True)
+class ReplicaHealth:
+    health: str  # UP, DOWN, starting
+    since: datetime
+
+
+def balancer_config(record: ServiceRecord, servers: dict[str, str], slots: int) -> haproxy.BalancerConfig:
+    spec = record.spec
+    return haproxy.BalancerConfig(
+        service=record.name,
+        protocol=spec.Protocol,
+        algorithm=spec.Algorithm,
+        session_affinity=spec.SessionAffinity,
+        container_port=spec.ContainerPort or spec.ServicePort,
+        health_interval=spec.HealthCheckInterval,
+        health_fall=spec.HealthCheckFall,
+        health_rise=spec.HealthCheckRise,
+        servers=tuple(sorted(servers.items(), key=lambda item: haproxy.slot_index(item[0]) or 0)),
+        slots=slots,
+    )
+
+
+def _archive(files: dict[str, tuple[bytes, int]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path, (content, mode) in files.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(content), mode, int(time.time())
+            info.uid = info.gid = HAPROXY_UID
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+class Balancers:
+    """Every service's balancers, their server sets and the health they report."""
+
+    def __init__(
+        self,
+        driver: DockerDriver,
+        image: str,
+        slots: int,
+        on_health: Callable[[str, str, ReplicaHealth], None],
+    ) -> None:
+        self.driver = driver
+        self.image = image
+        self.slots = slots
+        self._on_health = on_health  # (service name, slot, new health)
+        self._lock = threading.Lock()
+        self._boards: dict[str, haproxy.HealthBoard] = {}  # service uid -> health of its slots
+        self._applied: dict[str, dict[str, str]] = {}  # balancer container id -> servers it carries
+        self._followers: dict[str, threading.Thread] = {}  # primary balancer id -> its log follower
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- containers --------------------------------------------------------------------------
+
+    def containers(self, ref: ServiceRef) -> list[Container]:
+        return self.driver.containers(ref, ROLE_BALANCER)
+
+    def ensure(self, record: ServiceRecord, network: str, servers: dict[str, str]) -> list[Container]:
+        """Balancers for the service's address (and FIP) exist and run; extra ones are removed.
+
+        A balancer created here starts with `servers` in its config: they start UP-unchecked, which
+        the health board reports as "starting" until their first check.
+        """
+        ref = ServiceRef(record.name, record.uid)
+        wanted = {"ip": record.ip, **({"fip": record.fip} if record.fip else {})}
+        existing = self.containers(ref)
+        result: list[Container] = []
+        for container in existing:
+            front = container.labels.get(LABEL_FRONT)
+            if wanted.get(front) != container.labels.get(LABEL_ADDRESS) or container.status in ("exited", "dead"):
+                self.forget(container.id)
+                self.driver.remove(container, graceful=False)
+        existing = [c for c in self.containers(ref)]
+        fronts = {c.labels.get(LABEL_FRONT): c for c in existing}
+        for front, address in wanted.items():
+            container = fronts.get(front)
+            if container is None:
+                container = self._create(record, network, servers, front, address)
+            elif container.status != "running":
+                container.start()
+                container.reload()
+                self.forget(container.id)
+            result.append(container)
+        primary = next(c for c in result if c.labels.get(LABEL_FRONT) == "ip")
+        self._follow(record, primary)
+        return result
+
+    def _create(self, record: ServiceRecord, network: str, servers: dict[str, str], front: str, address: str) -> Container:
+        ref = ServiceRef(record.name, record.uid)
+        self.driver.ensure_image(self.image)
+        labels = self.driver.labels(ref, ROLE_BALANCER, **{LABEL_FRONT: front, LABEL_ADDRESS: address})
+        container = self.driver.client.containers.create(
+            image=self.image,
+            name=f"{record.name}-{'lb' if front == 'ip' else 'fip'}-{record.uid[:5]}",
+            labels=labels,
+            network=network,
+            ports={f"{haproxy.LISTEN_PORT}/tcp": (address, record.spec.ServicePort)},
+            restart_policy={"Name": "unless-stopped"},
+            log_config={"Type": "json-file", "Config": LOG_OPTIONS},
+            detach=True,
+        )
+        try:
+            self._copy_files(container, record, servers)
+            container.start()
+        except Exception:
+            container.remove(force=True)
+            raise
+        container.reload()
+        with self._lock:
+            self._applied[container.id] = dict(servers)
+        return container
+
+    def _copy_files(self, container: Container, record: ServiceRecord, servers: dict[str, str]) -> None:
+        config = balancer_config(record, servers, self.slots)
+        files = haproxy.balancer_files(config, record.spec.SSLCert or None)
+        if not container.put_archive("/", _archive(files)):
+            raise BalancerError(f"could not copy the configuration into {container.name}")
+
+    def remove_all(self, ref: ServiceRef) -> None:
+        containers = self.containers(ref)
+        for container in containers:
+            self.forget(container.id)
+        self.driver.remove_many(containers, graceful=False)
+        with self._lock:
+            self._boards.pop(ref.uid, None)
+
+    def forget(self, container_id: str) -> None:
+        with self._lock:
+            self._applied.pop(container_id, None)
+
+    # -- the server set ------------------------------------------------------------------------
+
+    def set_servers(self, record: ServiceRecord, balancers: list[Container], servers: dict[str, str]) -> list[str]:
+        """Make every balancer carry exactly `servers` (slot -> ip:port); answer the slots released."""
+        released: set[str] = set()
+        board = self.board(record.uid)
+        for container in balancers:
+            with self._lock:
+                if self._applied.get(container.id) == servers:
+                    continue
+            current = haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
+            commands = haproxy.reconcile_commands(servers, current)
+            if commands:
+                self._run(container, commands)
+            if container.labels.get(LABEL_FRONT) == "ip":
+                for slot, address in servers.items():
+                    snapshot = current.get(slot)
+                    if snapshot is None or snapshot.address != address or snapshot.state in ("MAINT", "DRAIN"):
+                        board.assigned(slot)
+            released |= {slot for slot, snap in current.items() if slot not in servers and snap.state != "MAINT"}
+            self._copy_files(container, record, servers)  # a restarted balancer comes back right
+            with self._lock:
+                self._applied[container.id] = dict(servers)
+        for slot in released:
+            board.released(slot)
+        return sorted(released)
+
+    def wait_drained(self, balancers: list[Container], slots: list[str], timeout: float = DRAIN_WAIT) -> None:
+        """Wait (bounded) until no balancer has a session open on `slots`."""
+        if not slots:
+            return
+        deadline = time.monotonic() + timeout
+        for container in balancers:
+            while time.monotonic() < deadline:
+                counts = haproxy.parse_session_counts(self._ask(container, haproxy.SHOW_SERVER_STATS))
+                if all(counts.get(slot, 0) == 0 for slot in slots):
+                    break
+                time.sleep(0.2)
+
+    def _ask(self, container: Container, command: str) -> str:
+        code, output = container.exec_run(haproxy.runtime_exec_argv(command))
+        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+        if code != 0:
+            raise BalancerError(f"the balancer {container.name} did not answer its runtime API: {text.strip()[:200]}")
+        return text
+
+    def _run(self, container: Container, commands: list[str]) -> None:
+        for line in haproxy.command_lines(commands):
+            errors = haproxy.runtime_errors(self._ask(container, line))
+            if errors:
+                raise BalancerError(f"the balancer {container.name} refused a change: {errors[0][:200]}")
+
+    # -- health --------------------------------------------------------------------------------
+
+    def board(self, uid: str) -> haproxy.HealthBoard:
+        with self._lock:
+            return self._boards.setdefault(uid, haproxy.HealthBoard())
+
+    def health(self, uid: str, slot: str | None) -> ReplicaHealth | None:
+        if not slot:
+            return None
+        known = self.board(uid).get(slot)
+        return ReplicaHealth(known.health, known.since) if known else None
+
+    def _follow(self, record: ServiceRecord, primary: Container) -> None:
+        """Follow the primary balancer's log for health lines (once per container start)."""
+        with self._lock:
+            thread = self._followers.get(primary.id)
+            if thread is not None and thread.is_alive():
+                return
+            started = time.time()
+            thread = threading.Thread(
+                target=self._read_health, args=(record.name, record.uid, primary, started),
+                name=f"health-{record.name}", daemon=True,
+            )
+            self._followers[primary.id] = thread
+        thread.start()
+        # The state now, as a starting point: later lines come from the log stream.
+        try:
+            snapshot = haproxy.parse_servers_state(self._ask(primary, haproxy.SHOW_SERVERS_STATE))
+            self.board(record.uid).load_snapshot(snapshot)
+        except BalancerError as exc:
+            log.info("no health snapshot of %s yet: %s", primary.name, exc)
+
+    def _read_health(self, name: str, uid: str, primary: Container, since: float) -> None:
+        board = self.board(uid)
+        try:
+            stream = self.driver.client.api.logs(
+                primary.id, stream=True, follow=True, stdout=True, stderr=False, timestamps=True, since=int(since)
+            )
+            pending = b""
+            for chunk in stream:
+                if self._stopping.is_set():
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    event = haproxy.parse_health_line(raw.decode("utf-8", "replace"))
+                    if event is not None and board.apply(event):
+                        known = board.get(event.slot)
+                        if known is not None:
+                            self._on_health(name, event.slot, ReplicaHealth(known.health, known.since))
+        except (docker.errors.APIError, docker.errors.NotFound) as exc:
+            log.debug("health stream of %s ended: %s", name, exc)
+        except Exception as exc:  # the engine went away: the reconciler re-attaches when it's back
+            log.debug("health stream of %s ended: %s", name, exc)
+        finally:
+            self.forget(primary.id)  # whatever it carried must be checked again
+            if not self._stopping.is_set():
+                self._on_health(name, "", ReplicaHealth("", datetime.now()))

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Benchmark of the console with many services: first paint, live update latency, idle CPU, memory.
+
+The console runs headless (Textual's test driver) on an in-process backend whose store knows
+`--services` services of `--replicas` replicas each. The Docker engine is replaced by an in-memory
+driver (the reconciler is not started), so the figures are the console's and the API's own, not the
+engine's, and the run leaves nothing behind. Printed:
+
+- start → first full paint: from creating the app until every service row is on screen;
+- container change → row updated: a replica stops (the backend publishes the container event as the
+  reconciler does on a Docker event) until its service's "Up" cell shows one fewer;
+- CPU over N idle seconds (goal: near zero, no busy polling) and the process's peak RSS.
+
+Usage: python bench/console.py [--services 100] [--replicas 5] [--idle 30] [--changes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backend.core import Backend  # noqa: E402
+from backend.docker_driver import LABEL_REVISION  # noqa: E402
+from backend.models import ServiceSpec, ServiceStatus  # noqa: E402
+from backend.settings import Settings  # noqa: E402
+
+
+class MemoryDriver:
+    """The part of DockerDriver the API's read routes use, over containers kept in memory."""
+
+    def __init__(self) -> None:
+        self.replicas: dict[str, list[SimpleNamespace]] = {}
+
+    def add(self, service: str, uid: str, count: int) -> list[str]:
+        replicas = []
+        for index in range(count):
+            container_id = f"{abs(hash((uid, index))):016x}".ljust(64, "0")[:64]
+            replicas.append(SimpleNamespace(
+                id=container_id, name=f"{service}-{index:05d}", status="running",
+                labels={LABEL_REVISION: "1"},
+                attrs={"State": {"StartedAt": "2025-01-01T00:00:00.000000000Z"}, "RestartCount": 0,
+                       "NetworkSettings": {"Networks": {"n": {"IPAddress": f"172.30.{index}.{len(self.replicas) % 250}"}}},
+                       "Config": {"Image": "bench/web:1"}},
+            ))
+        self.replicas[service] = replicas
+        return [r.id for r in replicas]
+
+    def containers(self, ref, role=None):
+        return list(self.replicas.get(ref.name, []))
+
+    def ping(self) -> None:
+        pass
+
+
+def build_backend(services: int, replicas: int, data_dir: Path) -> tuple[Backend, MemoryDriver]:
+    backend = Backend(Settings(data_dir=data_dir, max_replicas=100))
+    driver = MemoryDriver()
+    backend.driver = driver  # type: ignore[assignment]
+    backend.reconciler.driver = driver  # type: ignore[assignment]
+    for index in range(services):
+        spec = ServiceSpec.model_validate({"Name": f"svc-{index:03d}", "Image": "bench/web:1", "ServicePort": 80,
+                                           "Replicas": replicas, "Protocol": ("tcp", "http")[index % 2]})
+        record = backend.store.insert(spec, ServiceStatus.active.value, "Scaling complete")
+        backend.store.update(record.name, containers=driver.add(record.name, record.uid, replicas))
+    return backend, driver
+
+
+async def run(args: argparse.Namespace) -> dict[str, str]:
+    from textual.widgets import DataTable
+
+    from tui.app import ConsoleApp
+
+    with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp:
+        backend, driver = build_backend(args.services, args.replicas, Path(tmp))
+        results: dict[str, str] = {}
+        started = time.perf_counter()
+        app = ConsoleApp(backend=backend)
+        async with app.run_test(size=(200, 50)) as pilot:
+            table = app.screen.query_one("#services", DataTable)
+
+            def up_of(name: str) -> str:
+                value = table.get_cell(name, "Up")
+                return getattr(value, "plain", str(value))
+
+            full = f"{args.replicas}/{args.replicas}"
+            while not (table.row_count == args.services and all(up_of(n) == full for n in ("svc-000", f"svc-{args.services - 1:03d}"))):
+                await asyncio.sleep(0.002)
+            await pilot.pause()  # the frame with every row is drawn
+            results["start → first full paint"] = f"{(time.perf_counter() - started) * 1000:.0f} ms"
+            await asyncio.sleep(2)  # let the start-up reads of every service's replicas finish
+
+            latencies = []
+            for change in range(args.changes):
+                name = f"svc-{(change * 7) % args.services:03d}"
+                replica = driver.replicas[name][change % args.replicas]
+                replica.status = "exited"
+                expected = f"{args.replicas - 1}/{args.replicas}"
+                began = time.perf_counter()
+                backend.hub.publish("container", "die", Service=name, Id=replica.id, Name=replica.name)
+                while up_of(name) != expected:
+                    await asyncio.sleep(0.001)
+                latencies.append((time.perf_counter() - began) * 1000)
+                replica.status = "running"
+                backend.hub.publish("container", "start", Service=name, Id=replica.id, Name=replica.name)
+                while up_of(name) != full:
+                    await asyncio.sleep(0.001)
+            results["container change → row updated"] = (
+                f"median {statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms ({len(latencies)} changes)"
+            )
+
+            await asyncio.sleep(1)
+            cpu_before, wall_before = time.process_time(), time.perf_counter()
+            await asyncio.sleep(args.idle)  # hands off: whatever runs now is the console's own doing
+            cpu = time.process_time() - cpu_before
+            wall = time.perf_counter() - wall_before
+            results[f"CPU over {args.idle:g} idle seconds"] = f"{cpu:.2f} s CPU = {cpu / wall * 100:.2f}% of one core"
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        results["peak memory (RSS, whole process)"] = f"{peak_kib / 1024:.0f} MiB"
+        backend.close()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Benchmark the hyperservice console.")
+    parser.add_argument("--services", type=int, default=100)
+    parser.add_argument("--replicas", type=int, default=5)
+    parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU measurement")
+    parser.add_argument("--changes", type=int, default=20, help="container changes to time")
+    args = parser.parse_args()
+    results = asyncio.run(run(args))
+    print(f"hyperservice console, {args.services} services × {args.replicas} replicas, 200x50, headless")
+    for what, figure in results.items():
+        print(f"  {what:<36} {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

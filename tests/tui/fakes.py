@@ -1,0 +1,122 @@
+"""A fake backend client with fixed data, for snapshot tests and screenshots (deterministic output).
+
+It has `ApiClient`'s methods; the /events stream says hello and then stays quiet, so the console
+shows exactly the data below. Pilot tests that prove behaviour use the real backend instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from backend.models import ContainerInfo, Service, ServiceSpec
+from tui.client import ApiError
+
+NOW = datetime(2025, 3, 14, 12, 0, 0, tzinfo=UTC)
+TENANT = "0123456789abcdef0123456789abcdef"
+
+
+def _at(seconds_ago: int) -> str:
+    return (NOW - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+
+
+def _service(name: str, image: str, replicas: int, status: str, message: str, ip: str, ago: int,
+             containers: int, **extra: Any) -> Service:
+    spec = ServiceSpec.model_validate({"Name": name, "Image": image, "ServicePort": extra.pop("port", 80),
+                                       "Replicas": replicas, **extra})
+    ids = [f"{name[:2]}{index:02d}" * 16 for index in range(containers)]
+    return Service.from_spec(spec, IP=ip, Tenant=TENANT, FIP=extra.get("FIP", ""), Message=message,
+                             Created=_at(ago), Status=status, Containers=ids or None)
+
+
+def sample_services() -> list[Service]:
+    return [
+        _service("web", "nginx:1.27", 3, "active", "Scaling complete", "127.77.0.1", 3 * 86400 + 7200, 3,
+                 Protocol="http", Labels={"team": "frontend"}, Env=["MODE=prod"]),
+        _service("api", "registry.example.com/shop/api:2.4.1", 2, "error",
+                 "image registry.example.com/shop/api:2.4.1 not found (pull access denied for "
+                 "registry.example.com/shop/api, repository does not exist or may require 'docker login')",
+                 "127.77.0.2", 5400, 0, port=8080),
+        _service("cache", "redis:7-alpine", 1, "active", "Scaling complete", "127.77.0.3", 600, 1, port=6379,
+                 Algorithm="leastconn"),
+        _service("worker", "busybox:1.36", 4, "scaling", "Scaling to 4 replicas (2 ready)", "127.77.0.4", 45, 2,
+                 port=9000, Cmd="httpd -f -p 9000"),
+    ]
+
+
+def sample_containers(service: Service) -> list[ContainerInfo]:
+    health = {"web": ["UP", "UP", "DOWN"], "cache": ["UP"], "worker": ["UP", "starting"]}.get(service.Name, [])
+    replicas = []
+    for index, container_id in enumerate(service.Containers or []):
+        replicas.append(ContainerInfo(
+            Id=container_id, Name=f"{service.Name}-{'abcde'[index:] + 'xyz'[:index]}"[:len(service.Name) + 6],
+            State="running", Health=health[index] if index < len(health) else "",
+            Address=f"172.20.0.{index + 2}:{service.ContainerPort}", Started=_at(3600 * (index + 1)),
+            Restarts=index, Image=service.Image))
+    return replicas
+
+
+LOG_LINES = [
+    f"{_at(60 - i * 7)[:-1]}Z web-abcde | GET /index.html 200 {512 + i * 3} bytes" if i % 2 == 0
+    else f"{_at(60 - i * 7)[:-1]}Z web-bcdex | GET /api/health 200 2 bytes"
+    for i in range(8)
+]
+
+
+class FakeClient:
+    description = "fake backend"
+    backend = None
+
+    def __init__(self, services: list[Service] | None = None) -> None:
+        self.services = {s.Name: s for s in (services if services is not None else sample_services())}
+
+    async def list_services(self) -> list[Service]:
+        return sorted(self.services.values(), key=lambda s: s.Name)
+
+    async def get_service(self, name: str) -> Service:
+        if name not in self.services:
+            raise ApiError(404, f"no service named {name}")
+        return self.services[name]
+
+    async def containers(self, name: str) -> list[ContainerInfo]:
+        return sample_containers(await self.get_service(name))
+
+    async def create_service(self, body: dict[str, Any]) -> Service:
+        raise ApiError(409, f"a service named {body.get('Name')} already exists")
+
+    async def update_service(self, name: str, **changes: Any) -> Service:
+        return await self.get_service(name)
+
+    async def delete_service(self, name: str, keep: bool = False) -> None:
+        self.services.pop(name, None)
+
+    async def logs(self, name: str, container: str | None = None, tail: int | None = None) -> str:
+        return "\n".join(LOG_LINES) + "\n"
+
+    async def follow_logs(self, name: str, container: str | None = None, tail: int | None = 200):
+        for line in LOG_LINES:
+            if name in line and (not container or container in line):
+                yield line
+        await asyncio.Event().wait()
+        yield ""  # never reached
+
+    async def events(self):
+        yield {"Type": "hello", "Action": "subscribed", "Engine": "ok", "Tenant": TENANT}
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        pass
+
+
+def fake_app(services: list[Service] | None = None, engine_problem: str | None = None):
+    from tui.app import ConsoleApp
+
+    client = FakeClient(services)
+    if engine_problem:
+        async def events():
+            yield {"Type": "hello", "Action": "subscribed", "Engine": engine_problem, "Tenant": TENANT}
+            await asyncio.Event().wait()
+
+        client.events = events  # type: ignore[method-assign]
+    return ConsoleApp(client=client, clock=lambda: NOW)

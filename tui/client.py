@@ -1,0 +1,281 @@
+"""The console's one way to the backend: `ApiClient`, typed async methods over httpx.
+
+The same client serves both modes: in-process (the FastAPI app of `backend.api` on a `Backend`, reached
+through `StreamingASGITransport`, no port opened) and remote (`hyperservice serve` at a URL, with an
+optional bearer token). Answers come back as the backend's own pydantic models; every failure, from a
+400 with per-field errors to an unreachable server, is raised as one `ApiError`.
+
+httpx's own `ASGITransport` collects the whole response before handing it over, so the endless
+`/events` stream and `logs?follow=true` would never arrive through it; `StreamingASGITransport` runs the
+app as a task and passes body chunks through a queue as they are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from pydantic import ConfigDict
+
+from backend.models import ContainerInfo, FieldError, Service
+
+IN_PROCESS_URL = "http://hyperservice.local"
+_END = object()
+
+
+class Replica(ContainerInfo):
+    """A replica as the containers route reports it; fields the backend adds later (CPU, memory)
+    are kept rather than dropped, so the console shows them as soon as they exist."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ApiError(Exception):
+    """A failed API call: the HTTP status (0 when the server could not be reached), the server's
+    message, and its per-field errors (400, 409)."""
+
+    def __init__(self, status: int, message: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or []
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# ---------------------------------------------------------------------------------------------
+# A streaming ASGI transport
+# ---------------------------------------------------------------------------------------------
+
+
+class _QueueStream(httpx.AsyncByteStream):
+    """The response body: chunks as the app sends them; closing it cancels the app's task."""
+
+    def __init__(self, queue: asyncio.Queue, task: asyncio.Task, closed: asyncio.Event) -> None:
+        self._queue = queue
+        self._task = task
+        self._closed = closed
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await self._queue.get()
+            if chunk is _END:
+                return
+            if isinstance(chunk, BaseException):
+                raise httpx.ReadError(f"the backend failed while answering: {chunk}") from chunk
+            yield chunk
+
+    async def aclose(self) -> None:
+        self._closed.set()
+        if not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+class StreamingASGITransport(httpx.AsyncBaseTransport):
+    """Call an ASGI app in-process and stream its response (see the module's docstring)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": request.method,
+            "headers": [(k.lower(), v) for k, v in request.headers.raw],
+            "scheme": request.url.scheme,
+            "path": request.url.path,
+            "raw_path": request.url.raw_path.split(b"?")[0],
+            "query_string": request.url.query,
+            "server": (request.url.host, request.url.port or 80),
+            "client": ("127.0.0.1", 0),
+            "root_path": "",
+        }
+        queue: asyncio.Queue = asyncio.Queue()
+        started: asyncio.Future = asyncio.get_running_loop().create_future()
+        closed = asyncio.Event()
+        body_sent = False
+
+        async def receive() -> dict:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await closed.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if closed.is_set():
+                raise OSError("the client went away")
+            if message["type"] == "http.response.start":
+                if not started.done():
+                    started.set_result(message)
+            elif message["type"] == "http.response.body":
+                chunk = message.get("body", b"")
+                if chunk:
+                    queue.put_nowait(bytes(chunk))
+                if not message.get("more_body", False):
+                    queue.put_nowait(_END)
+
+        async def run() -> None:
+            try:
+                await self.app(scope, receive, send)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # surfaced to the reader, never swallowed
+                if not started.done():
+                    started.set_exception(exc)
+                else:
+                    queue.put_nowait(exc)
+                return
+            if not started.done():
+                started.set_exception(RuntimeError("the app ended without answering"))
+            queue.put_nowait(_END)
+
+        task = asyncio.create_task(run(), name=f"asgi {request.method} {request.url.path}")
+        try:
+            start = await started
+        except BaseException:
+            closed.set()
+            task.cancel()
+            raise
+        headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
+        return httpx.Response(start["status"], headers=headers, stream=_QueueStream(queue, task, closed), request=request)
+
+
+# ---------------------------------------------------------------------------------------------
+# The client
+# ---------------------------------------------------------------------------------------------
+
+
+def _error_from(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and "message" in body:
+        errors = [FieldError.model_validate(e) for e in body.get("errors") or [] if isinstance(e, dict)]
+        return ApiError(response.status_code, str(body["message"]), errors)
+    text = response.text.strip()[:300] if response.content else ""
+    return ApiError(response.status_code, text or f"HTTP {response.status_code} {response.reason_phrase}")
+
+
+class ApiClient:
+    """Typed access to the HTTP API (SPEC.md), in-process or remote.
+
+    `ApiClient.in_process(backend)` or `ApiClient.remote(url, token)`. The owner calls `aclose()`.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, description: str, backend: Any = None) -> None:
+        self.http = http
+        self.description = description  # "in-process backend" or the URL, for messages
+        self.backend = backend  # the in-process Backend, None when remote
+
+    @classmethod
+    def in_process(cls, backend: Any, token: str | None = None) -> ApiClient:
+        from backend.api import create_app
+
+        transport = StreamingASGITransport(create_app(backend, token))
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        http = httpx.AsyncClient(transport=transport, base_url=IN_PROCESS_URL, headers=headers, timeout=180)
+        return cls(http, "the in-process backend", backend)
+
+    @classmethod
+    def remote(cls, url: str, token: str | None = None) -> ApiClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        timeout = httpx.Timeout(180, connect=5)
+        http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        return cls(http, url, None)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(0, f"cannot reach the backend at {self.description}: {exc or exc.__class__.__name__}") from exc
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, path: str, params: dict | None = None) -> AsyncIterator[httpx.Response]:
+        try:
+            async with self.http.stream("GET", path, params=params, timeout=httpx.Timeout(None, connect=5)) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _error_from(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise ApiError(0, f"lost the stream from {self.description}: {exc or exc.__class__.__name__}") from exc
+
+    # -- the API -----------------------------------------------------------------------------
+
+    async def list_services(self) -> list[Service]:
+        response = await self._request("GET", "/services")
+        return [Service.model_validate(item) for item in response.json()]
+
+    async def get_service(self, name: str) -> Service:
+        response = await self._request("GET", f"/services/{name}")
+        return Service.model_validate(response.json())
+
+    async def create_service(self, body: dict[str, Any]) -> Service:
+        response = await self._request("POST", "/services/create", json=body)
+        return Service.model_validate(response.json())
+
+    async def update_service(self, name: str, **changes: Any) -> Service:
+        response = await self._request("POST", f"/services/{name}/update", json=changes)
+        return Service.model_validate(response.json())
+
+    async def delete_service(self, name: str, keep: bool = False) -> None:
+        await self._request("DELETE", f"/services/{name}", params={"keep": "true" if keep else "false"})
+
+    async def containers(self, name: str) -> list[ContainerInfo]:
+        response = await self._request("GET", f"/services/{name}/containers")
+        return [Replica.model_validate(item) for item in response.json()]
+
+    async def logs(self, name: str, container: str | None = None, tail: int | None = None) -> str:
+        params: dict[str, Any] = {}
+        if container:
+            params["container"] = container
+        if tail is not None:
+            params["tail"] = tail
+        response = await self._request("GET", f"/services/{name}/logs", params=params)
+        return response.text
+
+    async def follow_logs(self, name: str, container: str | None = None, tail: int | None = 200) -> AsyncIterator[str]:
+        """Labelled log lines ("<time> <replica> | <text>") as the replicas write them."""
+        params: dict[str, Any] = {"follow": "true"}
+        if container:
+            params["container"] = container
+        if tail is not None:
+            params["tail"] = tail
+        async with self._stream(f"/services/{name}/logs", params) as response:
+            async for line in response.aiter_lines():
+                yield line
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """The backend's change feed: one dict per event; the first is {"Type": "hello", ...}."""
+        async with self._stream("/events") as response:
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    yield event

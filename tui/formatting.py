@@ -1,0 +1,122 @@
+"""How the console writes values: ages, uptimes, addresses, replica counts and status colours.
+
+Pure functions of their inputs (the time "now" is passed in), so screens and snapshot tests agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from rich.text import Text
+
+from backend.models import ContainerInfo, Service
+
+DASH = "—"
+
+STATUS_STYLE = {
+    "active": "bold green",
+    "error": "bold red",
+    "created": "yellow",
+    "scaling": "yellow",
+    "updating": "yellow",
+    "deleting": "dim",
+}
+STATE_STYLE = {"running": "green", "restarting": "yellow", "created": "yellow", "exited": "red", "dead": "red"}
+HEALTH_STYLE = {"UP": "bold green", "DOWN": "bold red", "starting": "yellow"}
+
+
+def parse_time(value: str) -> datetime | None:
+    """RFC 3339 (nanoseconds allowed, as Docker and the backend write it) → aware datetime."""
+    if not value:
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    if "." in text:
+        head, _, rest = text.partition(".")
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        zone = rest[len(digits):]
+        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def duration(seconds: float) -> str:
+    """A short human duration: 42s, 5m, 3h, 2d (with a second unit when it matters: 1h05m)."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m" if minutes >= 10 or not seconds else f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h" if hours >= 10 or not minutes else f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d" if days >= 10 or not hours else f"{days}d{hours:02d}h"
+
+
+def since(value: str, now: datetime) -> str:
+    when = parse_time(value)
+    return duration((now - when).total_seconds()) if when else DASH
+
+
+def address(service: Service) -> str:
+    """IP:ServicePort, plus the floating IP when one is attached."""
+    main = f"{service.IP}:{service.ServicePort}" if service.IP else f"{DASH}:{service.ServicePort}"
+    return f"{main} {service.FIP}" if service.FIP else main
+
+
+def copyable_address(service: Service) -> str:
+    host = service.FIP or service.IP
+    return f"{host}:{service.ServicePort}" if host else ""
+
+
+def replicas_up(service: Service, containers: list[ContainerInfo] | None) -> int:
+    """How many replicas serve: UP as the balancer sees it; running ones before there is a balancer."""
+    if containers is None:
+        return len(service.Containers or [])
+    if any(c.Health for c in containers):
+        return sum(1 for c in containers if c.Health == "UP")
+    return sum(1 for c in containers if c.State == "running")
+
+
+def replicas_text(service: Service, containers: list[ContainerInfo] | None) -> Text:
+    up = replicas_up(service, containers)
+    style = "green" if up >= service.Replicas else ("red" if up == 0 and service.Status != "created" else "yellow")
+    return Text(f"{up}/{service.Replicas}", style=style)
+
+
+def status_text(status: str) -> Text:
+    return Text(status or DASH, style=STATUS_STYLE.get(status, ""))
+
+
+def state_text(state: str) -> Text:
+    return Text(state or DASH, style=STATE_STYLE.get(state, ""))
+
+
+def health_text(health: str) -> Text:
+    return Text(health or DASH, style=HEALTH_STYLE.get(health, "dim"))
+
+
+def short_id(container_id: str) -> str:
+    return container_id[:12]
+
+
+def format_bytes(value: float | int | None) -> str:
+    if value is None:
+        return DASH
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return DASH
+
+
+def shell_line(words: list[str] | None) -> str:
+    """A list of words back to a line the form's shell-like field takes."""
+    import shlex
+
+    return shlex.join(words) if words else ""

@@ -1,0 +1,32 @@
+"""The messages the console passes around: what the app learns from the backend, told to the screens.
+
+The app owns the connection (the /events stream and the refetches it triggers) and the `Catalog`;
+it posts these to every screen on the stack, which redraw what they show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+
+@dataclass
+class ServicesChanged(Message):
+    """Services were added, changed or removed; `names` None means the whole list was re-read."""
+
+    names: frozenset[str] | None = None
+
+
+@dataclass
+class ContainersChanged(Message):
+    """The replicas of service `name` were re-read (the Catalog has them)."""
+
+    name: str
+
+
+@dataclass
+class ConnectionChanged(Message):
+    """The backend or its Docker engine became reachable (`problem` None) or unreachable."""
+
+    problem: str | None

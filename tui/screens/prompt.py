@@ -1,0 +1,65 @@
+"""`PromptDialog`: a small modal asking for one value (scale, new image, floating IP).
+
+The value is checked as it is typed with the backend's `ServiceUpdate` model (the caller passes the
+check), the problem shown under the input; `enter` answers, `escape` cancels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+
+class PromptDialog(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, field: str, value: str, help: str, check: Callable[[str], str | None],
+                 confirm: str = "Apply", placeholder: str = "") -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.field = field
+        self.initial = value
+        self.help = help
+        self.check = check
+        self.confirm = confirm
+        self.placeholder = placeholder
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield Input(self.initial, id=self.field, placeholder=self.placeholder, select_on_focus=True, compact=True)
+            yield Static(self.help, classes="help")
+            yield Static("", classes="error", id=f"{self.field}-error")
+            with Horizontal(classes="buttons"):
+                yield Button(self.confirm, variant="primary", id="confirm", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def _problem(self) -> str | None:
+        problem = self.check(self.query_one(Input).value)
+        error = self.query_one(f"#{self.field}-error", Static)
+        error.update(f"✗ {problem}" if problem else "")
+        error.display = bool(problem)
+        return problem
+
+    @on(Input.Changed)
+    def _changed(self) -> None:
+        self._problem()
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#confirm")
+    def _submit(self) -> None:
+        if self._problem() is None:
+            self.dismiss(self.query_one(Input).value.strip())
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,1 @@
+"""Widgets of the create form: a field row, list and key=value editors."""

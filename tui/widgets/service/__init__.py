@@ -1,0 +1,1 @@
+"""Widgets of the service view: the replicas table and the log pane."""

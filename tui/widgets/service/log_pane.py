@@ -1,0 +1,157 @@
+"""`LogPane`: a service's logs — one replica or all of them interleaved and labelled — following live.
+
+A thin worker reads `logs?follow=true` and hands lines over; the pane keeps the last lines and shows
+the ones matching the search box (matches highlighted). Choosing another replica restarts the stream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Input, RichLog, Select, Static
+
+from backend.models import ContainerInfo
+
+MAX_LINES = 5000
+PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta", "bright_green")
+FLUSH_SECONDS = 0.05
+
+
+@dataclass
+class LogLines(Message):
+    lines: list[str]
+    generation: int
+
+
+class LogPane(Vertical):
+    def __init__(self, service: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.service = service
+        self.lines: deque[str] = deque(maxlen=MAX_LINES)
+        self.search = ""
+        self.source: str = ""
+        self.generation = 0
+        self._colors: dict[str, str] = {}
+        self._sources: list[str] = []
+        self._pending: list[str] = []
+        self._flush_scheduled = False
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="log-bar"):
+            yield Select([("All replicas", "")], value="", allow_blank=False, id="log-source", compact=True)
+            yield Input(placeholder="/ search the logs", id="log-search", compact=True)
+        yield Static("Waiting for log lines…", id="log-empty")
+        yield RichLog(id="log", max_lines=MAX_LINES, wrap=False, auto_scroll=True, markup=False)
+
+    def on_mount(self) -> None:
+        self.start()
+
+    # -- sources -----------------------------------------------------------------------------
+
+    def set_replicas(self, replicas: list[ContainerInfo]) -> None:
+        names = [r.Name for r in replicas]
+        if names == self._sources:
+            return
+        self._sources = names
+        select = self.query_one("#log-source", Select)
+        options = [("All replicas", "")] + [(n, n) for n in names]
+        if self.source and self.source not in names:
+            options.append((f"{self.source} (gone)", self.source))
+        with self.prevent(Select.Changed):
+            select.set_options(options)
+            select.value = self.source
+
+    def choose(self, replica: str) -> None:
+        select = self.query_one("#log-source", Select)
+        if replica and replica not in self._sources:
+            return
+        select.value = replica
+
+    @on(Select.Changed, "#log-source")
+    def _source_changed(self, event: Select.Changed) -> None:
+        value = "" if event.value is Select.BLANK else str(event.value)
+        if value != self.source:
+            self.source = value
+            self.start()
+
+    # -- following ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.generation += 1
+        self.lines.clear()
+        self._pending = []
+        self.query_one(RichLog).clear()
+        self._empty(f"Waiting for log lines of {self.source or 'all replicas'}…")
+        self.follow(self.source, self.generation)
+
+    @work(exclusive=True, group="logs", exit_on_error=False)
+    async def follow(self, source: str, generation: int) -> None:
+        async for line in self.app.client.follow_logs(self.service, source or None, tail=200):  # type: ignore[attr-defined]
+            self._pending.append(line)
+            if not self._flush_scheduled:  # lines come in bursts: draw them together
+                self._flush_scheduled = True
+                self.set_timer(FLUSH_SECONDS, self._flush_lines)
+        self._pending.append("-- the log stream ended (replica gone?) --")
+        self._flush_lines()
+
+    def _flush_lines(self) -> None:
+        self._flush_scheduled = False
+        lines, self._pending = self._pending, []
+        if lines:
+            self.post_message(LogLines(lines, self.generation))
+
+    def on_log_lines(self, message: LogLines) -> None:
+        if message.generation != self.generation:
+            return
+        log = self.query_one(RichLog)
+        for line in message.lines:
+            self.lines.append(line)
+            if self._matches(line):
+                log.write(self._styled(line))
+        if self.lines:
+            self._empty(None if any(self._matches(l) for l in message.lines) or log.lines else f"No line matches “{self.search}”.")
+
+    # -- searching ---------------------------------------------------------------------------
+
+    def focus_search(self) -> None:
+        self.query_one("#log-search", Input).focus()
+
+    @on(Input.Changed, "#log-search")
+    def _search_changed(self, event: Input.Changed) -> None:
+        self.search = event.value
+        log = self.query_one(RichLog)
+        log.clear()
+        shown = 0
+        for line in self.lines:
+            if self._matches(line):
+                log.write(self._styled(line))
+                shown += 1
+        if self.lines:
+            self._empty(None if shown else f"No line matches “{self.search}”.")
+
+    def _matches(self, line: str) -> bool:
+        return not self.search or self.search.lower() in line.lower()
+
+    def _empty(self, text: str | None) -> None:
+        empty = self.query_one("#log-empty", Static)
+        empty.display = bool(text)
+        if text:
+            empty.update(text)
+
+    def _styled(self, line: str) -> Text:
+        when, _, rest = line.partition(" ")
+        who, sep, text = rest.partition(" | ")
+        if not sep:
+            return Text(line)
+        color = self._colors.setdefault(who, PALETTE[len(self._colors) % len(PALETTE)])
+        clock = when[11:19] if len(when) >= 19 else when
+        rendered = Text.assemble((clock + " ", "dim"), (who, color), (" │ ", "dim"), text)
+        if self.search:
+            rendered.highlight_words([self.search], style="reverse", case_sensitive=False)
+        return rendered
