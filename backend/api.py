@@ -135,6 +135,11 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
         """Extension: every service's replicas in one answer ({"<service>": [...]})."""
         return backend.all_containers()
 
+    @app.get("/fips", responses=_ERRORS)
+    def floating_ips() -> list[dict[str, str]]:
+        """Extension: the floating IP pool, each address with the service it is attached to ("" = free)."""
+        return backend.floating_ips()
+
     @app.get("/limits", responses=_ERRORS)
     def limits() -> dict:
         """Extension: the limits the backend validates against (for a remote console's form)."""

@@ -109,10 +109,7 @@ class Backend:
         if record.deleting:
             raise Conflict(f"service {name} is being deleted")
         if change.FIP is not None:
-            raise Invalid(
-                "floating IPs are not supported yet",
-                [FieldError(field="FIP", message="floating IPs are not supported yet")],
-            )
+            self._attach_fip(record, change.FIP)
         if change.Image is not None:
             record = self.store.change_image(name, change.Image) or record
             self.reconciler.report(name, ServiceStatus.updating, f"Rolling out {change.Image}")
@@ -123,6 +120,24 @@ class Backend:
         self.hub.publish("service", "updated", Name=name)
         self.reconciler.enqueue(name)
         return self.get(name)
+
+    def _attach_fip(self, record: ServiceRecord, fip: str) -> None:
+        pool = self.settings.fip_addresses
+        if fip and fip not in pool:
+            allowed = ", ".join(pool) if pool else "none: set HYPERSERVICE_FIP_POOL"
+            reason = f"{fip} is not in the floating IP pool (allowed: {allowed})"
+            raise Invalid(f"invalid request: FIP: {reason}", [FieldError(field="FIP", message=reason)])
+        holder = self.store.attach_fip(record.name, fip)
+        if holder is not None:
+            reason = f"{fip} is attached to service {holder}; detach it there first"
+            raise Conflict(reason, [FieldError(field="FIP", message=reason)])
+        if fip != record.fip:
+            what = f"Attaching floating IP {fip}" if fip else f"Detaching floating IP {record.fip}"
+            self.reconciler.report(record.name, ServiceStatus.updating, what)
+
+    def floating_ips(self) -> list[dict[str, str]]:
+        owners = self.store.fip_owners()
+        return [{"Address": address, "Service": owners.get(address, "")} for address in self.settings.fip_addresses]
 
     def delete(self, name: str, keep: bool = False) -> None:
         """Mark the service deleted and wait (bounded) for the reconciler to tear it down."""

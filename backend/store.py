@@ -221,10 +221,32 @@ class Store:
             )
         return self.get(name)
 
-    def fip_owner(self, fip: str) -> str | None:
+    def attach_fip(self, name: str, fip: str) -> str | None:
+        """Attach `fip` ("" detaches) unless another service holds it; answer that service's name."""
         with self._lock:
-            row = self._db.execute("SELECT name FROM services WHERE fip = ?", (fip,)).fetchone()
-        return row[0] if row else None
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if fip:
+                    row = self._db.execute(
+                        "SELECT name FROM services WHERE fip = ? AND name != ?", (fip, name)
+                    ).fetchone()
+                    if row:
+                        self._db.execute("ROLLBACK")
+                        return row[0]
+                self._db.execute(
+                    "UPDATE services SET fip = ?, generation = generation + 1 WHERE name = ? AND fip != ?",
+                    (fip, name, fip),
+                )
+                self._db.execute("COMMIT")
+                return None
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def fip_owners(self) -> dict[str, str]:
+        """Floating IP -> the service it is attached to."""
+        with self._lock:
+            return dict(self._db.execute("SELECT fip, name FROM services WHERE fip != ''").fetchall())
 
     def mark_deleting(self, name: str, keep: bool) -> ServiceRecord | None:
         return self.update(name, deleting=1, keep=int(keep), status="deleting", message="Deleting")

@@ -93,7 +93,7 @@ async def test_unknown_service_answers_404(api: httpx.AsyncClient):
         assert "nope" in response.json()["message"]
 
 
-async def test_update_validates_and_fip_is_refused_until_supported(api: httpx.AsyncClient):
+async def test_update_validates_and_refuses_a_fip_outside_the_pool(api: httpx.AsyncClient):
     await api.post("/services/create", json=web_body("upd", 1))
     response = await api.post("/services/upd/update", json={"Replicas": 0})
     assert response.status_code == 400 and response.json()["errors"][0]["field"] == "Replicas"
@@ -101,6 +101,7 @@ async def test_update_validates_and_fip_is_refused_until_supported(api: httpx.As
     assert response.status_code == 400
     response = await api.post("/services/upd/update", json={"FIP": "127.0.0.9"})
     assert response.status_code == 400 and response.json()["errors"][0]["field"] == "FIP"
+    assert "not in the floating IP pool" in response.json()["message"]
     assert (await api.get("/services/upd")).json()["FIP"] == ""
 
 

@@ -66,7 +66,8 @@ async def test_events_stream_service_changes_as_they_happen(tcp_api: httpx.Async
 
 async def test_logs_follow_streams_labelled_lines_of_every_replica(tcp_api: httpx.AsyncClient, backend):
     await tcp_api.post("/services/create", json=web_body(
-        "chatty", 2, Cmd=["sh", "-c", "while true; do echo tick from $(hostname); sleep 0.2; done"]))
+        "chatty", 2, Cmd=["sh", "-c", "/bin/serve & while true; do echo tick from $(hostname); sleep 0.2; done"],
+        StopSignal="SIGKILL"))
     await wait_status(tcp_api, "chatty", "active")
     names = {c["Name"] for c in (await tcp_api.get("/services/chatty/containers")).json()}
     async with tcp_api.stream("GET", "/services/chatty/logs", params={"follow": "true", "tail": "1"}) as response:
