@@ -13,9 +13,10 @@ Controller-style, as in Kubernetes' sample-controller:
 from __future__ import annotations
 
 import itertools
-import re
 import logging
+import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -73,7 +74,8 @@ class Reconciler:
         self._workers = workers
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
-        self._failures: dict[str, int] = {}
+        self._failures: dict[str, int] = {}  # consecutive failed steps per service
+        self._retry_at: dict[str, float] = {}  # when a failed service is due again (monotonic)
         self._events_stream = None
         self.engine_error: str | None = None  # why the engine can't be reached, None when it can
 
@@ -100,11 +102,20 @@ class Reconciler:
             thread.join(timeout=5)
 
     def enqueue(self, name: str) -> None:
+        """Look at a service now: the operator changed it, so a running backoff no longer applies."""
+        self._failures.pop(name, None)
+        self._retry_at.pop(name, None)
         self.queue.add(name)
+
+    def mark_dirty(self, name: str) -> None:
+        """Something about a service changed (an event, the resync): look at it, unless it is
+        waiting out a backoff after a failure (its retry is queued already)."""
+        if self._retry_at.get(name, 0.0) <= time.monotonic():
+            self.queue.add(name)
 
     def resync_all(self) -> None:
         for name in self.store.names():
-            self.queue.add(name)
+            self.mark_dirty(name)
 
     # -- threads -----------------------------------------------------------------------------
 
@@ -113,7 +124,6 @@ class Reconciler:
             again_in: float | None = None
             try:
                 again_in = self.sync(name)
-                self._failures.pop(name, None)
             except EngineUnavailable as exc:
                 self._engine_down(str(exc))
                 again_in = self._backoff(name)
@@ -129,7 +139,9 @@ class Reconciler:
     def _backoff(self, name: str) -> float:
         failures = self._failures.get(name, 0) + 1
         self._failures[name] = failures
-        return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
+        self._retry_at[name] = time.monotonic() + delay
+        return delay
 
     def _watch_events(self) -> None:
         """Follow Docker's event stream; every event of ours marks its service dirty."""
@@ -155,7 +167,7 @@ class Reconciler:
         name = attributes.get(LABEL_SERVICE)
         if not name:
             return
-        self.queue.add(name)
+        self.mark_dirty(name)
         if event.get("Type") == "container":
             action = str(event.get("Action") or event.get("status") or "")
             self.hub.publish(
@@ -168,7 +180,7 @@ class Reconciler:
 
     def _on_health(self, name: str, slot: str, health: ReplicaHealth) -> None:
         """A replica's health changed as its balancer sees it (slot "" : the balancer's log ended)."""
-        self.queue.add(name)
+        self.mark_dirty(name)
         if not slot:
             return
         record = self.store.get(name)
@@ -214,7 +226,7 @@ class Reconciler:
     def _converge(self, record: ServiceRecord) -> Outcome:
         spec, ref = record.spec, ServiceRef(record.name, record.uid)
         network = self.driver.ensure_network(ref)
-        if record.status in (ServiceStatus.created, ServiceStatus.error) and not self.driver.has_image(spec.Image):
+        if record.status == ServiceStatus.created and not self.driver.has_image(spec.Image):
             self.report(record.name, ServiceStatus.scaling, f"Pulling image {spec.Image}")
         try:
             self.driver.ensure_image(spec.Image)
@@ -330,6 +342,9 @@ class Reconciler:
             self.driver.remove_network(ref)
 
     def report(self, name: str, status: str, message: str, generation: int | None = None) -> None:
+        if status != ServiceStatus.error:
+            self._failures.pop(name, None)  # the next failure starts the backoff afresh
+            self._retry_at.pop(name, None)
         if self.store.set_status(name, str(status), message, generation):
             self.hub.publish("service", "status", Name=name, Status=str(status), Message=message)
 

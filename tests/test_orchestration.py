@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 
 import docker
@@ -97,11 +98,29 @@ async def test_a_dead_replica_is_replaced(api: httpx.AsyncClient, backend, docke
     await wait_status(api, "heal", "active")
 
 
-async def test_a_missing_image_turns_the_service_to_error_naming_the_image(api: httpx.AsyncClient):
+async def test_a_missing_image_turns_the_service_to_error_naming_the_image(api: httpx.AsyncClient, backend, monkeypatch):
+    attempts: list[float] = []
+    real_ensure = backend.driver.ensure_image
+
+    def counting(reference):
+        if reference.startswith("hbx-no-such-image"):
+            attempts.append(time.monotonic())
+        return real_ensure(reference)
+
+    monkeypatch.setattr(backend.driver, "ensure_image", counting)
     response = await api.post("/services/create", json=web_body("ghost", 1, Image="hbx-no-such-image:1"))
     assert response.status_code == 201
     service = await wait_status(api, "ghost", "error", timeout=60)
     assert "hbx-no-such-image:1" in service["Message"] and "not found" in service["Message"]
+    # Retried with exponential backoff (1, 2, 4 s ...), not hammered: few pulls in 6 seconds.
+    await asyncio.sleep(6)
+    recent = [t for t in attempts if t > attempts[0]]
+    assert 1 <= len(recent) <= 4, len(recent)
+    assert (await api.get("/services/ghost")).json()["Status"] == "error"
+    # The operator fixes the image: that is acted on at once, whatever the backoff.
+    fixed = await api.post("/services/ghost/update", json={"Image": WEB_IMAGE})
+    assert fixed.status_code == 200
+    await wait_status(api, "ghost", "active", timeout=20)
 
 
 async def test_rolling_update_replaces_every_replica_and_never_runs_fewer(api, backend, docker_client):
