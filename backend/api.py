@@ -37,6 +37,19 @@ def _line(event: dict) -> bytes:
     return (json.dumps(event, separators=(",", ":")) + "\n").encode()
 
 
+def _streamed(follower, media_type: str) -> StreamingResponse:
+    """Stream a follower's lines; its Docker streams are closed when the client goes away."""
+
+    async def body():
+        try:
+            async for line in follower.lines():
+                yield line
+        finally:
+            follower.close()
+
+    return StreamingResponse(body(), media_type=media_type)
+
+
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
@@ -153,32 +166,14 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
         follow: bool = Query(False, description="keep the stream open and send new lines"),
     ) -> PlainTextResponse:
         if follow:
-            follower = backend.follow_logs(name, container or None, tail)
-
-            async def body():
-                try:
-                    async for line in follower.lines():
-                        yield line
-                finally:
-                    follower.close()
-
-            return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+            return _streamed(backend.follow_logs(name, container or None, tail), "text/plain; charset=utf-8")
         return PlainTextResponse(backend.logs(name, container or None, tail))
 
     @app.get("/services/{name}/stats", responses=_ERRORS)
     def service_stats(name: str) -> StreamingResponse:
         """Newline-delimited JSON, one line per replica about every second: Id, Name, CPUPercent
         (100 = one CPU busy), MemoryBytes, MemoryLimit. Ends when the replicas it started with are gone."""
-        follower = backend.follow_stats(name)
-
-        async def body():
-            try:
-                async for line in follower.lines():
-                    yield line
-            finally:
-                follower.close()
-
-        return StreamingResponse(body(), media_type="application/x-ndjson")
+        return _streamed(backend.follow_stats(name), "application/x-ndjson")
 
     @app.get("/events", responses=_ERRORS)
     async def events(request: Request) -> StreamingResponse:
