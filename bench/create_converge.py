@@ -448,6 +448,21 @@ def _remove_all(containers: list) -> None:
         thread.join()
 
 
+def backend_version() -> str:
+    """The commit the backend's code is at, and whether it has uncommitted changes (read-only git)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "backend"], capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown (no git)"
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    return f"commit {head.stdout.strip()}" + (" + uncommitted changes in backend/" if dirty.stdout.strip() else "")
+
+
 def _has_image(client: docker.DockerClient, reference: str) -> bool:
     try:
         client.images.get(reference)
@@ -867,6 +882,7 @@ async def run(args: argparse.Namespace, client: docker.DockerClient, swarm: Swar
             f"Docker engine {info.get('ServerVersion')} ({info.get('Driver')}); image {IMAGE} ({image_id[:19]}); "
             f"poll every {args.poll * 1000:.0f} ms"
         )
+        print(f"backend measured: {backend_version()}")
         print(
             f"load average (1 min) before each trial: median {statistics.median(loads):.1f}, "
             f"range {min(loads):.1f}–{max(loads):.1f} (other work on the machine slows every case alike)"
