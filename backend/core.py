@@ -320,7 +320,8 @@ def stats_figures(sample: dict) -> dict:
     online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or []) or 1
     percent = (cpu_delta / system_delta) * online * 100.0 if system_delta > 0 and cpu_delta >= 0 else 0.0
     memory = sample.get("memory_stats") or {}
-    cache = (memory.get("stats") or {}).get("cache", 0)
+    details = memory.get("stats") or {}
+    cache = details.get("cache", details.get("inactive_file", 0))  # cgroup v1 / v2, as `docker stats`
     return {
         "CPUPercent": round(percent, 2),
         "MemoryBytes": max(0, memory.get("usage", 0) - cache),

@@ -50,6 +50,7 @@ class ServiceStatus(StrEnum):
     scaling = "scaling"
     updating = "updating"
     active = "active"
+    degraded = "degraded"  # every replica runs, but some fail their health check (DOWN)
     error = "error"
     deleting = "deleting"
 

@@ -186,7 +186,10 @@ class Reconciler:
         record = self.store.get(name)
         owner = self._owners.get(record.uid, {}).get(slot) if record else None
         if owner:
-            self.hub.publish("container", "health", Service=name, Id=owner[0], Name=owner[1], Health=health.health)
+            self.hub.publish(
+                "container", "health", Service=name, Id=owner[0], Name=owner[1], Health=health.health,
+                HealthSince=health.since.isoformat().replace("+00:00", "Z"),
+            )
 
     def _resync_loop(self) -> None:
         while not self._stopping.wait(self.resync_seconds):
@@ -276,6 +279,15 @@ class Reconciler:
             return Outcome(ServiceStatus.error, describe_crash(crashing[0]), again_in=self._backoff(record.name))
         if created or leaving or dead:
             return self._progress(record, len(ready_now), outdated, again_in=SOON)
+        down = [c for c in current if self._health(record, c) == "DOWN"]
+        if not outdated and len(current) == desired and down:
+            names = ", ".join(c.name for c in down[:3]) + (" ..." if len(down) > 3 else "")
+            return Outcome(
+                ServiceStatus.degraded,
+                f"{len(down)} of {desired} replicas DOWN (failing their health check: {names}); "
+                f"replaced if still DOWN after {self.replace_down_after:g} s",
+                again_in=WAIT_FOR_HEALTH,
+            )
         if outdated or len(ready_now) < desired:
             # Waiting for health checks: the balancer's health events wake us sooner.
             return self._progress(record, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)

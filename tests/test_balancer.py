@@ -215,7 +215,8 @@ async def test_a_failing_replica_goes_down_gets_no_traffic_and_comes_back_up(api
     assert took <= 2 * 1 + 1.5, took  # Fall (2) intervals of 1 s, reported within one more interval
     down = (await replicas_by_name(api, "checked"))[sick_name]
     assert down["HealthSince"] and down["State"] == "running"
-    assert (await api.get("/services/checked")).json()["Status"] != "active"  # not all UP
+    degraded = (await api.get("/services/checked")).json()
+    assert degraded["Status"] == "degraded" and sick_name in degraded["Message"]  # not all UP
     assert set(await asyncio.to_thread(spread, service["IP"], 80, 6)) == {well_name}
 
     sick.exec_run(["sh", "-c", "hostname > /www/index.html"])

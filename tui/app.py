@@ -1,10 +1,12 @@
 """`ConsoleApp`: the console itself. Owns the connection to the backend and the live picture of it.
 
 It starts the backend in-process (or attaches to a remote one), follows the backend's `/events`
-stream (reconnecting with backoff; on every `hello` it re-reads the list once), turns each event into
-a targeted refetch (one service, or one service's replicas; bursts are coalesced), keeps the result in
-a `Catalog`, and tells the screens on the stack what changed (`tui.messages`). No polling: when
-nothing happens, nothing runs but a timer that ages the "age" column.
+stream (reconnecting with backoff; on every `hello` it re-reads the list and every service's replicas,
+`GET /replicas`, one call each — and, attached remotely, the backend's limits), turns each event into
+a targeted refetch (one service, or one service's replicas; bursts are coalesced; a balancer health
+event is shown at once, before its refetch), keeps the result in a `Catalog`, and tells the screens on
+the stack what changed (`tui.messages`). No polling: when nothing happens, nothing runs but a timer
+that ages the "age" column. (The service view reads its replicas' stats stream while it is open.)
 
 Every API failure ends in `report_error`: a notification with the server's message, never a traceback.
 """
@@ -29,7 +31,7 @@ from backend.models import ContainerInfo, Service
 from tui.catalog import Catalog
 from tui.client import ApiClient, ApiError
 from tui.commands import ServiceCommands
-from tui.messages import ConnectionChanged, ContainersChanged, ServicesChanged
+from tui.messages import ConnectionChanged, ContainersChanged, LimitsChanged, ServicesChanged
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class ConsoleApp(App[None]):
         services: dict[str, Service | None] = field(default_factory=dict)
         containers: dict[str, list[ContainerInfo]] = field(default_factory=dict)
         full_list: list[Service] | None = None
+        max_replicas: int | None = None
 
     def __init__(
         self,
@@ -224,7 +227,24 @@ class ConsoleApp(App[None]):
             return
         service = event.get("Service")
         if service:  # a replica changed (container events; health from the balancer)
+            if kind == "container" and action == "health":
+                self._patch_health(str(service), str(event.get("Id") or ""), str(event.get("Health") or ""))
             self.mark_dirty(containers=[str(service)])
+
+    def _patch_health(self, service: str, container_id: str, health: str) -> None:
+        """Show a health change at once; the refetch it triggers brings the backend's since-when."""
+        replicas = self.catalog.containers.get(service)
+        if not replicas or not container_id:
+            return
+        now = self.now().isoformat().replace("+00:00", "Z")
+        patched = [
+            r.model_copy(update={"Health": health, "HealthSince": now}) if r.Id == container_id and r.Health != health else r
+            for r in replicas
+        ]
+        if patched != replicas:
+            self.catalog.containers[service] = patched
+            self.broadcast(lambda: ServicesChanged(frozenset({service})))
+            self.broadcast(lambda: ContainersChanged(service))
 
     # -- refetching what changed ---------------------------------------------------------------
 
@@ -275,12 +295,39 @@ class ConsoleApp(App[None]):
 
     @work(exclusive=True, group="reload", exit_on_error=False)
     async def reload(self) -> None:
-        """Re-read the whole list (on connect), then every service's replicas, a few at a time."""
-        services = await self.client.list_services()
-        self.post_message(self.Fetched(full_list=services))
-        self.mark_dirty(containers=[s.Name for s in services])
+        """On connect: the whole list and every service's replicas (`GET /replicas`, one call), and —
+        attached to a remote backend — the limits the form validates against (`GET /limits`)."""
+
+        async def replicas() -> dict[str, list[ContainerInfo]] | None:
+            try:
+                return await self.client.all_replicas()
+            except ApiError as exc:
+                if exc.status in (404, 405):  # a backend without /replicas: one call per service below
+                    return None
+                if exc.status == 500:  # the engine is away: the list still shows, replicas when it is back
+                    return {}
+                raise
+
+        async def limits() -> int | None:
+            if getattr(self.client, "backend", None) is not None:
+                return None  # in-process: the settings are at hand
+            try:
+                return (await self.client.limits()).MaxReplicas
+            except ApiError as exc:
+                if exc.status in (404, 405):  # a backend without /limits: keep the default
+                    return None
+                raise
+
+        services, by_service, max_replicas = await asyncio.gather(self.client.list_services(), replicas(), limits())
+        self.post_message(self.Fetched(full_list=services, containers=by_service or {}, max_replicas=max_replicas))
+        if by_service is None:
+            self.mark_dirty(containers=[s.Name for s in services])
 
     def on_console_app_fetched(self, message: Fetched) -> None:
+        if message.max_replicas is not None and message.max_replicas != self.max_replicas:
+            self.max_replicas = message.max_replicas
+            limit = message.max_replicas
+            self.broadcast(lambda: LimitsChanged(limit))
         if message.full_list is not None:
             self.catalog.replace_all(message.full_list)
             self.broadcast(lambda: ServicesChanged(None))

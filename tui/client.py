@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from pydantic import ConfigDict
+from pydantic import BaseModel, ConfigDict
 
 from backend.models import ContainerInfo, FieldError, Service
 
@@ -33,6 +33,33 @@ class Replica(ContainerInfo):
     are kept rather than dropped, so the console shows them as soon as they exist."""
 
     model_config = ConfigDict(extra="allow")
+
+
+class ReplicaStats(BaseModel):
+    """One sample of `GET /services/{name}/stats`: CPU (100 = one CPU busy) and memory of a replica."""
+
+    model_config = ConfigDict(extra="allow")
+
+    Id: str
+    Name: str = ""
+    CPUPercent: float | None = None
+    MemoryBytes: int | None = None
+    MemoryLimit: int | None = None
+
+
+class FloatingIP(BaseModel):
+    """One address of the backend's floating IP pool and the service holding it ("" = free)."""
+
+    Address: str
+    Service: str = ""
+
+
+class Limits(BaseModel):
+    """What the backend validates against (`GET /limits`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    MaxReplicas: int
 
 
 class ApiError(Exception):
@@ -246,6 +273,32 @@ class ApiClient:
     async def containers(self, name: str) -> list[ContainerInfo]:
         response = await self._request("GET", f"/services/{name}/containers")
         return [Replica.model_validate(item) for item in response.json()]
+
+    async def all_replicas(self) -> dict[str, list[ContainerInfo]]:
+        """Every service's replicas in one answer (`GET /replicas`)."""
+        response = await self._request("GET", "/replicas")
+        return {str(name): [Replica.model_validate(item) for item in items] for name, items in response.json().items()}
+
+    async def floating_ips(self) -> list[FloatingIP]:
+        """The floating IP pool, each address with its holder (`GET /fips`)."""
+        response = await self._request("GET", "/fips")
+        return [FloatingIP.model_validate(item) for item in response.json()]
+
+    async def limits(self) -> Limits:
+        response = await self._request("GET", "/limits")
+        return Limits.model_validate(response.json())
+
+    async def stats(self, name: str) -> AsyncIterator[ReplicaStats]:
+        """CPU and memory samples of the service's replicas, about one per replica and second, until
+        the replicas the stream started with are gone."""
+        async with self._stream(f"/services/{name}/stats") as response:
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    yield ReplicaStats.model_validate_json(line)
+                except ValueError:
+                    continue
 
     async def logs(self, name: str, container: str | None = None, tail: int | None = None) -> str:
         params: dict[str, Any] = {}

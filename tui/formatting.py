@@ -16,6 +16,7 @@ DASH = "—"
 STATUS_STYLE = {
     "active": "bold green",
     "error": "bold red",
+    "degraded": "bold #e08000",
     "created": "yellow",
     "scaling": "yellow",
     "updating": "yellow",
@@ -62,9 +63,14 @@ def since(value: str, now: datetime) -> str:
     return duration((now - when).total_seconds()) if when else DASH
 
 
+def own_address(service: Service) -> str:
+    """IP:ServicePort (the service's own address, without the floating IP)."""
+    return f"{service.IP}:{service.ServicePort}" if service.IP else f"{DASH}:{service.ServicePort}"
+
+
 def address(service: Service) -> str:
     """IP:ServicePort, plus the floating IP when one is attached."""
-    main = f"{service.IP}:{service.ServicePort}" if service.IP else f"{DASH}:{service.ServicePort}"
+    main = own_address(service)
     return f"{main} {service.FIP}" if service.FIP else main
 
 
@@ -96,8 +102,12 @@ def state_text(state: str) -> Text:
     return Text(state or DASH, style=STATE_STYLE.get(state, ""))
 
 
-def health_text(health: str) -> Text:
-    return Text(health or DASH, style=HEALTH_STYLE.get(health, "dim"))
+def health_text(health: str, since_value: str = "", now: datetime | None = None) -> Text:
+    """UP / DOWN / starting as the balancer sees it, with how long it has been so ("UP 2m")."""
+    text = Text(health or DASH, style=HEALTH_STYLE.get(health, "dim"))
+    if health and since_value and now is not None and parse_time(since_value) is not None:
+        text.append(f" {since(since_value, now)}", style="dim")
+    return text
 
 
 def short_id(container_id: str) -> str:
@@ -105,14 +115,34 @@ def short_id(container_id: str) -> str:
 
 
 def format_bytes(value: float | int | None) -> str:
+    """1.5 KiB, 12.3 MiB, 512 MiB, 2.0 GiB: one decimal below 100, none above."""
     if value is None:
         return DASH
     size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{size:.0f} B"
+            return f"{size:.1f} {unit}" if size < 99.95 else f"{size:.0f} {unit}"
         size /= 1024
     return DASH
+
+
+def cpu_text(percent: float | None) -> str:
+    """Percent of one CPU, as `docker stats` shows it (100% = one CPU busy)."""
+    if percent is None:
+        return DASH
+    return f"{percent:.1f}%" if percent < 99.95 else f"{percent:.0f}%"
+
+
+def memory_text(used: int | None, limit: int | None, wide: bool = False) -> str:
+    """Memory in use; when wide, also of how much and the share ("45.2 MiB / 512 MiB (9%)")."""
+    if used is None:
+        return DASH
+    text = format_bytes(used)
+    if wide and limit:
+        text += f" / {format_bytes(limit)} ({used / limit * 100:.0f}%)"
+    return text
 
 
 def shell_line(words: list[str] | None) -> str:

@@ -30,3 +30,10 @@ class ConnectionChanged(Message):
     """The backend or its Docker engine became reachable (`problem` None) or unreachable."""
 
     problem: str | None
+
+
+@dataclass
+class LimitsChanged(Message):
+    """The backend said which limits it validates against (`GET /limits`, when attached remotely)."""
+
+    max_replicas: int

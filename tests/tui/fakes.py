@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backend.models import ContainerInfo, Service, ServiceSpec
-from tui.client import ApiError
+from tui.client import ApiError, FloatingIP, Limits, ReplicaStats
 
 NOW = datetime(2025, 3, 14, 12, 0, 0, tzinfo=UTC)
 TENANT = "0123456789abcdef0123456789abcdef"
@@ -23,10 +23,11 @@ def _at(seconds_ago: int) -> str:
 
 def _service(name: str, image: str, replicas: int, status: str, message: str, ip: str, ago: int,
              containers: int, **extra: Any) -> Service:
+    fip = extra.pop("FIP", "")
     spec = ServiceSpec.model_validate({"Name": name, "Image": image, "ServicePort": extra.pop("port", 80),
                                        "Replicas": replicas, **extra})
     ids = [f"{name[:2]}{index:02d}" * 16 for index in range(containers)]
-    return Service.from_spec(spec, IP=ip, Tenant=TENANT, FIP=extra.get("FIP", ""), Message=message,
+    return Service.from_spec(spec, IP=ip, Tenant=TENANT, FIP=fip, Message=message,
                              Created=_at(ago), Status=status, Containers=ids or None)
 
 
@@ -39,10 +40,13 @@ def sample_services() -> list[Service]:
                  "registry.example.com/shop/api, repository does not exist or may require 'docker login')",
                  "127.77.0.2", 5400, 0, port=8080),
         _service("cache", "redis:7-alpine", 1, "active", "Scaling complete", "127.77.0.3", 600, 1, port=6379,
-                 Algorithm="leastconn"),
+                 Algorithm="leastconn", FIP="192.0.2.11"),
         _service("worker", "busybox:1.36", 4, "scaling", "Scaling to 4 replicas (2 ready)", "127.77.0.4", 45, 2,
                  port=9000, Cmd="httpd -f -p 9000"),
     ]
+
+
+HEALTH_SINCE = [3500, 600, 42]  # seconds ago, per replica index
 
 
 def sample_containers(service: Service) -> list[ContainerInfo]:
@@ -52,10 +56,23 @@ def sample_containers(service: Service) -> list[ContainerInfo]:
         replicas.append(ContainerInfo(
             Id=container_id, Name=f"{service.Name}-{'abcde'[index:] + 'xyz'[:index]}"[:len(service.Name) + 6],
             State="running", Health=health[index] if index < len(health) else "",
+            HealthSince=_at(HEALTH_SINCE[index % 3]) if index < len(health) else "",
             Address=f"172.20.0.{index + 2}:{service.ContainerPort}", Started=_at(3600 * (index + 1)),
             Restarts=index, Image=service.Image))
     return replicas
 
+
+def sample_stats(service: Service) -> list[ReplicaStats]:
+    """A sample for every replica but the last (whose columns stay "—": no sample yet)."""
+    size_mib = {"s1": 64, "s2": 128, "s3": 256, "s4": 512}.get(service.ContainerSize, 1024)
+    return [
+        ReplicaStats(Id=r.Id, Name=r.Name, CPUPercent=[0.4, 37.5, 102.3][i % 3],
+                     MemoryBytes=int([3.2, 48.7, 131][i % 3] * 2**20), MemoryLimit=size_mib * 2**20)
+        for i, r in enumerate(sample_containers(service)[:-1])
+    ]
+
+
+FIP_POOL = [("192.0.2.10", ""), ("192.0.2.11", "cache"), ("192.0.2.12", "")]
 
 LOG_LINES = [
     f"{_at(60 - i * 7)[:-1]}Z web-abcde | GET /index.html 200 {512 + i * 3} bytes" if i % 2 == 0
@@ -70,6 +87,22 @@ class FakeClient:
 
     def __init__(self, services: list[Service] | None = None) -> None:
         self.services = {s.Name: s for s in (services if services is not None else sample_services())}
+        self.calls: list[str] = []
+
+    async def all_replicas(self) -> dict[str, list[ContainerInfo]]:
+        self.calls.append("all_replicas")
+        return {name: sample_containers(service) for name, service in self.services.items()}
+
+    async def limits(self) -> Limits:
+        return Limits(MaxReplicas=100)
+
+    async def floating_ips(self) -> list[FloatingIP]:
+        return [FloatingIP(Address=a, Service=s) for a, s in FIP_POOL]
+
+    async def stats(self, name: str):
+        for sample in sample_stats(await self.get_service(name)):
+            yield sample
+        await asyncio.Event().wait()
 
     async def list_services(self) -> list[Service]:
         return sorted(self.services.values(), key=lambda s: s.Name)
@@ -80,6 +113,7 @@ class FakeClient:
         return self.services[name]
 
     async def containers(self, name: str) -> list[ContainerInfo]:
+        self.calls.append(f"containers {name}")
         return sample_containers(await self.get_service(name))
 
     async def create_service(self, body: dict[str, Any]) -> Service:

@@ -81,3 +81,11 @@ def test_delete_dialog(snap_compare):
 
 def test_help_screen(snap_compare):
     assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys("question_mark"))
+
+
+def test_service_view_replicas_wide(snap_compare):
+    assert snap_compare(fake_app(), terminal_size=(200, 40), run_before=keys("down", "down", "enter"))
+
+
+def test_fip_dialog(snap_compare):
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys("down", "f", "down", "down"))

@@ -84,6 +84,8 @@ class ServiceActions:
         )
 
     def action_floating_ip(self) -> None:
+        from tui.screens.fip import FloatingIPDialog
+
         service = self._target_or_say()
         if service is None:
             return
@@ -94,19 +96,7 @@ class ServiceActions:
             what = f"Attaching {value} to {service.Name}" if value else f"Detaching {service.FIP} from {service.Name}"
             self.run_update(service.Name, what, FIP=value)
 
-        now = f"now {service.FIP}" if service.FIP else "none attached now"
-        self.app.push_screen(  # type: ignore[attr-defined]
-            PromptDialog(
-                f"Floating IP of {service.Name}",
-                "FIP",
-                service.FIP,
-                f"An address from the FIP pool to attach ({now}); empty detaches.",
-                lambda v: update_problem("FIP", v, 100),
-                confirm="Apply",
-                placeholder="e.g. 192.0.2.10 (empty: detach)",
-            ),
-            done,
-        )
+        self.app.push_screen(FloatingIPDialog(service), done)  # type: ignore[attr-defined]
 
     def action_delete(self) -> None:
         service = self._target_or_say()

@@ -32,6 +32,7 @@ from backend.models import (
     field_errors,
 )
 from tui.client import ApiError
+from tui.messages import LimitsChanged
 from tui.screens.base import Banner, ConsoleScreen
 from tui.widgets.form.field_row import FieldRow
 from tui.widgets.form.list_editor import KeyValueEditor, ListEditor
@@ -168,6 +169,11 @@ class CreateServiceScreen(ConsoleScreen):
 
     def on_resize(self, event) -> None:
         self._layout_for(event.size.width)
+
+    def on_limits_changed(self, message: LimitsChanged) -> None:
+        """Attached remotely, the backend's own maximum arrives after connecting: check against it."""
+        self.query_one("#row-Replicas", FieldRow).set_help(_help("Replicas", message.max_replicas))
+        self.validate()
 
     def _layout_for(self, width: int) -> None:
         self.query_one("#form-sections").set_class(width >= 150, "wide")

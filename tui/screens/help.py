@@ -35,7 +35,7 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Service", [
         ("s", "scale: change the number of replicas"),
         ("u", "rolling update to a new image"),
-        ("f", "attach or detach a floating IP"),
+        ("f", "floating IP: ↑ ↓ pick a free pool address (or Detach), or type one; enter applies"),
         ("d", "delete (asks first; can keep the containers running)"),
         ("c", "copy the highlighted container's id"),
         ("a", "copy the service's address"),

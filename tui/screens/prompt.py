@@ -1,4 +1,4 @@
-"""`PromptDialog`: a small modal asking for one value (scale, new image, floating IP).
+"""`PromptDialog`: a small modal asking for one value (scale, new image; the floating IP has its own).
 
 The value is checked as it is typed with the backend's `ServiceUpdate` model (the caller passes the
 check), the problem shown under the input; `enter` answers, `escape` cancels.

@@ -1,19 +1,28 @@
-"""`ServiceScreen`: one service — its state and progress, its replicas (live), its logs (live,
-searchable) and every field of its spec; with the actions scale, update image, floating IP, delete,
-and copying a container id or the service's address.
+"""`ServiceScreen`: one service — its state and progress, its replicas (live, with the balancer's
+health and CPU / memory from the stats stream), its logs (live, searchable) and every field of its
+spec; with the actions scale, update image, floating IP, delete, and copying a container id or the
+service's address.
+
+The stats stream (`GET /services/{name}/stats`) is read only while this screen exists: a thin worker
+hands samples over in batches; the stream is (re)opened whenever the set of running replicas changes
+(the backend ends it once the replicas it started with are gone), never on a timer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from rich.markup import escape
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static, TabbedContent, TabPane
 
 from backend.models import SERVICE_KEYS, Service
-from tui.formatting import DASH, address, replicas_up, shell_line, since, status_text
+from tui.client import ApiError, ReplicaStats
+from tui.formatting import DASH, cpu_text, format_bytes, own_address, replicas_up, shell_line, since, status_text
 from tui.messages import ContainersChanged, ServicesChanged
 from tui.screens.actions import ServiceActions
 from tui.screens.base import Banner, ConsoleScreen
@@ -21,6 +30,23 @@ from tui.widgets.service.containers_table import ContainersTable
 from tui.widgets.service.log_pane import LogPane
 
 BUSY = ("created", "scaling", "updating", "deleting")
+STATS_FLUSH_SECONDS = 0.25  # samples of several replicas arriving close together are drawn together
+
+
+@dataclass
+class StatsSamples(Message):
+    """The latest samples of some replicas, from the stats stream opened as `generation`."""
+
+    samples: dict[str, ReplicaStats]
+    generation: int
+
+
+@dataclass
+class StatsEnded(Message):
+    """The stats stream opened as `generation` ended (`problem`: why, when it failed)."""
+
+    generation: int
+    problem: str | None = None
 
 
 def spec_value(service: Service, key: str) -> str:
@@ -59,6 +85,12 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         super().__init__(id="service-screen")
         self.service_name = name
         self.gone = False
+        self.stats: dict[str, ReplicaStats] = {}  # the latest sample of each replica, by container id
+        self._stats_key: frozenset[tuple[str, str]] | None = None  # the running replicas the stream covers
+        self._stats_generation = 0
+        self._stats_open = False
+        self._stats_pending: dict[str, ReplicaStats] = {}
+        self._stats_flush_scheduled = False
 
     def compose(self) -> ComposeResult:
         yield Header(icon="≡")
@@ -82,6 +114,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         spec.add_column("Value", key="Value")
         self.redraw()
         self.redraw_replicas()
+        self.follow_stats_if_needed()
         self.app.mark_dirty(services=[self.service_name], containers=[self.service_name])  # type: ignore[attr-defined]
         self.set_interval(15, self._tick)
         self.query_one(ContainersTable).focus()
@@ -91,7 +124,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
     def target_service(self) -> Service | None:
         return self.app.catalog.services.get(self.service_name)  # type: ignore[attr-defined]
 
-    def redraw(self) -> None:
+    def redraw(self, summary_only: bool = False) -> None:
         service = self.target_service()
         summary = self.query_one("#summary", Static)
         progress = self.query_one("#progress", ProgressBar)
@@ -101,16 +134,29 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
             return
         replicas = self.app.catalog.containers.get(service.Name)  # type: ignore[attr-defined]
         up = replicas_up(service, replicas)
-        fip = f"  FIP {service.FIP}" if service.FIP else ""
         dot = (" · ", "dim")
-        summary.update(
-            Text.assemble(
-                (service.Name, "bold"), "  ", status_text(service.Status), f"  {up}/{service.Replicas} up", dot,
-                address(service), fip, dot, f"{service.Protocol}/{service.Algorithm}", dot,
-                f"age {since(service.Created, self.app.now())}\n",  # type: ignore[attr-defined]
-                (service.Message, "red" if service.Status == "error" else ""),
-            )
-        )
+        head = Text.assemble((service.Name, "bold"), "  ", status_text(service.Status), f"  {up}/{service.Replicas} up")
+        parts = [Text(own_address(service))]
+        if service.FIP:
+            parts.append(Text(f"FIP {service.FIP}"))
+        parts.append(Text(f"age {since(service.Created, self.app.now())}"))  # type: ignore[attr-defined]
+        optional = [Text(f"{service.Protocol}/{service.Algorithm}")]
+        running = {r.Id for r in replicas or [] if r.State == "running"}
+        samples = [sample for key, sample in self.stats.items() if key in running]
+        if samples:  # the whole service, from the replicas' latest samples
+            cpu = sum(s.CPUPercent or 0.0 for s in samples)
+            memory = sum(s.MemoryBytes or 0 for s in samples)
+            optional.append(Text(f"CPU {cpu_text(cpu)} · memory {format_bytes(memory)}", style="dim"))
+        room = (self.size.width or 80) - 2
+        for extra in optional:  # what fits on the first line, in this order
+            if len(head) + sum(len(p) + 3 for p in parts) + len(extra) + 3 <= room:
+                parts.insert(-1, extra)
+        line = head.copy()
+        for part in parts:
+            line.append_text(Text.assemble(dot, part))
+        summary.update(Text.assemble(line, "\n", (service.Message, "red" if service.Status == "error" else "")))
+        if summary_only:  # a stats sample: only the totals in the summary changed
+            return
         self.sub_title = f"{service.Name} · {service.Image}"
         self._progress(service, replicas)
         self._spec(service)
@@ -124,13 +170,16 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         if service.Message.startswith("Pulling") or replicas is None:
             progress.update(total=None)
             return
-        if service.Status == "updating":
-            done = sum(1 for r in replicas if not r.Outdated and r.State == "running")
-        elif service.Status == "deleting":
+        if service.Status == "deleting" or "floating IP" in service.Message:
             progress.update(total=None)
             return
+        # A replica counts once it serves: UP at the balancer (running, before there is one).
+        balanced = any(r.Health for r in replicas)
+        ready = [r for r in replicas if r.State == "running" and (r.Health == "UP" or not balanced)]
+        if service.Status == "updating":
+            done = sum(1 for r in ready if not r.Outdated)
         else:
-            done = sum(1 for r in replicas if r.State == "running")
+            done = len(ready)
         progress.update(total=max(1, service.Replicas), progress=min(done, service.Replicas))
 
     def _spec(self, service: Service) -> None:
@@ -151,8 +200,62 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         replicas = self.app.catalog.containers.get(self.service_name)  # type: ignore[attr-defined]
         if replicas is None:
             return
-        self.query_one(ContainersTable).show(replicas, self.app.now())  # type: ignore[attr-defined]
+        ids = {r.Id for r in replicas}
+        for gone in [i for i in self.stats if i not in ids]:
+            del self.stats[gone]
+        self.query_one(ContainersTable).show(replicas, self.app.now(), self.stats)  # type: ignore[attr-defined]
         self.query_one(LogPane).set_replicas(replicas)
+
+    # -- the stats stream --------------------------------------------------------------------
+
+    def follow_stats_if_needed(self) -> None:
+        """Open the stats stream, or reopen it when the running replicas are not the ones it covers."""
+        replicas = self.app.catalog.containers.get(self.service_name)  # type: ignore[attr-defined]
+        if replicas is None or self.gone:
+            return
+        key = frozenset((r.Id, r.Started) for r in replicas if r.State == "running")
+        if key == self._stats_key and (self._stats_open or not key):
+            return
+        self._stats_key = key
+        self._stats_generation += 1
+        if not key:  # nothing running: nothing to sample
+            self._stats_open = False
+            self.workers.cancel_group(self, "stats")
+            return
+        self._stats_open = True
+        self.follow_stats(self._stats_generation)
+
+    @work(exclusive=True, group="stats", exit_on_error=False)
+    async def follow_stats(self, generation: int) -> None:
+        problem = None
+        try:
+            async for sample in self.app.client.stats(self.service_name):  # type: ignore[attr-defined]
+                self._stats_pending[sample.Id] = sample
+                if not self._stats_flush_scheduled:
+                    self._stats_flush_scheduled = True
+                    self.set_timer(STATS_FLUSH_SECONDS, lambda: self._flush_stats(generation))
+        except ApiError as exc:
+            problem = exc.message
+        self._flush_stats(generation)
+        self.post_message(StatsEnded(generation, problem))
+
+    def _flush_stats(self, generation: int) -> None:
+        self._stats_flush_scheduled = False
+        samples, self._stats_pending = self._stats_pending, {}
+        if samples:
+            self.post_message(StatsSamples(samples, generation))
+
+    def on_stats_samples(self, message: StatsSamples) -> None:
+        if message.generation != self._stats_generation:
+            return
+        self.stats.update(message.samples)
+        self.redraw_replicas()
+        self.redraw(summary_only=True)
+
+    def on_stats_ended(self, message: StatsEnded) -> None:
+        if message.generation == self._stats_generation:
+            # Reopened by the next change of the replicas (or the next connect), not retried in a loop.
+            self._stats_open = False
 
     def _tick(self) -> None:
         self.redraw()
@@ -173,6 +276,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         if message.name == self.service_name:
             self.redraw_replicas()
             self.redraw()
+            self.follow_stats_if_needed()
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()

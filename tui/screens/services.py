@@ -15,7 +15,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from backend.models import Service
-from tui.formatting import address, status_text
+from tui.formatting import address, own_address, status_text
 from tui.messages import ContainersChanged, ServicesChanged
 from tui.screens.actions import ServiceActions
 from tui.screens.base import Banner, ConsoleScreen
@@ -125,7 +125,7 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
         detail.update(
             Text.assemble(
                 (service.Name, "bold"), " ", status_text(service.Status),
-                f" · {service.Image} · {address(service)}{fip}\n",
+                f" · {service.Image} · {own_address(service)}{fip}\n",
                 (service.Message, "red" if service.Status == "error" else ""),
             )
         )

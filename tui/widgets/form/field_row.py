@@ -34,6 +34,14 @@ class FieldRow(Vertical):
     def on_switch_changed(self, event: Switch.Changed) -> None:
         self.query_one(".switch-state", Label).update(self._switch_text())
 
+    def set_help(self, help: str) -> None:
+        """New help text (e.g. the backend's limit became known); shown unless there is a problem."""
+        if help == self.help:
+            return
+        self.help = help
+        if self._error is None:
+            self.query_one(".field-note", Static).update(help)
+
     def show_error(self, message: str | None) -> None:
         if message == self._error:
             return  # nothing to redraw: typing stays cheap

@@ -24,6 +24,7 @@ NARROW = 110
 CAPS = {"Name": 28, "Image": 36, "Status": 8, "Up": 7, "Protocol": 9, "Address": 36, "Age": 6}
 NARROW_CAPS = {"Name": 14, "Image": 18, "Address": 21}
 MESSAGE_MIN = 10
+SHRINK_ORDER = (("Image", 12), ("Address", 15), ("Name", 8))  # column, narrowest it gets
 
 
 def _clip(text: str, width: int) -> str:
@@ -67,6 +68,13 @@ class ServicesTable(DataTable):
                 longest = max(longest, len(self._plain(column, service)))
             widths[column] = min(cap, longest)
         available = (self.size.width or 80) - 2 - 2 * len(self._columns)  # scrollbar, cell padding
+        # Too wide for Message to show at all: give up characters of the long free-text columns first.
+        for column, least in SHRINK_ORDER:
+            excess = sum(widths.values()) + MESSAGE_MIN - available
+            if excess <= 0:
+                break
+            if column in widths:
+                widths[column] = max(least, widths[column] - excess)
         used = sum(widths.values())
         longest_message = max([len(s.Message) for s in services] + [len("Message")])
         widths["Message"] = max(MESSAGE_MIN, min(longest_message, available - used))
