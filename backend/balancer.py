@@ -30,12 +30,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from backend import haproxy
-from backend.docker_driver import (
-    LABEL_ROLE,
-    ROLE_BALANCER,
-    DockerDriver,
-    ServiceRef,
-)
+from backend.docker_driver import ROLE_BALANCER, DockerDriver, ServiceRef
 from backend.store import ServiceRecord
 
 log = logging.getLogger(__name__)
@@ -128,7 +123,7 @@ class Balancers:
             if wanted.get(front) != container.labels.get(LABEL_ADDRESS) or container.status in ("exited", "dead"):
                 self.forget(container.id)
                 self.driver.remove(container, graceful=False)
-        existing = [c for c in self.containers(ref)]
+        existing = self.containers(ref)
         fronts = {c.labels.get(LABEL_FRONT): c for c in existing}
         for front, address in wanted.items():
             container = fronts.get(front)
