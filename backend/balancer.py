@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import docker.errors
 from docker.models.containers import Container
@@ -159,9 +159,22 @@ class Balancers:
             container.remove(force=True)
             raise
         container.reload()
+        self._wait_listening(container)
         with self._lock:
             self._applied[container.id] = dict(servers)
         return container
+
+    def _wait_listening(self, container: Container, timeout: float = 10.0) -> None:
+        """Return once HAProxy answers its runtime API: it has bound its port, so the address works."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._ask(container, "show info")
+                return
+            except BalancerError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _copy_files(self, container: Container, record: ServiceRecord, servers: dict[str, str]) -> None:
         config = balancer_config(record, servers, self.slots)
@@ -246,24 +259,47 @@ class Balancers:
         return ReplicaHealth(known.health, known.since) if known else None
 
     def _follow(self, record: ServiceRecord, primary: Container) -> None:
-        """Follow the primary balancer's log for health lines (once per container start)."""
+        """Follow the primary balancer's log for health lines (once per container start).
+
+        The snapshot comes first and the log is read from a moment before it, so no line is lost
+        and none is overwritten by an older snapshot (HAProxy logs a check only when its result
+        changes: a lost line would leave a replica "starting" for good).
+        """
         with self._lock:
             thread = self._followers.get(primary.id)
-            if thread is not None and thread.is_alive():
-                return
-            started = time.time()
+            running = thread is not None and thread.is_alive()
+        if running:
+            self._refresh_if_stuck(record, primary)
+            return
+        started = time.time() - 1
+        self._snapshot(record, primary)
+        with self._lock:
             thread = threading.Thread(
                 target=self._read_health, args=(record.name, record.uid, primary, started),
                 name=f"health-{record.name}", daemon=True,
             )
             self._followers[primary.id] = thread
         thread.start()
-        # The state now, as a starting point: later lines come from the log stream.
+
+    def _snapshot(self, record: ServiceRecord, primary: Container) -> None:
         try:
             snapshot = haproxy.parse_servers_state(self._ask(primary, haproxy.SHOW_SERVERS_STATE))
             self.board(record.uid).load_snapshot(snapshot)
         except BalancerError as exc:
             log.info("no health snapshot of %s yet: %s", primary.name, exc)
+
+    def _refresh_if_stuck(self, record: ServiceRecord, primary: Container) -> None:
+        """A safety net: a replica still "starting" long after its checks must have run gets a
+        fresh snapshot (one exec), in case its health line was missed."""
+        spec = record.spec
+        overdue = (spec.HealthCheckRise + 2) * spec.HealthCheckInterval + 2
+        now = datetime.now(timezone.utc)
+        stuck = [
+            slot for slot, known in self.board(record.uid).all().items()
+            if known.health == "starting" and not known.gated and (now - known.since).total_seconds() > overdue
+        ]
+        if stuck:
+            self._snapshot(record, primary)
 
     def _read_health(self, name: str, uid: str, primary: Container, since: float) -> None:
         board = self.board(uid)
