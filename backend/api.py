@@ -20,7 +20,16 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.core import Backend, Conflict, Invalid, NotFound
-from backend.models import ContainerInfo, ErrorBody, FieldError, Service, ServiceSpec, ServiceUpdate, field_errors, summarise
+from backend.models import (
+    ContainerInfo,
+    ErrorBody,
+    FieldError,
+    Service,
+    ServiceSpec,
+    ServiceUpdate,
+    field_errors,
+    summarise,
+)
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import docker.errors
 from docker.models.containers import Container
@@ -293,7 +293,7 @@ class Balancers:
         fresh snapshot (one exec), in case its health line was missed."""
         spec = record.spec
         overdue = (spec.HealthCheckRise + 2) * spec.HealthCheckInterval + 2
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         stuck = [
             slot for slot, known in self.board(record.uid).all().items()
             if known.health == "starting" and not known.gated and (now - known.since).total_seconds() > overdue

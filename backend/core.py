@@ -8,6 +8,7 @@ maps to status codes.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import threading
@@ -285,18 +286,14 @@ class _Follower:
         except Exception as exc:  # the replica went away, or the engine did: end this stream
             log.debug("stream of %s ended: %s", replica_name, exc)
         finally:
-            try:
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, None)
-            except RuntimeError:
-                pass
 
     def close(self) -> None:
         self._closed.set()
         for stream in self._streams:
-            try:
+            with contextlib.suppress(Exception):  # closing a stream the engine already ended
                 stream.close()
-            except Exception:  # closing a stream the engine already ended
-                pass
 
 
 class StatsFollower(_Follower):

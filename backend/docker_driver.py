@@ -11,6 +11,7 @@ The docker SDK is synchronous; callers run it on worker threads, never on an eve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import string
@@ -234,10 +235,8 @@ class DockerDriver:
         network = self.find_network(ref)
         if network is None:
             return
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             network.remove()
-        except docker.errors.NotFound:
-            pass
 
     # -- housekeeping ---------------------------------------------------------------------------
 

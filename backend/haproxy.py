@@ -32,7 +32,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 # --- fixed names and ports inside the balancer container ---------------------------------------
@@ -316,7 +316,7 @@ SHOW_SERVERS_STATE = f"show servers state {BACKEND}"
 SHOW_SERVER_STATS = "show stat -1 4 -1"  # all proxies, servers only (CSV)
 
 
-def reconcile_commands(desired: dict[str, str], current: dict[str, "ServerSnapshot"]) -> list[str]:
+def reconcile_commands(desired: dict[str, str], current: dict[str, ServerSnapshot]) -> list[str]:
     """The runtime commands that turn the balancer's `current` slots (`parse_servers_state()`) into
     `desired` (slot -> "ip:port"): assign what is missing or points elsewhere, release what is
     serving but no longer wanted, leave the rest alone (their health is kept). ValueError when a
@@ -451,7 +451,7 @@ def parse_servers_state(text: str) -> dict[str, ServerSnapshot]:
             continue
         if header is None or not line.strip() or line.startswith("#"):
             continue
-        row = dict(zip(header, line.split()))
+        row = dict(zip(header, line.split(), strict=False))
         if row.get("be_name") != BACKEND or "srv_name" not in row:
             continue
         op_state, admin = int(row["srv_op_state"]), int(row["srv_admin_state"])
@@ -650,4 +650,4 @@ class HealthBoard:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -522,10 +522,7 @@ def field_errors(exc: ValidationError, skip_prefix: tuple[str, ...] = ()) -> lis
     result: list[FieldError] = []
     for error in exc.errors():
         loc = [part for part in error["loc"] if part not in skip_prefix]
-        if error["type"] == "field_error":
-            field = error["ctx"]["field"]
-        else:
-            field = str(loc[0]) if loc else ""
+        field = error["ctx"]["field"] if error["type"] == "field_error" else str(loc[0]) if loc else ""
         message = _friendly(error)
         if len(loc) > 1 and isinstance(loc[1], int) and error["type"] != "value_error":
             message = f"item {loc[1] + 1}: {message}"

@@ -12,6 +12,7 @@ Controller-style, as in Kubernetes' sample-controller:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import re
@@ -19,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import docker.errors
 from docker.models.containers import Container
@@ -35,8 +36,8 @@ from backend.docker_driver import (
     ServiceRef,
     replica_address,
 )
-from backend.haproxy import slot_name
 from backend.events import EventHub
+from backend.haproxy import slot_name
 from backend.models import ServiceStatus
 from backend.settings import Settings
 from backend.store import ServiceRecord, Store
@@ -94,10 +95,9 @@ class Reconciler:
         self.queue.shutdown()
         stream = self._events_stream
         if stream is not None:
-            try:
+            # closing a half-dead HTTP stream may fail in several ways; it's closed either way
+            with contextlib.suppress(Exception):
                 stream.close()
-            except Exception:  # closing a half-dead HTTP stream may fail in several ways; it's closed either way
-                pass
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -301,7 +301,7 @@ class Reconciler:
         known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
         if known is None or known.health != "DOWN":
             return False
-        return (datetime.now(timezone.utc) - known.since).total_seconds() > self.replace_down_after
+        return (datetime.now(UTC) - known.since).total_seconds() > self.replace_down_after
 
     def _progress(self, record: ServiceRecord, ready: int, outdated: list[Container], again_in: float) -> Outcome:
         desired = record.spec.Replicas

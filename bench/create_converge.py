@@ -158,7 +158,7 @@ async def converge(
         pending = [a for a in addresses if a not in answered]
         if pending:
             results = await asyncio.gather(*(prober.answers(a) for a in pending))
-            answered.update(a for a, ok in zip(pending, results) if ok)
+            answered.update(a for a, ok in zip(pending, results, strict=False) if ok)
             if answered and "first_answer" not in timings.extra:
                 timings.extra["first_answer"] = now() - t0
             if len(answered) >= n:
@@ -363,7 +363,7 @@ class SwarmCase:
                 timings.answer = now() - t0
             else:
                 say(f"  ! docker service create {name}: {stderr.decode().strip()}")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             process.kill()
             say(f"  ! docker service create {name}: no convergence within {TRIAL_TIMEOUT:.0f}s")
         finally:

@@ -8,6 +8,7 @@ leaves on the engine is removed afterwards by the tenant label, so tests never s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -58,15 +59,11 @@ def settings(tmp_path: Path) -> Settings:
 def remove_tenant_objects(client: docker.DockerClient, tenant: str) -> None:
     label = f"{LABEL_TENANT}={tenant}"
     for container in client.containers.list(all=True, filters={"label": label}):
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
     for network in client.networks.list(filters={"label": label}):
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             network.remove()
-        except docker.errors.NotFound:
-            pass
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -419,7 +419,7 @@ def test_parse_health_line_on_captured_lines(line, expected):
 def test_docker_timestamp_gives_since_when():
     event = hx.parse_health_line(T + CAPTURED[3][0])
     assert event is not None and event.state == "DOWN"
-    assert event.at == datetime(2026, 11, 27, 8, 16, 33, 822975, tzinfo=timezone.utc)
+    assert event.at == datetime(2026, 11, 27, 8, 16, 33, 822975, tzinfo=UTC)
     assert "1 active" in event.detail
 
 
@@ -433,7 +433,7 @@ def test_check_detail_keeps_the_reason():
 
 
 def at(second: int) -> datetime:
-    return datetime(2026, 11, 27, 8, 0, second, tzinfo=timezone.utc)
+    return datetime(2026, 11, 27, 8, 0, second, tzinfo=UTC)
 
 
 def feed(board: hx.HealthBoard, lines: list[str], start: int) -> list[bool]:

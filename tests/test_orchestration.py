@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import urllib.request
 
@@ -64,10 +65,8 @@ async def test_every_field_reaches_the_container(api: httpx.AsyncClient, backend
     finally:
         await api.delete("/services/fields")
         for volume in ("hbx-test-data", "hbx-test-conf"):
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 docker_client.volumes.get(volume).remove(force=True)
-            except docker.errors.NotFound:
-                pass
 
 
 async def test_scale_2_to_4_to_1_converges(api: httpx.AsyncClient, backend, docker_client):

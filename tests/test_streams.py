@@ -71,7 +71,7 @@ async def test_logs_follow_streams_labelled_lines_of_every_replica(tcp_api: http
     await wait_status(tcp_api, "chatty", "active")
     names = {c["Name"] for c in (await tcp_api.get("/services/chatty/containers")).json()}
     async with tcp_api.stream("GET", "/services/chatty/logs", params={"follow": "true", "tail": "1"}) as response:
-        lines = await read_lines(response, lambda seen: {l.split(" ")[1] for l in seen} == names and len(seen) > 6)
+        lines = await read_lines(response, lambda seen: {line.split(" ")[1] for line in seen} == names and len(seen) > 6)
     for line in lines:
         when, who, bar, *text = line.split(" ")
         assert who in names and bar == "|" and text == ["tick", "from", who]
@@ -86,7 +86,7 @@ async def test_stats_stream_cpu_and_memory_of_each_replica(tcp_api: httpx.AsyncC
     await wait_status(tcp_api, "busy", "active")
     ids = {c["Id"] for c in (await tcp_api.get("/services/busy/containers")).json()}
     async with tcp_api.stream("GET", "/services/busy/stats") as response:
-        lines = await read_lines(response, lambda seen: {json.loads(l)["Id"] for l in seen} == ids)
+        lines = await read_lines(response, lambda seen: {json.loads(line)["Id"] for line in seen} == ids)
     for sample in map(json.loads, lines):
         assert sample["MemoryLimit"] == 128 * 1024 * 1024
         assert 0 < sample["MemoryBytes"] < sample["MemoryLimit"]

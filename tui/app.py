@@ -14,6 +14,7 @@ Every API failure ends in `report_error`: a notification with the server's messa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -160,10 +161,8 @@ class ConsoleApp(App[None]):
     async def on_unmount(self) -> None:
         self.workers.cancel_all()
         if self._client is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a client whose streams already broke
                 await self._client.aclose()
-            except Exception:  # closing a client whose streams already broke
-                pass
         if self._own_backend and self._backend is not None:
             await asyncio.to_thread(self._backend.close)
 

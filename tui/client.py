@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-
 from pydantic import BaseModel, ConfigDict
 
 from backend.models import ContainerInfo, FieldError, Service

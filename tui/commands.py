@@ -58,7 +58,7 @@ class ServiceCommands(Provider):
         app.push_screen(ServiceScreen(name))
 
     def _names(self) -> list[str]:
-        return sorted(getattr(self.app, "catalog").services)
+        return sorted(self.app.catalog.services)
 
     async def discover(self) -> Hits:
         for name in self._names():

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from fakes import NOW, FakeClient, fake_app
 from textual.widgets import DataTable, Input
+from tui_helpers import wait_for
 
 from tui.app import ConsoleApp
 from tui.client import ApiError, Limits
 from tui.screens.create import CreateServiceScreen
 from tui.screens.fip import Choices, FloatingIPDialog
-from tui_helpers import wait_for
 
 
 async def test_one_replicas_call_at_start_up_not_one_per_service():

@@ -7,6 +7,7 @@ import time
 
 from fakes import FakeClient, fake_app
 from textual.widgets import DataTable
+from tui_helpers import wait_for
 
 from tests.conftest import web_body
 from tui.app import ConsoleApp
@@ -14,7 +15,6 @@ from tui.client import ApiError
 from tui.screens.help import KEYS, HelpScreen
 from tui.screens.message import MessageScreen
 from tui.screens.service import ServiceScreen
-from tui_helpers import wait_for
 
 
 def rows(app) -> list[str]:

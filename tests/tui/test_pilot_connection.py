@@ -10,13 +10,13 @@ import threading
 from pathlib import Path
 
 import uvicorn
+from tui_helpers import cell, wait_for
 
 from backend.api import create_app
 from backend.core import Backend
 from tests.conftest import make_settings, wait_status, web_body
 from tui.app import ConsoleApp
 from tui.screens.base import Banner
-from tui_helpers import cell, wait_for
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

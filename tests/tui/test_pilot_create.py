@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 
 from textual.widgets import Input
+from tui_helpers import cell, type_into, wait_for
 
 from tests.conftest import WEB_IMAGE, web_body
 from tui.app import ConsoleApp
 from tui.screens.create import CreateServiceScreen
 from tui.screens.services import ServicesScreen
 from tui.widgets.form.field_row import FieldRow
-from tui_helpers import cell, type_into, wait_for
 
 
 def error_of(app: ConsoleApp, field: str) -> str:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 from textual.widgets import DataTable, Input
+from tui_helpers import cell, type_into, wait_for
 
 from tests.conftest import eventually, make_settings, web_body
 from tui.app import ConsoleApp
@@ -27,7 +28,6 @@ from tui.screens.create import CreateServiceScreen
 from tui.screens.fip import Choices, FloatingIPDialog
 from tui.screens.service import ServiceScreen
 from tui.screens.services import ServicesScreen
-from tui_helpers import cell, type_into, wait_for
 
 FAST_CHECKS = {"HealthCheckInterval": 1, "HealthCheckFall": 2, "HealthCheckRise": 2}
 MAX_REPLICAS = 7
@@ -218,7 +218,7 @@ async def test_the_fip_dialog_offers_the_pool_and_attaches(backend, api):
         await pilot.press("down")  # the taken one is skipped: wraps to the free one again
         assert app.screen.query_one("#FIP", Input).value == free
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.catalog.services["front"].FIP == free, 20, "the FIP attached")
+        await wait_for(pilot, lambda: free == app.catalog.services["front"].FIP, 20, "the FIP attached")
         await wait_for(pilot, lambda: free in cell(pilot, "#services", "front", "Address"), 5, "shown in the list")
         assert {f["Address"]: f["Service"] for f in (await api.get("/fips")).json()} == {free: "front", taken: "holder"}
         await wait_active(api, "front")

@@ -4,6 +4,7 @@ delete from their keys."""
 from __future__ import annotations
 
 from textual.widgets import DataTable
+from tui_helpers import cell, type_into, wait_for
 
 from tests.conftest import wait_status, web_body
 from tui.app import ConsoleApp
@@ -11,7 +12,6 @@ from tui.screens.delete import DeleteDialog
 from tui.screens.prompt import PromptDialog
 from tui.screens.service import ServiceScreen
 from tui.screens.services import ServicesScreen
-from tui_helpers import cell, type_into, wait_for
 
 
 def replica_rows(app: ConsoleApp) -> int:

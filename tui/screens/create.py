@@ -120,13 +120,12 @@ class CreateServiceScreen(ConsoleScreen):
         yield Banner(id="banner")
         yield Label("New service  [dim]— * required · ctrl+s creates · esc cancels[/dim]", id="form-title")
         yield Static("", id="form-summary")
-        with VerticalScroll(id="form"):
-            with Vertical(id="form-sections"):
-                for section, fields in SECTIONS:
-                    with Vertical(classes="form-section"):
-                        yield Label(section, classes="section-title")
-                        for field in fields:
-                            yield FieldRow(field, self._control(field), _help(field, max_replicas), field in REQUIRED)
+        with VerticalScroll(id="form"), Vertical(id="form-sections"):
+            for section, fields in SECTIONS:
+                with Vertical(classes="form-section"):
+                    yield Label(section, classes="section-title")
+                    for field in fields:
+                        yield FieldRow(field, self._control(field), _help(field, max_replicas), field in REQUIRED)
         yield Footer()
 
     def _control(self, field: str) -> Widget:

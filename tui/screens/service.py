@@ -176,10 +176,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         # A replica counts once it serves: UP at the balancer (running, before there is one).
         balanced = any(r.Health for r in replicas)
         ready = [r for r in replicas if r.State == "running" and (r.Health == "UP" or not balanced)]
-        if service.Status == "updating":
-            done = sum(1 for r in ready if not r.Outdated)
-        else:
-            done = len(ready)
+        done = sum(1 for r in ready if not r.Outdated) if service.Status == "updating" else len(ready)
         progress.update(total=max(1, service.Replicas), progress=min(done, service.Replicas))
 
     def _spec(self, service: Service) -> None:

@@ -140,7 +140,7 @@ class ContainersTable(DataTable):
             self._rebuild(replicas, now, stats, columns, wide, widths)
             return
         for replica in replicas:
-            for column, value in zip(self._columns, self._row(replica, now, stats)):
+            for column, value in zip(self._columns, self._row(replica, now, stats), strict=False):
                 if self.get_cell(replica.Id, column) != value:
                     self.update_cell(replica.Id, column, value)
 

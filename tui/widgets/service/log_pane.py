@@ -115,7 +115,7 @@ class LogPane(Vertical):
             if self._matches(line):
                 log.write(self._styled(line))
         if self.lines:
-            self._empty(None if any(self._matches(l) for l in message.lines) or log.lines else f"No line matches “{self.search}”.")
+            self._empty(None if any(self._matches(line) for line in message.lines) or log.lines else f"No line matches “{self.search}”.")
 
     # -- searching ---------------------------------------------------------------------------
 

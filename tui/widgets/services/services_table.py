@@ -129,7 +129,7 @@ class ServicesTable(DataTable):
         return row
 
     def _update_row(self, service: Service, containers: list[ContainerInfo] | None, now: datetime, widths: dict[str, int]) -> None:
-        for column, value in zip(self._columns, self._row(service, containers, now, widths)):
+        for column, value in zip(self._columns, self._row(service, containers, now, widths), strict=False):
             if self.get_cell(service.Name, column) != value:
                 self.update_cell(service.Name, column, value)
 
