@@ -30,7 +30,7 @@ from backend.events import EventHub
 from backend.models import ContainerInfo, FieldError, Service, ServiceSpec, ServiceStatus, ServiceUpdate
 from backend.reconciler import Reconciler
 from backend.settings import Settings
-from backend.store import NameTaken, ServiceRecord, Store
+from backend.store import AddressPoolExhausted, NameTaken, NetworkPoolExhausted, ServiceRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,10 @@ class Invalid(Exception):
 class Backend:
     def __init__(self, settings: Settings, docker_client: docker.DockerClient | None = None) -> None:
         self.settings = settings
-        self.store = Store(settings.state_file, settings.address_pool)
+        settings.check_network_pool()
+        self.store = Store(
+            settings.state_file, settings.address_pool, settings.network_pool, settings.subnet_prefix
+        )
         self.driver = DockerDriver(self.store.tenant, docker_client)
         self.hub = EventHub()
         self.reconciler = Reconciler(self.store, self.driver, self.hub, settings)
@@ -90,6 +93,8 @@ class Backend:
     def create(self, spec: ServiceSpec) -> Service:
         try:
             record = self.store.insert(spec, ServiceStatus.created, "Service is created")
+        except (AddressPoolExhausted, NetworkPoolExhausted) as exc:
+            raise Conflict(str(exc)) from None
         except NameTaken:
             raise Conflict(
                 f"a service named {spec.Name} already exists",

@@ -12,6 +12,7 @@ The docker SDK is synchronous; callers run it on worker threads, never on an eve
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import secrets
 import string
@@ -45,6 +46,10 @@ STOP_TIMEOUT = 10  # seconds a replica gets to exit after its StopSignal before 
 
 class EngineUnavailable(Exception):
     """The Docker engine cannot be reached."""
+
+
+class SubnetTaken(Exception):
+    """The engine already has a network overlapping the subnet asked for."""
 
 
 class ImageUnavailable(Exception):
@@ -135,18 +140,41 @@ class DockerDriver:
         found = self.client.networks.list(filters={"label": [f"{LABEL_UID}={ref.uid}", f"{LABEL_TENANT}={self.tenant}"]})
         return found[0] if found else None
 
-    def ensure_network(self, ref: ServiceRef) -> Network:
+    def ensure_network(self, ref: ServiceRef, subnet: str | None = None) -> Network:
+        """The service's bridge network, created on `subnet` (None: Docker picks from its defaults).
+
+        Raises SubnetTaken when the engine already has a network overlapping `subnet`.
+        """
         network = self.find_network(ref)
         if network is not None:
             return network
+        ipam = None
+        if subnet is not None:
+            gateway = str(next(ipaddress.ip_network(subnet).hosts()))
+            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet, gateway=gateway)])
         try:
             return self.client.networks.create(
-                network_name(ref), driver="bridge", check_duplicate=True, labels=self.labels(ref, ROLE_NETWORK)
+                network_name(ref),
+                driver="bridge",
+                check_duplicate=True,
+                labels=self.labels(ref, ROLE_NETWORK),
+                ipam=ipam,
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # created by a concurrent step in the meantime
                 return self.client.networks.get(network_name(ref))
+            if subnet is not None and "overlap" in str(exc.explanation or exc).lower():
+                raise SubnetTaken(subnet) from exc
             raise
+
+    def used_subnets(self) -> list[str]:
+        """Every IPv4 subnet of every network on the engine (anyone's), to allocate around."""
+        subnets = []
+        for network in self.client.api.networks():
+            for config in (network.get("IPAM") or {}).get("Config") or []:
+                if config.get("Subnet") and ":" not in config["Subnet"]:
+                    subnets.append(config["Subnet"])
+        return subnets
 
     # -- replicas -------------------------------------------------------------------------------
 

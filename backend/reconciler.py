@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 import docker.errors
 from docker.models.containers import Container
+from docker.models.networks import Network
 
 from backend.balancer import LABEL_SLOT, Balancers, ReplicaHealth
 from backend.docker_driver import (
@@ -34,6 +35,7 @@ from backend.docker_driver import (
     EngineUnavailable,
     ImageUnavailable,
     ServiceRef,
+    SubnetTaken,
     replica_address,
 )
 from backend.events import EventHub
@@ -228,7 +230,7 @@ class Reconciler:
 
     def _converge(self, record: ServiceRecord) -> Outcome:
         spec, ref = record.spec, ServiceRef(record.name, record.uid)
-        network = self.driver.ensure_network(ref)
+        network = self._ensure_network(record)
         if record.status == ServiceStatus.created and not self.driver.has_image(spec.Image):
             self.report(record.name, ServiceStatus.scaling, f"Pulling image {spec.Image}")
         try:
@@ -292,6 +294,21 @@ class Reconciler:
             # Waiting for health checks: the balancer's health events wake us sooner.
             return self._progress(record, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
         return Outcome(ServiceStatus.active, "Scaling complete")
+
+    def _ensure_network(self, record: ServiceRecord) -> Network:
+        """The service's network on its own subnet of the network pool; when someone else on the engine
+        took that subnet meanwhile (another installation, a kept network), move to a free one."""
+        ref = ServiceRef(record.name, record.uid)
+        existing = self.driver.find_network(ref)
+        if existing is not None:
+            return existing
+        subnet = record.subnet or self.store.assign_subnet(record.name)
+        try:
+            return self.driver.ensure_network(ref, subnet)
+        except SubnetTaken:
+            subnet = self.store.assign_subnet(record.name, avoid=self.driver.used_subnets())
+            log.info("service %s: subnet taken on the engine, moving to %s", record.name, subnet)
+            return self.driver.ensure_network(ref, subnet)
 
     def _health(self, record: ServiceRecord, container: Container) -> str:
         known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))

@@ -8,6 +8,7 @@ win over the config file (`$HYPERSERVICE_DATA_DIR/config.toml`, or the file name
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +42,11 @@ class Settings(BaseSettings):
     address_pool: str = "127.77.0.0/16"
     """CIDR the per-service addresses (`IP`) are taken from; each service gets its own address."""
 
+    network_pool: str = "10.213.0.0/16"
+    """CIDR the per-service networks are carved from (one subnet per service, sized for
+    `max_replicas` plus a rolling update's extra replica and the balancers). Outside Docker's own
+    default pools, so services never use up the addresses other networks on the engine need."""
+
     fip_pool: str = ""
     """Comma-separated host addresses that may be attached to services as floating IPs."""
 
@@ -61,6 +67,30 @@ class Settings(BaseSettings):
     def _valid_pool(cls, value: str) -> str:
         ipaddress.ip_network(value, strict=False)
         return value
+
+    @field_validator("network_pool")
+    @classmethod
+    def _valid_network_pool(cls, value: str) -> str:
+        network = ipaddress.ip_network(value, strict=False)
+        if network.version != 4:
+            raise ValueError("must be an IPv4 CIDR (Docker bridge networks are IPv4 here)")
+        return str(network)
+
+    @property
+    def subnet_prefix(self) -> int:
+        """The prefix length of one service's subnet: room for every replica during a rolling
+        update (max_replicas + 1), both balancers, the gateway, and the network/broadcast addresses."""
+        needed = self.max_replicas + 1 + 2 + 1 + 2
+        return 32 - math.ceil(math.log2(needed))
+
+    def check_network_pool(self) -> None:
+        """Refuse a pool too small for even one service's subnet (said at start, not at first create)."""
+        pool = ipaddress.ip_network(self.network_pool)
+        if pool.prefixlen > self.subnet_prefix:
+            raise ValueError(
+                f"HYPERSERVICE_NETWORK_POOL {pool} is smaller than one service's subnet "
+                f"(/{self.subnet_prefix} for HYPERSERVICE_MAX_REPLICAS={self.max_replicas})"
+            )
 
     @property
     def fip_addresses(self) -> list[str]:

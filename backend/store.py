@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS services (
     created   TEXT NOT NULL,
     containers TEXT,                    -- JSON list of the replicas' ids as last observed; NULL before
     deleting  INTEGER NOT NULL DEFAULT 0,
-    keep      INTEGER NOT NULL DEFAULT 0
+    keep      INTEGER NOT NULL DEFAULT 0,
+    subnet    TEXT UNIQUE               -- the service network's subnet, from the network pool
 );
 -- service instances deleted with keep=true: their containers are left alone, never collected.
 CREATE TABLE IF NOT EXISTS released (uid TEXT PRIMARY KEY, name TEXT NOT NULL, at TEXT NOT NULL);
@@ -49,6 +50,10 @@ class NameTaken(Exception):
 
 class AddressPoolExhausted(Exception):
     """Every address of the pool is in use."""
+
+
+class NetworkPoolExhausted(Exception):
+    """No subnet of the network pool is free."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class ServiceRecord:
     containers: list[str] | None
     deleting: bool
     keep: bool
+    subnet: str | None = None
 
 
 def rfc3339_now() -> str:
@@ -79,19 +85,31 @@ def rfc3339_now() -> str:
 class Store:
     """Thread-safe access to the state file. Every method is one short transaction."""
 
-    def __init__(self, path: Path, address_pool: str) -> None:
+    def __init__(
+        self, path: Path, address_pool: str, network_pool: str | None = None, subnet_prefix: int = 25
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        self._migrate()
         self._pool = ipaddress.ip_network(address_pool, strict=False)
+        self._network_pool = ipaddress.ip_network(network_pool) if network_pool else None
+        self._subnet_prefix = subnet_prefix
         self.tenant = self._meta("tenant", lambda: secrets.token_hex(16))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _migrate(self) -> None:
+        """Bring a state file written by an older version up to this schema."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(services)")}
+        if "subnet" not in columns:  # before per-service subnets: the networks got Docker's defaults
+            self._db.execute("ALTER TABLE services ADD COLUMN subnet TEXT")
+            self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS services_subnet ON services (subnet)")
 
     def _meta(self, key: str, default) -> str:
         with self._lock:
@@ -112,6 +130,7 @@ class Store:
                 if self._db.execute("SELECT 1 FROM services WHERE name = ?", (spec.Name,)).fetchone():
                     raise NameTaken(spec.Name)
                 ip = self._free_address()
+                subnet = self._free_subnet(set()) if self._network_pool else None
                 record = ServiceRecord(
                     name=spec.Name,
                     uid=uuid.uuid4().hex,
@@ -126,10 +145,11 @@ class Store:
                     containers=None,
                     deleting=False,
                     keep=False,
+                    subnet=subnet,
                 )
                 self._db.execute(
-                    "INSERT INTO services (name, uid, spec, revision, ip, fip, status, message, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO services (name, uid, spec, revision, ip, fip, status, message, created, subnet)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.name,
                         record.uid,
@@ -140,6 +160,7 @@ class Store:
                         status,
                         message,
                         record.created,
+                        subnet,
                     ),
                 )
                 self._db.execute("COMMIT")
@@ -154,6 +175,41 @@ class Store:
             if str(address) not in used:
                 return str(address)
         raise AddressPoolExhausted(f"every address of {self._pool} is in use")
+
+    def _free_subnet(self, avoid: set[ipaddress.IPv4Network]) -> str:
+        """The first subnet of the network pool that overlaps none in use here nor any in `avoid`."""
+        assert self._network_pool is not None
+        taken = {
+            ipaddress.ip_network(row[0]) for row in self._db.execute("SELECT subnet FROM services") if row[0]
+        } | avoid
+        for candidate in self._network_pool.subnets(new_prefix=self._subnet_prefix):
+            if not any(candidate.overlaps(other) for other in taken):
+                return str(candidate)
+        size = 2 ** (self._subnet_prefix - self._network_pool.prefixlen)
+        raise NetworkPoolExhausted(
+            f"no free network left in HYPERSERVICE_NETWORK_POOL {self._network_pool} "
+            f"({size} networks of /{self._subnet_prefix}, all in use here or on the engine): "
+            "delete a service or widen the pool"
+        )
+
+    def assign_subnet(self, name: str, avoid: Iterable[str] = ()) -> str | None:
+        """Give the service a (new) subnet from the pool, skipping `avoid` (subnets the engine already
+        has); None without a network pool (Docker then picks from its own defaults)."""
+        if self._network_pool is None:
+            return None
+        blocked = {ipaddress.ip_network(item, strict=False) for item in avoid}
+        blocked = {net for net in blocked if isinstance(net, ipaddress.IPv4Network)}
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE services SET subnet = NULL WHERE name = ?", (name,))
+                subnet = self._free_subnet(blocked)
+                self._db.execute("UPDATE services SET subnet = ? WHERE name = ?", (subnet, name))
+                self._db.execute("COMMIT")
+                return subnet
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def get(self, name: str) -> ServiceRecord | None:
         with self._lock:
@@ -275,11 +331,13 @@ class Store:
             return {row[0] for row in self._db.execute("SELECT uid FROM released")}
 
 
-_COLUMNS = "name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep"
+_COLUMNS = (
+    "name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep, subnet"
+)
 
 
 def _record(row: Iterable) -> ServiceRecord:
-    name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep = row
+    name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep, subnet = row
     return ServiceRecord(
         name=name,
         uid=uid,
@@ -294,5 +352,6 @@ def _record(row: Iterable) -> ServiceRecord:
         containers=None if containers is None else json.loads(containers),
         deleting=bool(deleting),
         keep=bool(keep),
+        subnet=subnet,
     )
 

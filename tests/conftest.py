@@ -46,6 +46,8 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         # Each backend its own block of loopback addresses: tests (and anyone else on this engine)
         # never compete for one IP:port.
         "address_pool": f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24",
+        # ... and its own network pool (a clash with another backend's subnet is handled anyway).
+        "network_pool": f"10.{random.randint(100, 250)}.0.0/16",
         **overrides,
     }
     return Settings(**values)
@@ -76,6 +78,23 @@ def backend(settings: Settings, docker_client: docker.DockerClient) -> Iterator[
     finally:
         instance.close()
         remove_tenant_objects(docker_client, tenant)
+
+
+@pytest.fixture
+def backend_factory(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Callable[..., Backend]]:
+    """Started backends with settings of the test's choosing (`backend_factory(max_replicas=2)`)."""
+    made: list[Backend] = []
+
+    def make(**overrides: object) -> Backend:
+        instance = Backend(make_settings(tmp_path / f"data{len(made)}", **overrides))
+        instance.start()
+        made.append(instance)
+        return instance
+
+    yield make
+    for instance in made:
+        instance.close()
+        remove_tenant_objects(docker_client, instance.tenant)
 
 
 def client_for(instance: Backend, token: str | None = None) -> httpx.AsyncClient:
