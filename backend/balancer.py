@@ -205,6 +205,8 @@ class Balancers:
                 if self._applied.get(container.id) == servers:
                     continue
             current = haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
+            if any(slot not in current for slot in servers):
+                current = self._grow_slots(container, record, current)
             commands = haproxy.reconcile_commands(servers, current)
             if commands:
                 self._run(container, commands)
@@ -220,6 +222,23 @@ class Balancers:
         for slot in released:
             board.released(slot)
         return sorted(released)
+
+    def _grow_slots(
+        self, container: Container, record: ServiceRecord, current: dict[str, haproxy.ServerSnapshot]
+    ) -> dict[str, haproxy.ServerSnapshot]:
+        """The balancer was made with fewer slots than the replica limit now needs (the limit was
+        raised since): re-render its config with today's slot count, carrying the servers it has,
+        and reload it seamlessly (the listening socket passes to the new worker; health is kept)."""
+        carried = {slot: snap.address for slot, snap in current.items() if snap.state != "MAINT"}
+        log.info("balancer %s: growing from %d to %d server slots", container.name, len(current), self.slots)
+        self._copy_files(container, record, carried)
+        code, output = container.exec_run(haproxy.reload_exec_argv())
+        if code != 0:
+            text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+            raise BalancerError(f"the balancer {container.name} did not reload with more slots: {text[:200]}")
+        with self._lock:
+            self._applied.pop(container.id, None)
+        return haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
 
     def wait_drained(self, balancers: list[Container], slots: list[str], timeout: float = DRAIN_WAIT) -> None:
         """Wait (bounded) until no balancer has a session open on `slots`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import ipaddress
 import logging
 import threading
 import time
@@ -51,6 +52,12 @@ class Invalid(Exception):
     def __init__(self, message: str, errors: list[FieldError] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
+
+
+def subnet_capacity(subnet: str) -> int:
+    """How many replicas a service network holds: all its addresses but the network, broadcast and
+    gateway ones, its two balancers, and the extra replica of a rolling update."""
+    return ipaddress.ip_network(subnet).num_addresses - 3 - 2 - 1
 
 
 class Backend:
@@ -114,6 +121,12 @@ class Backend:
         record = self._record(name)
         if record.deleting:
             raise Conflict(f"service {name} is being deleted")
+        if change.Replicas is not None and record.subnet and change.Replicas > subnet_capacity(record.subnet):
+            reason = (
+                f"must be at most {subnet_capacity(record.subnet)}: the service's network {record.subnet} was "
+                "sized for the replica limit in force when it was created"
+            )
+            raise Invalid(f"invalid request: Replicas: {reason}", [FieldError(field="Replicas", message=reason)])
         if change.FIP is not None:
             self._attach_fip(record, change.FIP)
         if change.Image is not None:

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 DEFAULT_LB_IMAGE = "haproxy:lts-alpine"
+MAX_SUBNET_PREFIX = 27  # the smallest per-service subnet: 29 usable addresses
 
 
 def _config_file() -> Path:
@@ -79,9 +80,10 @@ class Settings(BaseSettings):
     @property
     def subnet_prefix(self) -> int:
         """The prefix length of one service's subnet: room for every replica during a rolling
-        update (max_replicas + 1), both balancers, the gateway, and the network/broadcast addresses."""
+        update (max_replicas + 1), both balancers, the gateway, and the network/broadcast addresses;
+        at least a /27, so a limit raised later still fits services made before (up to 25 replicas)."""
         needed = self.max_replicas + 1 + 2 + 1 + 2
-        return 32 - math.ceil(math.log2(needed))
+        return min(MAX_SUBNET_PREFIX, 32 - math.ceil(math.log2(needed)))
 
     def check_network_pool(self) -> None:
         """Refuse a pool too small for even one service's subnet (said at start, not at first create)."""
