@@ -19,6 +19,7 @@ import pytest
 from backend.balancer import Balancers
 from backend.core import Backend
 from backend.docker_driver import LABEL_ROLE, LABEL_TENANT, DockerDriver, ImageUnavailable
+from backend.settings import DEMO_IMAGE
 from tests.balancer_helpers import who
 from tests.conftest import LB_IMAGE, client_for, eventually, make_settings, remove_tenant_objects, wait_status, web_body
 
@@ -109,7 +110,7 @@ async def test_the_image_stage_builds_the_fallback_when_the_pull_fails_and_the_b
     config = image.attrs["Config"]
     assert config["User"] == "haproxy"  # laid out like the official image
     assert config["Cmd"] == ["haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]
-    assert "demo image hyperservice/demo-web:1" in first.stderr
+    assert f"demo image {DEMO_IMAGE}" in first.stderr
 
     again = run_image_stage(env)  # a second run keeps what the first one built
     assert again.returncode == 0, again.stderr
