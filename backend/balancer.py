@@ -10,7 +10,9 @@ This module owns the Docker side of that (backend/haproxy.py owns the HAProxy te
 - changing its server set through the runtime API (`docker exec … busybox nc`), never a reload:
   a new replica gets no traffic until it passed `rise` checks, a leaving one is drained first;
 - following its log stream for health lines, so each replica's UP / DOWN / starting (with since
-  when) is known within a check interval, event-driven.
+  when) is known within a check interval, event-driven;
+- choosing the image: the configured one when the engine has it, else the offline fallback that
+  scripts/up builds (said once, as a notice), else the configured one pulled.
 
 Replicas are matched to the balancer's server slots by their `io.hyperservice.slot` label.
 """
@@ -30,7 +32,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from backend import haproxy
-from backend.docker_driver import ROLE_BALANCER, DockerDriver, ServiceRef
+from backend.docker_driver import ROLE_BALANCER, DockerDriver, ImageUnavailable, ServiceRef
 from backend.store import ServiceRecord
 
 log = logging.getLogger(__name__)
@@ -89,9 +91,15 @@ class Balancers:
         image: str,
         slots: int,
         on_health: Callable[[str, str, ReplicaHealth], None],
+        fallback_image: str = "",
+        on_notice: Callable[[str], None] | None = None,
     ) -> None:
         self.driver = driver
-        self.image = image
+        self.image = image  # the configured image
+        self.fallback_image = fallback_image
+        self._on_notice = on_notice  # (a sentence for the operator)
+        self._image_lock = threading.Lock()
+        self._noticed_fallback = False
         self.slots = slots
         self._on_health = on_health  # (service name, slot, new health)
         self._lock = threading.Lock()
@@ -140,10 +148,10 @@ class Balancers:
 
     def _create(self, record: ServiceRecord, network: str, servers: dict[str, str], front: str, address: str) -> Container:
         ref = ServiceRef(record.name, record.uid)
-        self.driver.ensure_image(self.image)
+        image = self.resolve_image()
         labels = self.driver.labels(ref, ROLE_BALANCER, **{LABEL_FRONT: front, LABEL_ADDRESS: address})
         container = self.driver.client.containers.create(
-            image=self.image,
+            image=image,
             name=f"{record.name}-{'lb' if front == 'ip' else 'fip'}-{record.uid[:5]}",
             labels=labels,
             network=network,
@@ -163,6 +171,40 @@ class Balancers:
         with self._lock:
             self._applied[container.id] = dict(servers)
         return container
+
+    def resolve_image(self) -> str:
+        """The image a new balancer runs.
+
+        The configured image when the engine has it. While it is missing, the offline fallback when
+        the engine has that (scripts/up builds it where the configured image cannot be pulled; no
+        pull is tried then, so an offline machine does not wait on the registry for every balancer).
+        Otherwise the configured image, pulled; if that fails, the error names the fix.
+        """
+        with self._image_lock:
+            if self.driver.has_image(self.image):
+                return self.image
+            fallback = self.fallback_image
+            if fallback and fallback != self.image and self.driver.has_image(fallback):
+                if not self._noticed_fallback:
+                    self._noticed_fallback = True
+                    notice = (
+                        f"balancer image {self.image} is not on the engine: balancers run {fallback} "
+                        f"(Debian's HAProxy, built by scripts/up); `docker pull {self.image}` to use it instead"
+                    )
+                    log.warning("%s", notice)
+                    if self._on_notice is not None:
+                        self._on_notice(notice)
+                return fallback
+            try:
+                self.driver.ensure_image(self.image)
+            except ImageUnavailable as exc:
+                if not fallback or fallback == self.image:
+                    raise
+                raise ImageUnavailable(
+                    f"balancer image {self.image} is missing and cannot be pulled, nor is the offline "
+                    f"fallback {fallback} here: run scripts/up to build it ({exc})"
+                ) from exc
+            return self.image
 
     def _wait_listening(self, container: Container, timeout: float = 10.0) -> None:
         """Return once HAProxy answers its runtime API: it has bound its port, so the address works."""

@@ -191,7 +191,7 @@ class ServiceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     Name: str = Field(description="Service name: a DNS label, also the prefix of its containers' names")
-    Image: str = Field(description="Image the replicas run, e.g. nginx:1.27 (pulled when missing)")
+    Image: str = Field(description="Image the replicas run, e.g. hyperservice/demo-web:1 (pulled when missing)")
     WorkingDir: str = Field("", description="Working directory inside the replicas: empty or an absolute path")
     ContainerSize: SizeName = Field(
         "s4", description="Memory limit and CPUs of each replica (s1 64 MB/1 CPU ... l3 16 GB/8 CPUs)"
@@ -336,11 +336,11 @@ class ServiceSpec(BaseModel):
 
 def check_image(value: str) -> str:
     if not value:
-        raise ValueError("is required: an image reference such as nginx:1.27")
+        raise ValueError("is required: an image reference such as hyperservice/demo-web:1")
     if len(value) > 255 or not (IMAGE_PATTERN.match(value) or IMAGE_ID_PATTERN.match(value)):
         raise ValueError(
             "must be a Docker image reference: [registry/]repository[:tag][@sha256:digest], "
-            "lowercase repository, e.g. nginx:1.27"
+            "lowercase repository, e.g. hyperservice/demo-web:1"
         )
     return value
 

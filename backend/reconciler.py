@@ -71,7 +71,14 @@ class Reconciler:
         self.resync_seconds = settings.resync_seconds
         self.replace_down_after = settings.replace_down_after
         workers = settings.workers
-        self.balancers = Balancers(driver, settings.lb_image, settings.max_replicas + 1, self._on_health)
+        self.balancers = Balancers(
+            driver,
+            settings.lb_image,
+            settings.max_replicas + 1,
+            self._on_health,
+            fallback_image=settings.lb_fallback_image,
+            on_notice=lambda message: hub.publish("backend", "notice", Message=message),
+        )
         self._owners: dict[str, dict[str, tuple[str, str]]] = {}  # service uid -> slot -> (container id, name)
         self.queue = WorkQueue()
         self._workers = workers

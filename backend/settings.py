@@ -19,6 +19,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 DEFAULT_LB_IMAGE = "haproxy:lts-alpine"
 MAX_SUBNET_PREFIX = 27  # the smallest per-service subnet: 29 usable addresses
+# Built offline by scripts/up (images/build.sh) when the configured balancer image cannot be pulled:
+# Debian's haproxy laid out like the official image.
+FALLBACK_LB_IMAGE = "hyperservice/haproxy:debian"
+# The demo web image scripts/up builds offline (busybox httpd on port 80, answering with its hostname);
+# the console's create form names it as its example.
+DEMO_IMAGE = "hyperservice/demo-web:1"
 
 
 def _config_file() -> Path:
@@ -39,6 +45,9 @@ class Settings(BaseSettings):
 
     lb_image: str = DEFAULT_LB_IMAGE
     """The HAProxy image each service's load balancer runs (pulled on first use)."""
+
+    lb_fallback_image: str = FALLBACK_LB_IMAGE
+    """The balancer image used while `lb_image` is not on the engine (scripts/up builds it offline)."""
 
     address_pool: str = "127.77.0.0/16"
     """CIDR the per-service addresses (`IP`) are taken from; each service gets its own address."""

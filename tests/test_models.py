@@ -11,25 +11,16 @@ from pydantic import ValidationError
 
 from backend.models import SERVICE_KEYS, Service, ServiceSpec, ServiceUpdate, field_errors
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "services-create.txt"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def seed_example_response() -> dict:
-    text = SEED.read_text() if SEED.exists() else ""
-    start = text.index("Content-Type: application/json", text.index("Example response"))
-    body = text[text.index("{", start) : text.index("Json parameters")]
-    return json.loads(body)
+    """The seed's example response to POST /services/create (copied from the product's seed)."""
+    return json.loads((FIXTURES / "services-create-response.json").read_text())
 
 
-SEED_REQUEST = {
-    "Name": "http",
-    "Image": "nginx",
-    "ContainerPort": 80,
-    "Replicas": 2,
-    "Protocol": "http",
-    "ServicePort": 80,
-    "Labels": {"app": "nginx"},
-}
+# The seed's example request (its image is replaced by an offline one where a test runs it for real).
+SEED_REQUEST = json.loads((FIXTURES / "services-create-request.json").read_text())
 
 
 def errors_of(**fields) -> dict[str, str]:

@@ -208,6 +208,9 @@ class ConsoleApp(App[None]):
             if action == "up":
                 self.reload()
             return
+        if kind == "backend" and action == "notice":  # e.g. the balancer runs the offline fallback image
+            self.notify(str(event.get("Message") or ""), title="backend", severity="warning", timeout=20)
+            return
         if kind == "service":
             name = str(event.get("Name") or "")
             if not name:

@@ -31,6 +31,7 @@ from backend.models import (
     describe_size,
     field_errors,
 )
+from backend.settings import DEMO_IMAGE
 from tui.client import ApiError
 from tui.messages import LimitsChanged
 from tui.screens.base import Banner, ConsoleScreen
@@ -77,7 +78,7 @@ HELP_OVERRIDES = {
 }
 PLACEHOLDERS = {
     "Name": "e.g. web (a DNS label)",
-    "Image": "e.g. nginx:1.27",
+    "Image": f"e.g. {DEMO_IMAGE}",  # the demo image scripts/up builds: it exists on a set-up machine
     "Replicas": "e.g. 2",
     "ServicePort": "e.g. 80",
     "WorkingDir": "e.g. /app (empty: the image's)",
