@@ -129,7 +129,7 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
 
     @app.get("/services", response_model=list[Service], responses=_ERRORS)
     def list_services() -> list[Service]:
-        return backend.list()
+        return backend.list_services()
 
     @app.get("/services/{name}", response_model=Service, responses=_ERRORS)
     def inspect_service(name: str) -> Service:

@@ -1,7 +1,7 @@
 """The backend's operations, UI-free and HTTP-free: what the API routes call.
 
 `Backend` owns the pieces (store, Docker driver, reconciler, change feed) and offers one method per
-operation: create, list, get, update, delete, containers, logs. Requests are validated before they
+operation: create, list_services, get, update, delete, containers, logs. Requests are validated before they
 get here (the API does it with the models); errors are raised as the exceptions below, which the API
 maps to status codes.
 """
@@ -99,7 +99,7 @@ class Backend:
         self.reconciler.enqueue(record.name)
         return self.service_object(record)
 
-    def list(self) -> list[Service]:
+    def list_services(self) -> list[Service]:
         return [self.service_object(record) for record in self.store.all()]
 
     def get(self, name: str) -> Service:

@@ -270,10 +270,6 @@ class Store:
             released = {row[0] for row in self._db.execute("SELECT uid FROM released")}
         return live | released
 
-    def released_uids(self) -> set[str]:
-        with self._lock:
-            return {row[0] for row in self._db.execute("SELECT uid FROM released")}
-
 
 _COLUMNS = "name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep"
 
