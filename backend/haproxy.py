@@ -554,7 +554,8 @@ def parse_health_line(line: str, backend: str = BACKEND) -> HealthEvent | None:
         if check.group("backend") != backend:
             return None
         detail = f"{check.group('result')}{check.group('detail')}".strip(" ,")
-        return HealthEvent(backend, check.group("slot"), check.group("state"), False, detail, at)  # type: ignore[arg-type]
+        state_after: HealthState = "UP" if check.group("state") == "UP" else "DOWN"  # the pattern allows only these
+        return HealthEvent(backend, check.group("slot"), state_after, False, detail, at)
     server = _SERVER_LINE.match(text)
     if not server or server.group("backend") != backend:
         return None

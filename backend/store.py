@@ -15,9 +15,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from backend.models import ServiceSpec
 
@@ -41,6 +42,10 @@ CREATE TABLE IF NOT EXISTS services (
 -- service instances deleted with keep=true: their containers are left alone, never collected.
 CREATE TABLE IF NOT EXISTS released (uid TEXT PRIMARY KEY, name TEXT NOT NULL, at TEXT NOT NULL);
 """
+
+
+Column = ServiceSpec | list[str] | str | int | None
+"""A value `Store.update` writes: a spec, the replicas' ids, text, a number or flag (bool is an int)."""
 
 
 class NameTaken(Exception):
@@ -93,11 +98,11 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def _meta(self, key: str, default) -> str:
+    def _meta(self, key: str, default: Callable[[], str]) -> str:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if row:
-                return row[0]
+                return str(row[0])
             value = default()
             self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
             return value
@@ -169,18 +174,19 @@ class Store:
         with self._lock:
             return [row[0] for row in self._db.execute("SELECT name FROM services ORDER BY name")]
 
-    def update(self, name: str, **changes) -> ServiceRecord | None:
+    def update(self, name: str, **changes: Column) -> ServiceRecord | None:
         """Change columns of one service; `spec` is given as a ServiceSpec. None if it is gone."""
         if not changes:
             return self.get(name)
-        columns, values = [], []
+        columns: list[str] = []
+        values: list[str | int | None] = []
         if {"spec", "fip", "deleting"} & set(changes):
             columns.append("generation = generation + 1")
         for key, value in changes.items():
-            if key == "spec":
+            if isinstance(value, ServiceSpec):
                 value = value.model_dump_json()
-            elif key == "containers":
-                value = None if value is None else json.dumps(value)
+            elif isinstance(value, list):  # containers
+                value = json.dumps(value)
             columns.append(f"{key} = ?")
             values.append(value)
         with self._lock:
@@ -194,7 +200,7 @@ class Store:
         a sync that read the spec before an update must not report on the old spec afterwards.
         """
         query = "UPDATE services SET status = ?, message = ? WHERE name = ? AND (status != ? OR message != ?)"
-        values: list = [status, message, name, status, message]
+        values: list[str | int] = [status, message, name, status, message]
         if generation is not None:
             query += " AND generation = ?"
             values.append(generation)
@@ -232,7 +238,7 @@ class Store:
                     ).fetchone()
                     if row:
                         self._db.execute("ROLLBACK")
-                        return row[0]
+                        return str(row[0])
                 self._db.execute(
                     "UPDATE services SET fip = ?, generation = generation + 1 WHERE name = ? AND fip != ?",
                     (fip, name, fip),
@@ -274,7 +280,7 @@ class Store:
 _COLUMNS = "name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep"
 
 
-def _record(row: Iterable) -> ServiceRecord:
+def _record(row: Sequence[Any]) -> ServiceRecord:
     name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep = row
     return ServiceRecord(
         name=name,
