@@ -35,7 +35,9 @@ from backend.models import (
 log = logging.getLogger(__name__)
 
 PING_SECONDS = 5.0
-_ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 500: {"model": ErrorBody}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 500: {"model": ErrorBody}
+}
 
 
 def _error(status: int, message: str, errors: list[FieldError] | None = None) -> JSONResponse:
