@@ -30,9 +30,10 @@ from datetime import UTC, datetime
 
 import docker.errors
 from docker.models.containers import Container
+from docker.types import LogConfig
 
 from backend import haproxy
-from backend.docker_driver import ROLE_BALANCER, DockerDriver, ImageUnavailable, ServiceRef
+from backend.docker_driver import ROLE_BALANCER, DockerDriver, ImageUnavailable, ServiceRef, object_id
 from backend.store import ServiceRecord
 
 log = logging.getLogger(__name__)
@@ -127,21 +128,21 @@ class Balancers:
         existing = self.containers(ref)
         result: list[Container] = []
         for container in existing:
-            front = container.labels.get(LABEL_FRONT)
+            front = container.labels.get(LABEL_FRONT, "")
             if wanted.get(front) != container.labels.get(LABEL_ADDRESS) or container.status in ("exited", "dead"):
-                self.forget(container.id)
+                self.forget(object_id(container))
                 self.driver.remove(container, graceful=False)
         existing = self.containers(ref)
         fronts = {c.labels.get(LABEL_FRONT): c for c in existing}
         for front, address in wanted.items():
-            container = fronts.get(front)
-            if container is None:
-                container = self._create(record, network, servers, front, address)
-            elif container.status != "running":
-                container.start()
-                container.reload()
-                self.forget(container.id)
-            result.append(container)
+            balancer = fronts.get(front)
+            if balancer is None:
+                balancer = self._create(record, network, servers, front, address)
+            elif balancer.status != "running":
+                balancer.start()
+                balancer.reload()
+                self.forget(object_id(balancer))
+            result.append(balancer)
         primary = next(c for c in result if c.labels.get(LABEL_FRONT) == "ip")
         self._follow(record, primary)
         return result
@@ -156,8 +157,9 @@ class Balancers:
             labels=labels,
             network=network,
             ports={f"{haproxy.LISTEN_PORT}/tcp": (address, record.spec.ServicePort)},
-            restart_policy={"Name": "unless-stopped"},
-            log_config={"Type": "json-file", "Config": LOG_OPTIONS},
+            # the stubs allow only "always" / "on-failure"; the engine takes "unless-stopped" too
+            restart_policy={"Name": "unless-stopped"},  # type: ignore[arg-type]
+            log_config=LogConfig(type=LogConfig.types.JSON, config=LOG_OPTIONS),
             detach=True,
         )
         try:
@@ -169,7 +171,7 @@ class Balancers:
         container.reload()
         self._wait_listening(container)
         with self._lock:
-            self._applied[container.id] = dict(servers)
+            self._applied[object_id(container)] = dict(servers)
         return container
 
     def resolve_image(self) -> str:
@@ -227,7 +229,7 @@ class Balancers:
     def remove_all(self, ref: ServiceRef) -> None:
         containers = self.containers(ref)
         for container in containers:
-            self.forget(container.id)
+            self.forget(object_id(container))
         self.driver.remove_many(containers, graceful=False)
         with self._lock:
             self._boards.pop(ref.uid, None)
@@ -244,7 +246,7 @@ class Balancers:
         board = self.board(record.uid)
         for container in balancers:
             with self._lock:
-                if self._applied.get(container.id) == servers:
+                if self._applied.get(object_id(container)) == servers:
                     continue
             current = haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
             if any(slot not in current for slot in servers):
@@ -260,7 +262,7 @@ class Balancers:
             released |= {slot for slot, snap in current.items() if slot not in servers and snap.state != "MAINT"}
             self._copy_files(container, record, servers)  # a restarted balancer comes back right
             with self._lock:
-                self._applied[container.id] = dict(servers)
+                self._applied[object_id(container)] = dict(servers)
         for slot in released:
             board.released(slot)
         return sorted(released)
@@ -279,7 +281,7 @@ class Balancers:
             text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
             raise BalancerError(f"the balancer {container.name} did not reload with more slots: {text[:200]}")
         with self._lock:
-            self._applied.pop(container.id, None)
+            self._applied.pop(object_id(container), None)
         return haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
 
     def wait_drained(self, balancers: list[Container], slots: list[str], timeout: float = DRAIN_WAIT) -> None:
@@ -327,7 +329,7 @@ class Balancers:
         changes: a lost line would leave a replica "starting" for good).
         """
         with self._lock:
-            thread = self._followers.get(primary.id)
+            thread = self._followers.get(object_id(primary))
             running = thread is not None and thread.is_alive()
         if running:
             self._refresh_if_stuck(record, primary)
@@ -339,7 +341,7 @@ class Balancers:
                 target=self._read_health, args=(record.name, record.uid, primary, started),
                 name=f"health-{record.name}", daemon=True,
             )
-            self._followers[primary.id] = thread
+            self._followers[object_id(primary)] = thread
         thread.start()
 
     def _snapshot(self, record: ServiceRecord, primary: Container) -> None:
@@ -366,7 +368,7 @@ class Balancers:
         board = self.board(uid)
         try:
             stream = self.driver.client.api.logs(
-                primary.id, stream=True, follow=True, stdout=True, stderr=False, timestamps=True, since=int(since)
+                object_id(primary), stream=True, follow=True, stdout=True, stderr=False, timestamps=True, since=int(since)
             )
             pending = b""
             for chunk in stream:
@@ -385,6 +387,6 @@ class Balancers:
         except Exception as exc:  # the engine went away: the reconciler re-attaches when it's back
             log.debug("health stream of %s ended: %s", name, exc)
         finally:
-            self.forget(primary.id)  # whatever it carried must be checked again
+            self.forget(object_id(primary))  # whatever it carried must be checked again
             if not self._stopping.is_set():
                 self._on_health(name, "", ReplicaHealth("", datetime.now()))

@@ -1,30 +1,37 @@
 """The backend's operations, UI-free and HTTP-free: what the API routes call.
 
 `Backend` owns the pieces (store, Docker driver, reconciler, change feed) and offers one method per
-operation: create, list, get, update, delete, containers, logs. Requests are validated before they
+operation: create, list_services, get, update, delete, containers, logs. Requests are validated before they
 get here (the API does it with the models); errors are raised as the exceptions below, which the API
 maps to status codes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import ipaddress
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, Generic, TypedDict, TypeVar
 
 import docker.errors
+from docker.models.containers import Container
 
 from backend.balancer import LABEL_SLOT
 from backend.docker_driver import (
     LABEL_REVISION,
     LABEL_UID,
     ROLE_REPLICA,
+    ClosableStream,
     DockerDriver,
     EngineUnavailable,
     ServiceRef,
+    object_id,
+    object_name,
     replica_address,
 )
 from backend.events import EventHub
@@ -91,7 +98,7 @@ class Backend:
         self.store.close()
 
     @property
-    def validation_context(self) -> dict:
+    def validation_context(self) -> dict[str, Any]:
         """What the models need to know of this backend's settings."""
         return {"max_replicas": self.settings.max_replicas}
 
@@ -111,7 +118,7 @@ class Backend:
         self.reconciler.enqueue(record.name)
         return self.service_object(record)
 
-    def list(self) -> list[Service]:
+    def list_services(self) -> list[Service]:
         return [self.service_object(record) for record in self.store.all()]
 
     def get(self, name: str) -> Service:
@@ -186,14 +193,14 @@ class Backend:
                 result[record.name].append(self._container_info(record, container))
         return result
 
-    def _container_info(self, record: ServiceRecord, container) -> ContainerInfo:
+    def _container_info(self, record: ServiceRecord, container: Container) -> ContainerInfo:
         state = container.attrs.get("State") or {}
         started = state.get("StartedAt", "")
         current = container.labels.get(LABEL_REVISION) == str(record.revision)
         health = self.reconciler.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
         return ContainerInfo(
-            Id=container.id,
-            Name=container.name,
+            Id=object_id(container),
+            Name=object_name(container),
             State=container.status,
             Health=health.health if health else "",
             HealthSince=health.since.isoformat().replace("+00:00", "Z") if health else "",
@@ -209,17 +216,16 @@ class Backend:
         record = self._record(name)
         replicas = self.driver.containers(ServiceRef(record.name, record.uid), ROLE_REPLICA)
         if container:
-            replicas = [c for c in replicas if container in (c.name, c.id) or c.id.startswith(container)]
+            replicas = [c for c in replicas if container in (c.name, c.id) or object_id(c).startswith(container)]
             if not replicas:
                 raise NotFound(f"service {name} has no replica {container}")
-        return [(c.name, c.id) for c in replicas]
+        return [(object_name(c), object_id(c)) for c in replicas]
 
     def logs(self, name: str, container: str | None, tail: int | None) -> str:
         """The replicas' logs, each line labelled with its replica, interleaved by time."""
-        streams = []
+        streams: list[list[tuple[str, str, str]]] = []
         for replica_name, replica_id in self.log_sources(name, container):
-            raw = self.driver.logs(replica_id, tail)
-            lines = raw.decode("utf-8", "replace").splitlines() if isinstance(raw, bytes) else []
+            lines = self.driver.logs(replica_id, tail).decode("utf-8", "replace").splitlines()
             streams.append([(line.partition(" ")[0], replica_name, line.partition(" ")[2]) for line in lines])
         merged = heapq.merge(*streams)
         return "".join(f"{when} {who} | {text}\n" for when, who, text in merged)
@@ -261,24 +267,26 @@ class Backend:
             return str(exc)
 
 
-class _Follower:
+_Item = TypeVar("_Item")
+
+
+class _Follower(Generic[_Item]):
     """Reads one blocking Docker stream per replica on threads and hands items to an asyncio loop."""
 
     def __init__(self, driver: DockerDriver, sources: list[tuple[str, str]]) -> None:
         self._driver = driver
         self._sources = sources
-        self._streams: list = []
+        self._streams: list[ClosableStream[_Item]] = []
         self._closed = threading.Event()
 
-    def _open(self, replica_id: str):  # the blocking stream of one replica
+    def _open(self, replica_id: str) -> ClosableStream[_Item]:  # the blocking stream of one replica
         raise NotImplementedError
 
-    def _items(self, replica_name: str, replica_id: str, stream):  # what that stream yields, as text
+    def _items(self, replica_name: str, replica_id: str, stream: Iterable[_Item]) -> Iterator[str]:
+        """What that stream yields, as text."""
         raise NotImplementedError
 
-    async def lines(self):
-        import asyncio
-
+    async def lines(self) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         for replica_name, replica_id in self._sources:
@@ -293,7 +301,9 @@ class _Follower:
                 continue
             yield line
 
-    def _pump(self, loop, queue, replica_name: str, replica_id: str) -> None:
+    def _pump(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None], replica_name: str, replica_id: str
+    ) -> None:
         try:
             stream = self._open(replica_id)
             self._streams.append(stream)
@@ -314,20 +324,26 @@ class _Follower:
                 stream.close()
 
 
-class StatsFollower(_Follower):
+class StatsFollower(_Follower[dict[str, Any]]):
     """One JSON line per replica and sample: {"Id", "Name", "CPUPercent", "MemoryBytes", "MemoryLimit"}."""
 
-    def _open(self, replica_id: str):
+    def _open(self, replica_id: str) -> ClosableStream[dict[str, Any]]:
         return self._driver.stats(replica_id)
 
-    def _items(self, replica_name: str, replica_id: str, stream):
+    def _items(self, replica_name: str, replica_id: str, stream: Iterable[dict[str, Any]]) -> Iterator[str]:
         import json
 
         for sample in stream:
             yield json.dumps({"Id": replica_id, "Name": replica_name, **stats_figures(sample)}) + "\n"
 
 
-def stats_figures(sample: dict) -> dict:
+class StatsFigures(TypedDict):
+    CPUPercent: float  # 100 = one CPU busy
+    MemoryBytes: int  # without the page cache, as `docker stats`
+    MemoryLimit: int
+
+
+def stats_figures(sample: dict[str, Any]) -> StatsFigures:
     """CPU percent (of one CPU, as `docker stats` shows it) and memory from one Docker stats sample."""
     cpu, pre = sample.get("cpu_stats") or {}, sample.get("precpu_stats") or {}
     cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (pre.get("cpu_usage") or {}).get("total_usage", 0)
@@ -344,17 +360,17 @@ def stats_figures(sample: dict) -> dict:
     }
 
 
-class LogFollower(_Follower):
+class LogFollower(_Follower[bytes]):
     """Labelled log lines ("<time> <replica> | <text>") of several replicas as they are written."""
 
     def __init__(self, driver: DockerDriver, sources: list[tuple[str, str]], tail: int | None) -> None:
         super().__init__(driver, sources)
         self._tail = tail if tail is not None else 100
 
-    def _open(self, replica_id: str):
+    def _open(self, replica_id: str) -> ClosableStream[bytes]:
         return self._driver.logs(replica_id, self._tail, follow=True)
 
-    def _items(self, replica_name: str, replica_id: str, stream):
+    def _items(self, replica_name: str, replica_id: str, stream: Iterable[bytes]) -> Iterator[str]:
         pending = b""
         for chunk in stream:
             pending += chunk

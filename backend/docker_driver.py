@@ -20,12 +20,14 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import docker
 import docker.errors
 from docker.models.containers import Container
 from docker.models.networks import Network
-from docker.types import Mount
+from docker.models.resource import Model
+from docker.types import CancellableStream, Mount
 
 from backend.models import ServiceSpec
 
@@ -42,6 +44,17 @@ ROLE_BALANCER = "balancer"
 ROLE_NETWORK = "network"
 
 STOP_TIMEOUT = 10  # seconds a replica gets to exit after its StopSignal before it is killed
+
+
+_T_co = TypeVar("_T_co", covariant=True)
+
+
+class ClosableStream(Protocol[_T_co]):
+    """A blocking stream from the engine that another thread may close to end it."""
+
+    def __iter__(self) -> Iterator[_T_co]: ...
+
+    def close(self) -> None: ...
 
 
 class EngineUnavailable(Exception):
@@ -125,12 +138,12 @@ class DockerDriver:
     def ensure_image(self, reference: str) -> str:
         """The image's ID, pulling it first when the engine does not have it."""
         try:
-            return self.client.images.get(reference).id
+            return object_id(self.client.images.get(reference))
         except docker.errors.ImageNotFound:
             pass
         log.info("pulling image %s", reference)
         try:
-            return self.client.images.pull(reference).id
+            return object_id(self.client.images.pull(reference))
         except docker.errors.APIError as exc:
             raise ImageUnavailable(f"image {reference} not found ({_short(exc)})") from exc
 
@@ -229,7 +242,8 @@ class DockerDriver:
             memswap_limit=spec.memory_bytes(),  # no swap on top: the size is the limit
             nano_cpus=cpus * 1_000_000_000,
             network=network,
-            restart_policy={"Name": "unless-stopped"},
+            # the stubs allow only "always" / "on-failure"; the engine takes "unless-stopped" too
+            restart_policy={"Name": "unless-stopped"},  # type: ignore[arg-type]
             detach=True,
         )
         try:
@@ -281,18 +295,39 @@ class DockerDriver:
         owned.pop("", None)
         return owned
 
-    def events(self) -> docker.types.daemon.CancellableStream:
+    def events(self) -> CancellableStream[dict[str, Any]]:
         """Docker's event stream, filtered to this installation's objects (blocking generator)."""
         return self.client.events(decode=True, filters={"label": f"{LABEL_TENANT}={self.tenant}"})
 
-    def logs(self, container_id: str, tail: int | None, follow: bool = False) -> Iterator[bytes] | bytes:
+    @overload
+    def logs(self, container_id: str, tail: int | None, follow: Literal[False] = False) -> bytes: ...
+
+    @overload
+    def logs(self, container_id: str, tail: int | None, follow: Literal[True]) -> CancellableStream[bytes]: ...
+
+    def logs(self, container_id: str, tail: int | None, follow: bool = False) -> CancellableStream[bytes] | bytes:
+        """A replica's log with timestamps: all of it so far, or (follow) a stream of what comes."""
         container = self.client.containers.get(container_id)
-        return container.logs(timestamps=True, tail=tail if tail is not None else "all", follow=follow, stream=follow)
+        lines: Literal["all"] | int = tail if tail is not None else "all"
+        if follow:
+            return container.logs(timestamps=True, tail=lines, follow=True, stream=True)
+        return container.logs(timestamps=True, tail=lines, follow=False, stream=False)
 
-
-    def stats(self, container_id: str):
+    def stats(self, container_id: str) -> ClosableStream[dict[str, Any]]:
         """Docker's stats stream of one container: a decoded sample about every second."""
-        return self.client.api.stats(container_id, stream=True, decode=True)
+        stream: ClosableStream[dict[str, Any]] = self.client.api.stats(container_id, stream=True, decode=True)
+        return stream
+
+
+def object_id(obj: Model) -> str:
+    """The id of an object the engine listed or created. Always set there: the stubs allow None
+    only because a bare Model can be built without attributes."""
+    return obj.id or ""
+
+
+def object_name(obj: Container | Network) -> str:
+    """The name of a container or network the engine listed or created (always set there)."""
+    return obj.name or ""
 
 
 def _mount(volume: str) -> Mount:

@@ -27,7 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 DEFAULT_MAX_REPLICAS = 100
 
@@ -484,7 +484,7 @@ class ErrorBody(BaseModel):
     errors: list[FieldError] = []
 
 
-def _friendly(error: dict[str, Any]) -> str:
+def _friendly(error: ErrorDetails) -> str:
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "missing":
         return "is required"
@@ -509,7 +509,7 @@ def _friendly(error: dict[str, Any]) -> str:
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     if kind == "field_error":
-        return ctx["reason"]
+        return str(ctx["reason"])
     return error["msg"]
 
 

@@ -18,13 +18,16 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import docker.errors
 from docker.models.containers import Container
 from docker.models.networks import Network
+from docker.types import CancellableStream
 
 from backend.balancer import LABEL_SLOT, Balancers, ReplicaHealth
 from backend.docker_driver import (
@@ -36,6 +39,8 @@ from backend.docker_driver import (
     ImageUnavailable,
     ServiceRef,
     SubnetTaken,
+    object_id,
+    object_name,
     replica_address,
 )
 from backend.events import EventHub
@@ -86,7 +91,7 @@ class Reconciler:
         self._stopping = threading.Event()
         self._failures: dict[str, int] = {}  # consecutive failed steps per service
         self._retry_at: dict[str, float] = {}  # when a failed service is due again (monotonic)
-        self._events_stream = None
+        self._events_stream: CancellableStream[dict[str, Any]] | None = None
         self.engine_error: str | None = None  # why the engine can't be reached, None when it can
 
     # -- life cycle --------------------------------------------------------------------------
@@ -148,7 +153,7 @@ class Reconciler:
     def _backoff(self, name: str) -> float:
         failures = self._failures.get(name, 0) + 1
         self._failures[name] = failures
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (failures - 1))
         self._retry_at[name] = time.monotonic() + delay
         return delay
 
@@ -171,7 +176,7 @@ class Reconciler:
             self._stopping.wait(delay)
             delay = min(BACKOFF_MAX / 4, delay * 2)
 
-    def _on_docker_event(self, event: dict) -> None:
+    def _on_docker_event(self, event: dict[str, Any]) -> None:
         attributes = (event.get("Actor") or {}).get("Attributes") or {}
         name = attributes.get(LABEL_SERVICE)
         if not name:
@@ -264,10 +269,10 @@ class Reconciler:
         leaving = _least_useful(outdated, ready)[:excess_outdated] + _least_useful(current, ready)[:excess_current]
 
         staying = [c for c in alive if c not in leaving]
-        created = self._create_replicas(record, network.name, to_create, _free_slots(staying, to_create))
+        created = self._create_replicas(record, object_name(network), to_create, _free_slots(staying, to_create))
         serving = staying + created
-        self.store.update(record.name, containers=[c.id for c in serving])
-        self._owners[record.uid] = {c.labels.get(LABEL_SLOT, ""): (c.id, c.name) for c in serving}
+        self.store.update(record.name, containers=[object_id(c) for c in serving])
+        self._owners[record.uid] = {c.labels.get(LABEL_SLOT, ""): (object_id(c), object_name(c)) for c in serving}
 
         # The balancers carry exactly the serving replicas; the leaving ones are drained, then stopped.
         servers = {
@@ -275,7 +280,7 @@ class Reconciler:
             for c in serving
             if c.labels.get(LABEL_SLOT) and (address := replica_address(c, spec.ContainerPort or spec.ServicePort))
         }
-        balancers = self.balancers.ensure(record, network.name, servers)
+        balancers = self.balancers.ensure(record, object_name(network), servers)
         self.balancers.set_servers(record, balancers, servers)
         if leaving:
             self.balancers.wait_drained(balancers, [c.labels.get(LABEL_SLOT, "") for c in leaving])
@@ -290,7 +295,7 @@ class Reconciler:
             return self._progress(record, len(ready_now), outdated, again_in=SOON)
         down = [c for c in current if self._health(record, c) == "DOWN"]
         if not outdated and len(current) == desired and down:
-            names = ", ".join(c.name for c in down[:3]) + (" ..." if len(down) > 3 else "")
+            names = ", ".join(object_name(c) for c in down[:3]) + (" ..." if len(down) > 3 else "")
             return Outcome(
                 ServiceStatus.degraded,
                 f"{len(down)} of {desired} replicas DOWN (failing their health check: {names}); "
@@ -347,7 +352,7 @@ class Reconciler:
                 pool.submit(self.driver.create_replica, ref, record.spec, record.revision, network, {LABEL_SLOT: slot})
                 for slot in slots
             ]
-            errors = [f.exception() for f in futures if f.exception() is not None]
+            errors = [error for f in futures if (error := f.exception()) is not None]
             created = [f.result() for f in futures if f.exception() is None]
         if errors:
             self.driver.remove_many(created, graceful=False)  # nothing half-created
@@ -392,7 +397,7 @@ def _free_slots(staying: list[Container], count: int) -> list[str]:
     return list(itertools.islice(free, count))
 
 
-def _least_useful(containers: list[Container], is_ready) -> list[Container]:
+def _least_useful(containers: list[Container], is_ready: Callable[[Container], bool]) -> list[Container]:
     """Removal order: not-ready replicas first, then the newest (keep the proven ones)."""
     newest_first = sorted(containers, key=lambda c: c.attrs.get("Created", ""), reverse=True)
     return sorted(newest_first, key=is_ready)  # stable: among equals, newest stays first

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import platformdirs
@@ -121,10 +120,4 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
-
-
-@lru_cache(maxsize=1)
-def current_settings() -> Settings:
-    """The settings from the environment, read once (tests build their own `Settings`)."""
-    return Settings()
 

@@ -15,9 +15,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from backend.models import ServiceSpec
 
@@ -42,6 +43,10 @@ CREATE TABLE IF NOT EXISTS services (
 -- service instances deleted with keep=true: their containers are left alone, never collected.
 CREATE TABLE IF NOT EXISTS released (uid TEXT PRIMARY KEY, name TEXT NOT NULL, at TEXT NOT NULL);
 """
+
+
+Column = ServiceSpec | list[str] | str | int | None
+"""A value `Store.update` writes: a spec, the replicas' ids, text, a number or flag (bool is an int)."""
 
 
 class NameTaken(Exception):
@@ -111,11 +116,11 @@ class Store:
             self._db.execute("ALTER TABLE services ADD COLUMN subnet TEXT")
             self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS services_subnet ON services (subnet)")
 
-    def _meta(self, key: str, default) -> str:
+    def _meta(self, key: str, default: Callable[[], str]) -> str:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if row:
-                return row[0]
+                return str(row[0])
             value = default()
             self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
             return value
@@ -197,8 +202,9 @@ class Store:
         has); None without a network pool (Docker then picks from its own defaults)."""
         if self._network_pool is None:
             return None
-        blocked = {ipaddress.ip_network(item, strict=False) for item in avoid}
-        blocked = {net for net in blocked if isinstance(net, ipaddress.IPv4Network)}
+        blocked = {
+            net for item in avoid if isinstance(net := ipaddress.ip_network(item, strict=False), ipaddress.IPv4Network)
+        }
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -225,18 +231,19 @@ class Store:
         with self._lock:
             return [row[0] for row in self._db.execute("SELECT name FROM services ORDER BY name")]
 
-    def update(self, name: str, **changes) -> ServiceRecord | None:
+    def update(self, name: str, **changes: Column) -> ServiceRecord | None:
         """Change columns of one service; `spec` is given as a ServiceSpec. None if it is gone."""
         if not changes:
             return self.get(name)
-        columns, values = [], []
+        columns: list[str] = []
+        values: list[str | int | None] = []
         if {"spec", "fip", "deleting"} & set(changes):
             columns.append("generation = generation + 1")
         for key, value in changes.items():
-            if key == "spec":
+            if isinstance(value, ServiceSpec):
                 value = value.model_dump_json()
-            elif key == "containers":
-                value = None if value is None else json.dumps(value)
+            elif isinstance(value, list):  # containers
+                value = json.dumps(value)
             columns.append(f"{key} = ?")
             values.append(value)
         with self._lock:
@@ -250,7 +257,7 @@ class Store:
         a sync that read the spec before an update must not report on the old spec afterwards.
         """
         query = "UPDATE services SET status = ?, message = ? WHERE name = ? AND (status != ? OR message != ?)"
-        values: list = [status, message, name, status, message]
+        values: list[str | int] = [status, message, name, status, message]
         if generation is not None:
             query += " AND generation = ?"
             values.append(generation)
@@ -288,7 +295,7 @@ class Store:
                     ).fetchone()
                     if row:
                         self._db.execute("ROLLBACK")
-                        return row[0]
+                        return str(row[0])
                 self._db.execute(
                     "UPDATE services SET fip = ?, generation = generation + 1 WHERE name = ? AND fip != ?",
                     (fip, name, fip),
@@ -326,17 +333,13 @@ class Store:
             released = {row[0] for row in self._db.execute("SELECT uid FROM released")}
         return live | released
 
-    def released_uids(self) -> set[str]:
-        with self._lock:
-            return {row[0] for row in self._db.execute("SELECT uid FROM released")}
-
 
 _COLUMNS = (
     "name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep, subnet"
 )
 
 
-def _record(row: Iterable) -> ServiceRecord:
+def _record(row: Sequence[Any]) -> ServiceRecord:
     name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep, subnet = row
     return ServiceRecord(
         name=name,

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from textual import work
@@ -286,13 +287,16 @@ class ConsoleApp(App[None]):
                         return name, None
                     raise
 
-        found = await asyncio.gather(*(one_service(n) for n in services), *(one_replica_list(n) for n in containers))
+        services_found, replicas_found = await asyncio.gather(  # all requests at once, as many as `limit` lets
+            asyncio.gather(*(one_service(n) for n in services)),
+            asyncio.gather(*(one_replica_list(n) for n in containers)),
+        )
         fetched = self.Fetched()
-        for index, (name, value) in enumerate(found):
-            if index < len(services):
-                fetched.services[name] = value  # type: ignore[assignment]
-            elif value is not None:
-                fetched.containers[name] = value  # type: ignore[assignment]
+        for name, service in services_found:
+            fetched.services[name] = service
+        for name, replicas in replicas_found:
+            if replicas is not None:
+                fetched.containers[name] = replicas
         self.post_message(fetched)
 
     @work(exclusive=True, group="reload", exit_on_error=False)
@@ -350,7 +354,7 @@ class ConsoleApp(App[None]):
             names = frozenset(changed)
             self.broadcast(lambda: ServicesChanged(names))
         for name in message.containers:
-            self.broadcast(lambda name=name: ContainersChanged(name))
+            self.broadcast(partial(ContainersChanged, name))
 
     def broadcast(self, make: Callable[[], Message]) -> None:
         """Tell every screen on the stack (each gets its own message instance)."""

@@ -58,7 +58,10 @@ class ServiceCommands(Provider):
         app.push_screen(ServiceScreen(name))
 
     def _names(self) -> list[str]:
-        return sorted(self.app.catalog.services)
+        from tui.app import ConsoleApp
+
+        app = self.app  # typed App[object] by Textual's Provider; the console's app in practice
+        return sorted(app.catalog.services) if isinstance(app, ConsoleApp) else []
 
     async def discover(self) -> Hits:
         for name in self._names():

@@ -67,7 +67,7 @@ async def test_invalid_value_shows_on_its_field_and_blocks_submit(backend):
         assert error_of(app, "ServicePort") == "✗ is required"
         summary = str(app.screen.query_one("#form-summary").content)
         assert "Name" in summary and "Replicas" in summary and "Image" in summary
-        assert backend.list() == []
+        assert backend.list_services() == []
         # fixing the fields clears their errors
         await type_into(pilot, "#Name", "good-name")
         assert error_of(app, "Name") == ""

@@ -202,7 +202,7 @@ class CreateServiceScreen(ConsoleScreen):
         for field in FIELD_ORDER:
             control = self.query_one(f"#{field}")
             if field == "SSLCert":
-                path_text = control.value.strip()  # type: ignore[attr-defined]
+                path_text = self.query_one("#SSLCert", Input).value.strip()
                 if self._protocol() == "httpsTerm" and path_text:
                     text, problem = self._read_cert(path_text)
                     if problem:
@@ -362,7 +362,7 @@ class CreateServiceScreen(ConsoleScreen):
     @work(exclusive=True, group="create", exit_on_error=False)
     async def create(self, body: dict[str, Any]) -> None:
         try:
-            service = await self.app.client.create_service(body)  # type: ignore[attr-defined]
+            service = await self.app.client.create_service(body)
         except ApiError as exc:
             self.submitting = False
             self._server_said(exc)
@@ -387,7 +387,7 @@ class CreateServiceScreen(ConsoleScreen):
             placed.append("Name")
         self.validate()
         self._summary(f"✗ {exc.message}")
-        self.app.report_error(exc, title="Not created")  # type: ignore[attr-defined]
+        self.app.report_error(exc, title="Not created")
         if placed:
             self._focus_field(next(f for f in FIELD_ORDER if f in placed))
 

@@ -10,9 +10,10 @@ it is typed with the backend's `ServiceUpdate` model). `enter` answers the box's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import on, work
+from textual import getters, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -24,6 +25,9 @@ from textual.widgets.option_list import Option
 from backend.models import Service
 from tui.client import ApiError, FloatingIP
 from tui.screens.actions import update_problem
+
+if TYPE_CHECKING:
+    from tui.app import ConsoleApp
 
 DETACH = "\0detach"  # the option id of "Detach" (no address looks like it)
 
@@ -39,6 +43,9 @@ class Choices(OptionList, can_focus=False):
 
 
 class FloatingIPDialog(ModalScreen[str | None]):
+    if TYPE_CHECKING:  # the console's own app, for the checker (tui.app imports this module)
+        app = getters.app(ConsoleApp)
+
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
         Binding("down", "walk(1)", "Next address", show=False),
@@ -78,7 +85,7 @@ class FloatingIPDialog(ModalScreen[str | None]):
     @work(exclusive=True, group="fips", exit_on_error=False)
     async def load_pool(self) -> None:
         try:
-            pool = await self.app.client.floating_ips()  # type: ignore[attr-defined]
+            pool = await self.app.client.floating_ips()
         except ApiError as exc:
             self.post_message(PoolLoaded(None, exc.message))
             return

@@ -115,14 +115,14 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         self.redraw()
         self.redraw_replicas()
         self.follow_stats_if_needed()
-        self.app.mark_dirty(services=[self.service_name], containers=[self.service_name])  # type: ignore[attr-defined]
+        self.app.mark_dirty(services=[self.service_name], containers=[self.service_name])
         self.set_interval(15, self._tick)
         self.query_one(ContainersTable).focus()
 
     # -- drawing -----------------------------------------------------------------------------
 
     def target_service(self) -> Service | None:
-        return self.app.catalog.services.get(self.service_name)  # type: ignore[attr-defined]
+        return self.app.catalog.services.get(self.service_name)
 
     def redraw(self, summary_only: bool = False) -> None:
         service = self.target_service()
@@ -132,14 +132,14 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
             summary.update(f"[b]{escape(self.service_name)}[/b]  [dim]not known (yet)…[/dim]")
             progress.display = False
             return
-        replicas = self.app.catalog.containers.get(service.Name)  # type: ignore[attr-defined]
+        replicas = self.app.catalog.containers.get(service.Name)
         up = replicas_up(service, replicas)
         dot = (" · ", "dim")
         head = Text.assemble((service.Name, "bold"), "  ", status_text(service.Status), f"  {up}/{service.Replicas} up")
         parts = [Text(own_address(service))]
         if service.FIP:
             parts.append(Text(f"FIP {service.FIP}"))
-        parts.append(Text(f"age {since(service.Created, self.app.now())}"))  # type: ignore[attr-defined]
+        parts.append(Text(f"age {since(service.Created, self.app.now())}"))
         optional = [Text(f"{service.Protocol}/{service.Algorithm}")]
         running = {r.Id for r in replicas or [] if r.State == "running"}
         samples = [sample for key, sample in self.stats.items() if key in running]
@@ -194,20 +194,20 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         table.update_cell("Containers", "Value", str(len(service.Containers or [])))
 
     def redraw_replicas(self) -> None:
-        replicas = self.app.catalog.containers.get(self.service_name)  # type: ignore[attr-defined]
+        replicas = self.app.catalog.containers.get(self.service_name)
         if replicas is None:
             return
         ids = {r.Id for r in replicas}
         for gone in [i for i in self.stats if i not in ids]:
             del self.stats[gone]
-        self.query_one(ContainersTable).show(replicas, self.app.now(), self.stats)  # type: ignore[attr-defined]
+        self.query_one(ContainersTable).show(replicas, self.app.now(), self.stats)
         self.query_one(LogPane).set_replicas(replicas)
 
     # -- the stats stream --------------------------------------------------------------------
 
     def follow_stats_if_needed(self) -> None:
         """Open the stats stream, or reopen it when the running replicas are not the ones it covers."""
-        replicas = self.app.catalog.containers.get(self.service_name)  # type: ignore[attr-defined]
+        replicas = self.app.catalog.containers.get(self.service_name)
         if replicas is None or self.gone:
             return
         key = frozenset((r.Id, r.Started) for r in replicas if r.State == "running")
@@ -226,7 +226,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
     async def follow_stats(self, generation: int) -> None:
         problem = None
         try:
-            async for sample in self.app.client.stats(self.service_name):  # type: ignore[attr-defined]
+            async for sample in self.app.client.stats(self.service_name):
                 self._stats_pending[sample.Id] = sample
                 if not self._stats_flush_scheduled:
                     self._stats_flush_scheduled = True
@@ -261,7 +261,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
     def on_services_changed(self, message: ServicesChanged) -> None:
         if message.names is not None and self.service_name not in message.names:
             return
-        if self.target_service() is None and self.app.catalog.loaded:  # type: ignore[attr-defined]
+        if self.target_service() is None and self.app.catalog.loaded:
             self.gone = True
             if self.is_current:
                 self.notify(f"Service {self.service_name} is gone", timeout=4)
@@ -296,7 +296,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         replica = None
         if tabs.active == "replicas":
             selected = self.query_one(ContainersTable).selected_id()
-            replicas = self.app.catalog.containers.get(self.service_name) or []  # type: ignore[attr-defined]
+            replicas = self.app.catalog.containers.get(self.service_name) or []
             replica = next((r.Name for r in replicas if r.Id == selected), None)
         tabs.active = "logs"
         pane.choose(replica or "")

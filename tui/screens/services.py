@@ -66,7 +66,7 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
         return self.query_one(ServicesTable)
 
     def visible_services(self) -> list[Service]:
-        services = self.app.catalog.sorted_services()  # type: ignore[attr-defined]
+        services = self.app.catalog.sorted_services()
         needle = self.filter_text.lower().strip()
         if not needle:
             return services
@@ -76,9 +76,9 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
         ]
 
     def redraw(self, changed: frozenset[str] | None) -> None:
-        catalog = self.app.catalog  # type: ignore[attr-defined]
+        catalog = self.app.catalog
         services = self.visible_services()
-        self.table.show(services, catalog.containers, self.app.now(), changed)  # type: ignore[attr-defined]
+        self.table.show(services, catalog.containers, self.app.now(), changed)
         empty = self.query_one("#empty", Static)
         self.table.display = bool(services)
         if services and self.focused is None and self.is_current:
@@ -109,7 +109,7 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
         self.call_after_refresh(self.redraw, None)
 
     def _tick_ages(self) -> None:
-        self.table.refresh_ages(self.app.catalog.services, self.app.now())  # type: ignore[attr-defined]
+        self.table.refresh_ages(self.app.catalog.services, self.app.now())
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self) -> None:
@@ -134,14 +134,14 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
 
     def target_service(self) -> Service | None:
         name = self.table.selected_name()
-        return self.app.catalog.services.get(name) if name else None  # type: ignore[attr-defined]
+        return self.app.catalog.services.get(name) if name else None
 
     def action_new_service(self) -> None:
         from tui.screens.create import CreateServiceScreen
 
         def created(service: Service | None) -> None:
             if service is not None:
-                self.app.remember(service)  # type: ignore[attr-defined]
+                self.app.remember(service)
                 self.redraw(None)
                 self.table.select_name(service.Name)
 
@@ -150,7 +150,7 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
     def action_open(self, name: str | None = None) -> None:
         from tui.screens.service import ServiceScreen
 
-        service = self.app.catalog.services.get(name) if name else self.target_service()  # type: ignore[attr-defined]
+        service = self.app.catalog.services.get(name) if name else self.target_service()
         if service is None:
             self.notify("No service selected", severity="warning")
             return

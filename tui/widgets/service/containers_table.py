@@ -96,7 +96,7 @@ class ContainersTable(DataTable):
 
     # -- what a row says ---------------------------------------------------------------------
 
-    def _cells(self, replica: ContainerInfo, now: datetime, stats: object | None, wide: bool) -> dict[str, object]:
+    def _cells(self, replica: ContainerInfo, now: datetime, stats: object | None, wide: bool) -> dict[str, str | Text]:
         running = replica.State == "running"
         sample = stats if running else None  # the last sample of a stopped replica is not its state now
         name = Text(replica.Name)
@@ -117,7 +117,7 @@ class ContainersTable(DataTable):
             "Image": image,
         }
 
-    def _row(self, replica: ContainerInfo, now: datetime, stats: Mapping[str, object]) -> list[object]:
+    def _row(self, replica: ContainerInfo, now: datetime, stats: Mapping[str, object]) -> list[Text]:
         cells = self._cells(replica, now, stats.get(replica.Id), self._wide)
         row = []
         for column in self._columns:
@@ -163,7 +163,11 @@ class ContainersTable(DataTable):
 
     def on_resize(self) -> None:
         if self._last is not None:
-            self.call_after_refresh(lambda: self._last is not None and self.show(*self._last))
+            self.call_after_refresh(self._show_last)
+
+    def _show_last(self) -> None:
+        if self._last is not None:
+            self.show(*self._last)
 
     def selected_id(self) -> str | None:
         if not self.row_count:

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import on, work
+from textual import getters, on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, RichLog, Select, Static
 
 from backend.models import ContainerInfo
+
+if TYPE_CHECKING:
+    from tui.app import ConsoleApp
 
 MAX_LINES = 5000
 PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta", "bright_green")
@@ -30,6 +34,9 @@ class LogLines(Message):
 
 
 class LogPane(Vertical):
+    if TYPE_CHECKING:  # the console's own app, for the checker (tui.app imports this module)
+        app = getters.app(ConsoleApp)
+
     def __init__(self, service: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.service = service
@@ -92,7 +99,7 @@ class LogPane(Vertical):
 
     @work(exclusive=True, group="logs", exit_on_error=False)
     async def follow(self, source: str, generation: int) -> None:
-        async for line in self.app.client.follow_logs(self.service, source or None, tail=200):  # type: ignore[attr-defined]
+        async for line in self.app.client.follow_logs(self.service, source or None, tail=200):
             self._pending.append(line)
             if not self._flush_scheduled:  # lines come in bursts: draw them together
                 self._flush_scheduled = True

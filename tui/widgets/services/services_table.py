@@ -43,9 +43,9 @@ class ServicesTable(DataTable):
     # -- what a row says ---------------------------------------------------------------------
 
     def _cells(self, service: Service, containers: list[ContainerInfo] | None, now: datetime) -> dict[str, object]:
-        message = service.Message
+        message: str | Text = service.Message
         if service.Status == "error":
-            message = Text(message, style="red")
+            message = Text(service.Message, style="red")
         return {
             "Name": service.Name,
             "Image": service.Image,
