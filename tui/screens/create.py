@@ -32,6 +32,7 @@ from backend.models import (
     field_errors,
 )
 from tui.client import ApiError
+from tui.formatting import plain
 from tui.messages import LimitsChanged
 from tui.screens.base import Banner, ConsoleScreen
 from tui.widgets.form.field_row import FieldRow
@@ -271,7 +272,7 @@ class CreateServiceScreen(ConsoleScreen):
         self._summary_text = text
         summary = self.query_one("#form-summary", Static)
         summary.display = bool(text)
-        summary.update(text or "")
+        summary.update(plain(text or ""))
 
     # -- reacting to edits -------------------------------------------------------------------
 
