@@ -225,7 +225,11 @@ class Backend:
         """The replicas' logs, each line labelled with its replica, interleaved by time."""
         streams: list[list[tuple[str, str, str]]] = []
         for replica_name, replica_id in self.log_sources(name, container):
-            lines = self.driver.logs(replica_id, tail).decode("utf-8", "replace").splitlines()
+            raw = self.driver.logs(replica_id, tail)
+            # Split at "\n" only, as the follower does: splitlines() would also cut at CR, FF, VT, NEL...
+            # and mislabel the pieces. Escape sequences stay in their line; showing them is the console's job.
+            decoded = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+            lines = decoded.removesuffix("\n").split("\n") if decoded else []
             streams.append([(line.partition(" ")[0], replica_name, line.partition(" ")[2]) for line in lines])
         merged = heapq.merge(*streams)
         return "".join(f"{when} {who} | {text}\n" for when, who, text in merged)

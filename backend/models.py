@@ -107,8 +107,9 @@ VOLUME_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 LABEL_KEY_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
 GROUP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 RESERVED_LABEL_PREFIX = "io.hyperservice."
-# Any control character (newline, carriage return, tab, NUL, escape, ...) in a free-text value.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Any control character (newline, carriage return, tab, NUL, escape, ...; DEL and the C1 controls
+# U+0080-U+009F, which some terminals obey like ESC sequences) in a free-text value.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _field_error(field: str, reason: str) -> PydanticCustomError:
@@ -252,20 +253,21 @@ class ServiceSpec(BaseModel):
     @classmethod
     def _words(cls, value: list[str] | None) -> list[str] | None:
         for word in value or []:
-            if "\x00" in word:
-                raise ValueError("must not contain NUL characters")
+            if _CONTROL.search(word):
+                raise ValueError(f"{word!r} must not contain newlines or other control characters "
+                                 "(a multi-line script: put ';' between its commands)")
         return value or None
 
     @field_validator("Env")
     @classmethod
     def _env(cls, value: list[str] | None) -> list[str] | None:
         for item in value or []:
+            _no_control(item, f"{item!r}")
             name, sep, val = item.partition("=")
             if not sep:
                 raise ValueError(f"{item!r} must be VAR=value (no '=' found)")
             if not ENV_NAME_PATTERN.match(name):
                 raise ValueError(f"{name!r} is not a valid variable name (letters, digits, _; not starting with a digit)")
-            _no_control(val, f"the value of {name}")
         return value
 
     @field_validator("Volumes")
@@ -294,6 +296,7 @@ class ServiceSpec(BaseModel):
     @classmethod
     def _labels(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         for key, val in (value or {}).items():
+            _no_control(key, f"the label key {key!r}")
             if not LABEL_KEY_PATTERN.match(key):
                 raise ValueError(f"{key!r} is not a valid label key (letters, digits, '.', '_', '/', '-')")
             if key.startswith(RESERVED_LABEL_PREFIX):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,30 @@ def test_bad_values_name_their_field_and_say_what_is_allowed(fields, field, word
     errors = errors_of(**fields)
     assert field in errors, errors
     assert words in errors[field]
+
+
+# ESC (OSC 52 clipboard write, screen clear), BEL, CR, tab, NUL, DEL and a C1 control (CSI).
+CONTROL_CHARACTERS = ["\x1b]52;c;SGVsbG8=\x07", "\x1b[2J", "\x07", "\r", "\t", "\x00", "\x7f", "\x9b31m"]
+
+
+@pytest.mark.parametrize("control", CONTROL_CHARACTERS, ids=repr)
+@pytest.mark.parametrize(
+    ("field", "make"),
+    [
+        ("Cmd", lambda c: ["echo", f"a{c}b"]),
+        ("Cmd", lambda c: f"echo 'a{c}b'"),  # the shell-like line keeps it inside a word
+        ("Entrypoint", lambda c: ["/bin/sh", f"-c{c}"]),
+        ("Env", lambda c: [f"A=x{c}y"]),
+        ("Env", lambda c: [f"A{c}=x"]),
+        ("Labels", lambda c: {"k": f"v{c}w"}),
+        ("Labels", lambda c: {f"k{c}": "v"}),
+        ("Labels", lambda c: [f"k=v{c}w"]),
+    ],
+)
+def test_control_characters_are_refused_in_cmd_entrypoint_env_and_labels(field, make, control):
+    errors = errors_of(**{field: make(control)})
+    assert "must not contain newlines or other control characters" in errors.get(field, ""), errors
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", errors[field])  # the message shows the value escaped
 
 
 def test_required_fields():

@@ -9,6 +9,7 @@ the stack what changed (`tui.messages`). No polling: when nothing happens, nothi
 that ages the "age" column. (The service view reads its replicas' stats stream while it is open.)
 
 Every API failure ends in `report_error`: a notification with the server's message, never a traceback.
+Notifications are plain text: never parsed as markup, control characters shown (`notify`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
@@ -33,6 +35,7 @@ from backend.models import ContainerInfo, Service
 from tui.catalog import Catalog
 from tui.client import ApiClient, ApiError
 from tui.commands import ServiceCommands
+from tui.formatting import plain, visible
 from tui.messages import ConnectionChanged, ContainersChanged, LimitsChanged, ServicesChanged
 
 log = logging.getLogger(__name__)
@@ -133,9 +136,9 @@ class ConsoleApp(App[None]):
 
     async def on_mount(self) -> None:
         if self.start_error:
-            self.exit(return_code=1, message=self.start_error)
+            self.exit(return_code=1, message=plain(self.start_error, newlines=True))  # printed: never markup
             return
-        self.sub_title = self.target_description()
+        self.sub_title = visible(self.target_description())
         self.follow_events()
 
     def _make_client(self) -> ApiClient:
@@ -368,6 +371,17 @@ class ConsoleApp(App[None]):
         self.mark_dirty(containers=[service.Name])
 
     # -- errors ------------------------------------------------------------------------------
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every notification of the console (screens' and widgets' `notify` end here) as plain text.
+
+        Messages carry service names, typed values and the server's or the engine's words, so they are
+        never markup (`markup` is ignored: Textual's `Widget.notify` always passes True) and their control
+        characters are shown, not sent to the terminal.
+        """
+        super().notify(visible(message, newlines=True), title=visible(title), severity=severity, timeout=timeout,
+                       markup=False)
 
     def report_error(self, error: BaseException | None, title: str | None = None) -> None:
         if isinstance(error, ApiError):

@@ -184,6 +184,20 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
 # ---------------------------------------------------------------------------------------------
 
 
+async def _log_lines(response: httpx.Response) -> AsyncIterator[str]:
+    r"""The body's lines, split at "\n" only (and "\r\n"). httpx's `aiter_lines` also splits at a lone
+    CR, FF, VT, \x1c-\x1e, NEL and U+2028, which would cut a log line that carries one into pieces
+    without their label; here such characters stay in their line (the log pane shows them)."""
+    pending = ""
+    async for chunk in response.aiter_text():
+        pending += chunk
+        *complete, pending = pending.split("\n")
+        for line in complete:
+            yield line.removesuffix("\r")
+    if pending:
+        yield pending.removesuffix("\r")
+
+
 def _error_from(response: httpx.Response) -> ApiError:
     try:
         body = response.json()
@@ -316,7 +330,7 @@ class ApiClient:
         if tail is not None:
             params["tail"] = tail
         async with self._stream(f"/services/{name}/logs", params) as response:
-            async for line in response.aiter_lines():
+            async for line in _log_lines(response):
                 yield line
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

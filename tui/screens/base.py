@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
+from tui.formatting import plain
 from tui.messages import ConnectionChanged
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ class Banner(Static):
     def show_problem(self, problem: str | None) -> None:
         self.display = bool(problem)
         if problem:
-            self.update(f"⚠ {problem}  The console reconnects by itself.")
+            self.update(plain(f"⚠ {problem}  The console reconnects by itself.", newlines=True))
 
 
 class ConsoleScreen(Screen):

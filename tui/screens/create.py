@@ -33,6 +33,7 @@ from backend.models import (
 )
 from backend.settings import DEMO_IMAGE
 from tui.client import ApiError
+from tui.formatting import plain
 from tui.messages import LimitsChanged
 from tui.screens.base import Banner, ConsoleScreen
 from tui.widgets.form.field_row import FieldRow
@@ -272,7 +273,7 @@ class CreateServiceScreen(ConsoleScreen):
         self._summary_text = text
         summary = self.query_one("#form-summary", Static)
         summary.display = bool(text)
-        summary.update(text or "")
+        summary.update(plain(text or ""))
 
     # -- reacting to edits -------------------------------------------------------------------
 

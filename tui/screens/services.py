@@ -6,7 +6,6 @@ service's whole message under the table (`m` opens it in a dialog, to read or co
 
 from __future__ import annotations
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -15,7 +14,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from backend.models import Service
-from tui.formatting import address, own_address, status_text
+from tui.formatting import address, own_address, plain, status_text
 from tui.messages import ContainersChanged, ServicesChanged
 from tui.screens.actions import ServiceActions
 from tui.screens.base import Banner, ConsoleScreen
@@ -90,7 +89,7 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
             if not catalog.loaded:
                 empty.update("Loading services…")
             elif self.filter_text:
-                empty.update(f"No service matches “{escape(self.filter_text)}”.  esc clears the filter.")
+                empty.update(Text.assemble("No service matches “", plain(self.filter_text), "”.  esc clears the filter."))
             else:
                 empty.update("No services yet.\n\nPress [b]n[/b] to create one, [b]?[/b] for help.")
         self._show_detail()
@@ -124,9 +123,9 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
         fip = f" · FIP {service.FIP}" if service.FIP else ""
         detail.update(
             Text.assemble(
-                (service.Name, "bold"), " ", status_text(service.Status),
-                f" · {service.Image} · {own_address(service)}{fip}\n",
-                (service.Message, "red" if service.Status == "error" else ""),
+                plain(service.Name, "bold"), " ", status_text(service.Status),
+                plain(f" · {service.Image} · {own_address(service)}{fip}"), "\n",
+                plain(service.Message, "red" if service.Status == "error" else "", newlines=True),
             )
         )
 
