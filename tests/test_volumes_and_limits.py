@@ -14,7 +14,7 @@ import pytest
 
 from backend.core import Backend
 from backend.docker_driver import LABEL_ROLE, LABEL_SERVICE, LABEL_TENANT, LABEL_VOLUME, volume_name
-from tests.conftest import client_for, make_settings, remove_tenant_objects, wait_status, web_body
+from tests.conftest import client_for, eventually, make_settings, remove_tenant_objects, wait_status, web_body
 
 
 def replica(docker_client: docker.DockerClient, service: dict):
@@ -28,6 +28,17 @@ def exists(docker_client: docker.DockerClient, volume: str) -> bool:
         return True
     except docker.errors.NotFound:
         return False
+
+
+async def delete(api: httpx.AsyncClient, name: str, **params: str) -> None:
+    """Delete and wait until the service is gone (the teardown may finish after the answer)."""
+    response = await api.delete(f"/services/{name}", params=params)
+    assert response.status_code in (202, 204), response.text
+
+    async def gone() -> bool:
+        return (await api.get(f"/services/{name}")).status_code == 404
+
+    await eventually(gone, 120, what=f"{name} to be deleted")
 
 
 async def run_in(container, *command: str) -> str:
@@ -85,7 +96,7 @@ async def test_volumes_are_scoped_labelled_listed_and_removed_only_when_asked(
     await run_in(replica(docker_client, first), "sh", "-c", "echo kept > /data/file")
 
     # keep=true: the replicas stay and so do the volumes; a new service of that name finds the data.
-    assert (await api.delete("/services/db", params={"keep": "true"})).status_code == 204
+    await delete(api, "db", keep="true")
     kept = replica(docker_client, first)
     assert all(exists(docker_client, name) for name in scoped.values())
     assert (await api.post("/services/create", json=body)).status_code == 201
@@ -101,12 +112,12 @@ async def test_volumes_are_scoped_labelled_listed_and_removed_only_when_asked(
     kept.remove(force=True)
 
     # A plain delete keeps the volumes...
-    assert (await api.delete("/services/db")).status_code == 204
+    await delete(api, "db")
     assert all(exists(docker_client, name) for name in scoped.values())
     # ...volumes=true removes this service's, and only those.
     assert (await api.post("/services/create", json=body)).status_code == 201
     await wait_status(api, "db", "active", 60)
-    assert (await api.delete("/services/db", params={"volumes": "true"})).status_code == 204
+    await delete(api, "db", volumes="true")
     assert not any(exists(docker_client, name) for name in scoped.values())
     assert all(exists(docker_client, name) for name in foreign_volumes)
 
