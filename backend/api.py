@@ -28,6 +28,7 @@ from backend.models import (
     Service,
     ServiceSpec,
     ServiceUpdate,
+    VolumeInfo,
     field_errors,
     summarise,
 )
@@ -157,9 +158,18 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
         return await run_in_threadpool(backend.update, name, change)
 
     @app.delete("/services/{name}", status_code=204, responses=_ERRORS)
-    def delete_service(name: str, keep: bool = Query(False, description="leave the replicas running")) -> Response:
-        backend.delete(name, keep)
+    def delete_service(
+        name: str,
+        keep: bool = Query(False, description="leave the replicas running"),
+        volumes: bool = Query(False, description="also remove the service's named volumes and their data"),
+    ) -> Response:
+        backend.delete(name, keep, volumes)
         return Response(status_code=204)
+
+    @app.get("/services/{name}/volumes", response_model=list[VolumeInfo], responses=_ERRORS)
+    def service_volumes(name: str) -> list[VolumeInfo]:
+        """Extension: the service's named volumes, each with its scoped name on the engine."""
+        return backend.volumes(name)
 
     @app.get("/services/{name}/containers", response_model=list[ContainerInfo], responses=_ERRORS)
     def service_containers(name: str) -> list[ContainerInfo]:

@@ -24,21 +24,42 @@ from docker.models.containers import Container
 from backend.balancer import LABEL_SLOT
 from backend.docker_driver import (
     LABEL_REVISION,
+    LABEL_TENANT,
     LABEL_UID,
+    LABEL_VOLUME,
     ROLE_REPLICA,
     ClosableStream,
     DockerDriver,
     EngineUnavailable,
+    ReplicaLimits,
     ServiceRef,
     object_id,
     object_name,
     replica_address,
+    volume_label,
+    volume_name,
 )
 from backend.events import EventHub
-from backend.models import ContainerInfo, FieldError, Service, ServiceSpec, ServiceStatus, ServiceUpdate
+from backend.models import (
+    ContainerInfo,
+    FieldError,
+    Service,
+    ServiceSpec,
+    ServiceStatus,
+    ServiceUpdate,
+    VolumeInfo,
+)
 from backend.reconciler import Reconciler
 from backend.settings import Settings
-from backend.store import AddressPoolExhausted, NameTaken, NetworkPoolExhausted, ServiceRecord, Store
+from backend.store import (
+    AddressPoolExhausted,
+    FipTaken,
+    NameTaken,
+    NetworkPoolExhausted,
+    ServiceDeleting,
+    ServiceRecord,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +92,17 @@ class Backend:
     def __init__(self, settings: Settings, docker_client: docker.DockerClient | None = None) -> None:
         self.settings = settings
         settings.check_network_pool()
-        self.store = Store(
+        self.store = Store(  # takes the data dir's lock
             settings.state_file, settings.address_pool, settings.network_pool, settings.subnet_prefix
         )
-        self.driver = DockerDriver(self.store.tenant, docker_client)
-        self.hub = EventHub()
-        self.reconciler = Reconciler(self.store, self.driver, self.hub, settings)
+        try:
+            limits = ReplicaLimits(settings.pids_limit, settings.log_max_size, settings.log_max_file)
+            self.driver = DockerDriver(self.store.tenant, docker_client, limits)
+            self.hub = EventHub()
+            self.reconciler = Reconciler(self.store, self.driver, self.hub, settings)
+        except BaseException:
+            self.store.close()  # a backend that did not come up holds no lock
+            raise
         self._started = False
         self._lock = threading.Lock()
 
@@ -125,50 +151,61 @@ class Backend:
         return self.service_object(self._record(name))
 
     def update(self, name: str, change: ServiceUpdate) -> Service:
-        record = self._record(name)
-        if record.deleting:
-            raise Conflict(f"service {name} is being deleted")
-        if change.Replicas is not None and record.subnet and change.Replicas > subnet_capacity(record.subnet):
+        """Apply the change in one transaction on the fields it names (nothing else is rewritten)."""
+        before = self._record(name)
+        if change.Replicas is not None and before.subnet and change.Replicas > subnet_capacity(before.subnet):
             reason = (
-                f"must be at most {subnet_capacity(record.subnet)}: the service's network {record.subnet} was "
+                f"must be at most {subnet_capacity(before.subnet)}: the service's network {before.subnet} was "
                 "sized for the replica limit in force when it was created"
             )
             raise Invalid(f"invalid request: Replicas: {reason}", [FieldError(field="Replicas", message=reason)])
-        if change.FIP is not None:
-            self._attach_fip(record, change.FIP)
+        if change.FIP:
+            self._check_fip_pool(change.FIP)
+        try:
+            record = self.store.apply_update(name, replicas=change.Replicas, image=change.Image, fip=change.FIP)
+        except ServiceDeleting:
+            raise Conflict(f"service {name} is being deleted") from None
+        except FipTaken as exc:
+            reason = f"{change.FIP} is attached to service {exc.holder}; detach it there first"
+            raise Conflict(reason, [FieldError(field="FIP", message=reason)]) from None
+        if record is None:
+            raise NotFound(f"no service named {name}")
+        if change.FIP is not None and before.fip != change.FIP:
+            what = f"Attaching floating IP {change.FIP}" if change.FIP else f"Detaching floating IP {before.fip}"
+            self.reconciler.report(name, ServiceStatus.updating, what)
         if change.Image is not None:
-            record = self.store.change_image(name, change.Image) or record
             self.reconciler.report(name, ServiceStatus.updating, f"Rolling out {change.Image}")
-        if change.Replicas is not None and change.Replicas != record.spec.Replicas:
-            record = self.store.scale(name, change.Replicas) or record
-            if change.Image is None:
-                self.reconciler.report(name, ServiceStatus.scaling, f"Scaling to {change.Replicas} replicas")
+        elif change.Replicas is not None and change.Replicas != before.spec.Replicas:
+            self.reconciler.report(name, ServiceStatus.scaling, f"Scaling to {change.Replicas} replicas")
         self.hub.publish("service", "updated", Name=name)
         self.reconciler.enqueue(name)
         return self.get(name)
 
-    def _attach_fip(self, record: ServiceRecord, fip: str) -> None:
+    def _check_fip_pool(self, fip: str) -> None:
         pool = self.settings.fip_addresses
-        if fip and fip not in pool:
+        if fip not in pool:
             allowed = ", ".join(pool) if pool else "none: set HYPERSERVICE_FIP_POOL"
             reason = f"{fip} is not in the floating IP pool (allowed: {allowed})"
             raise Invalid(f"invalid request: FIP: {reason}", [FieldError(field="FIP", message=reason)])
-        holder = self.store.attach_fip(record.name, fip)
-        if holder is not None:
-            reason = f"{fip} is attached to service {holder}; detach it there first"
-            raise Conflict(reason, [FieldError(field="FIP", message=reason)])
-        if fip != record.fip:
-            what = f"Attaching floating IP {fip}" if fip else f"Detaching floating IP {record.fip}"
-            self.reconciler.report(record.name, ServiceStatus.updating, what)
 
     def floating_ips(self) -> list[dict[str, str]]:
         owners = self.store.fip_owners()
         return [{"Address": address, "Service": owners.get(address, "")} for address in self.settings.fip_addresses]
 
-    def delete(self, name: str, keep: bool = False) -> None:
-        """Mark the service deleted and wait (bounded) for the reconciler to tear it down."""
+    def delete(self, name: str, keep: bool = False, volumes: bool = False) -> None:
+        """Mark the service deleted and wait (bounded) for the reconciler to tear it down.
+
+        Its named volumes stay (the data outlives the service; a service of the same name mounts them
+        again) unless `volumes`; that cannot go with `keep` (the kept replicas still mount them), nor
+        while a container outside this service instance mounts one (e.g. kept by an earlier delete).
+        """
+        if keep and volumes:
+            reason = "cannot remove the volumes while keeping the replicas that mount them (keep=true)"
+            raise Invalid(f"invalid request: volumes: {reason}", [FieldError(field="volumes", message=reason)])
         record = self._record(name)
-        self.store.mark_deleting(name, keep)
+        if volumes:
+            self._check_volumes_free(record)
+        self.store.mark_deleting(name, keep, volumes)
         self.hub.publish("service", "status", Name=name, Status=ServiceStatus.deleting.value, Message="Deleting")
         self.reconciler.enqueue(name)
         deadline = time.monotonic() + DELETE_WAIT
@@ -178,6 +215,42 @@ class Backend:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"service {name} is still being deleted; the backend keeps trying")
+
+    def _check_volumes_free(self, record: ServiceRecord) -> None:
+        for volume in self.driver.service_volumes(record.name):
+            for user in self.driver.volume_users(volume):
+                ours = user.labels.get(LABEL_UID) == record.uid and user.labels.get(LABEL_TENANT) == self.tenant
+                if not ours:
+                    raise Conflict(
+                        f"volume {volume_label(volume)} is still mounted by container {user.name}, which is not "
+                        f"part of service {record.name}; remove that container first, or delete without volumes=true"
+                    )
+
+    def volumes(self, name: str) -> list[VolumeInfo]:
+        """The service's named volumes: those its spec mounts (created or not yet), then any other
+        volume left on the engine for this service name (by an earlier service of that name)."""
+        record = self._record(name)
+        found = {(v.attrs.get("Labels") or {}).get(LABEL_VOLUME, ""): v for v in self.driver.service_volumes(record.name)}
+        result: list[VolumeInfo] = []
+        mounted: set[str] = set()
+        for item in record.spec.Volumes or []:
+            given, target, *mode = item.split(":")
+            volume = found.get(given)
+            mounted.add(given)
+            result.append(VolumeInfo(
+                Name=given,
+                Volume=volume_name(self.tenant, record.name, given),
+                Target=target,
+                ReadOnly=mode == ["ro"],
+                Created=volume.attrs.get("CreatedAt", "") if volume else "",
+            ))
+        for given, volume in sorted(found.items()):
+            if given in mounted:
+                continue
+            result.append(VolumeInfo(
+                Name=given, Volume=volume.name, Target="", ReadOnly=False, Created=volume.attrs.get("CreatedAt", "")
+            ))
+        return result
 
     def containers(self, name: str) -> list[ContainerInfo]:
         record = self._record(name)

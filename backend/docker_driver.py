@@ -6,6 +6,11 @@ object carries labels naming its service, the service instance (uid), its role a
 installation that owns it (tenant), so a restarted backend finds everything and two backends on one
 engine never touch each other's objects.
 
+Named volumes live in the installation's namespace too: `data` of service `db` is the engine's volume
+`hs-<tenant[:8]>_db_data`, labelled with tenant, service and the name as given; a volume of that name
+that this installation did not create for that service is never mounted. Every replica gets the same
+hardening: a pids limit, rotated json-file logs and no-new-privileges.
+
 The docker SDK is synchronous; callers run it on worker threads, never on an event loop.
 """
 
@@ -27,7 +32,8 @@ import docker.errors
 from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.models.resource import Model
-from docker.types import CancellableStream, Mount
+from docker.models.volumes import Volume
+from docker.types import CancellableStream, LogConfig, Mount
 
 from backend.models import ServiceSpec
 
@@ -38,10 +44,12 @@ LABEL_UID = "io.hyperservice.uid"  # the service instance (a re-created name get
 LABEL_ROLE = "io.hyperservice.role"  # replica | balancer | network
 LABEL_TENANT = "io.hyperservice.tenant"  # the backend installation that owns the object
 LABEL_REVISION = "io.hyperservice.revision"  # which image revision a replica runs
+LABEL_VOLUME = "io.hyperservice.volume"  # a volume's name as the service's Volumes give it
 
 ROLE_REPLICA = "replica"
 ROLE_BALANCER = "balancer"
 ROLE_NETWORK = "network"
+ROLE_VOLUME = "volume"
 
 STOP_TIMEOUT = 10  # seconds a replica gets to exit after its StopSignal before it is killed
 
@@ -69,6 +77,23 @@ class ImageUnavailable(Exception):
     """The image is not on the engine and could not be pulled."""
 
 
+class VolumeNotOurs(Exception):
+    """A volume with the scoped name exists but was not created by this installation for this service."""
+
+
+class VolumeInUse(Exception):
+    """A volume to remove is still mounted by a container."""
+
+
+@dataclass(frozen=True)
+class ReplicaLimits:
+    """What every replica is limited to, whatever its spec says (see Settings for each field)."""
+
+    pids: int = 1024
+    log_max_size: str = "10m"
+    log_max_file: int = 3
+
+
 @dataclass(frozen=True)
 class ServiceRef:
     """What the driver needs to know to find a service's objects."""
@@ -86,11 +111,20 @@ def network_name(ref: ServiceRef) -> str:
     return f"hs-{ref.name}-{ref.uid[:8]}"
 
 
+def volume_name(tenant: str, service: str, name: str) -> str:
+    """The engine's name of a service's volume. '_' separates the parts: neither the tenant (hex) nor a
+    service name (a DNS label) contains one, so two (service, volume) pairs never share a name."""
+    return f"hs-{tenant[:8]}_{service}_{name}"
+
+
 class DockerDriver:
     """Talks to one Docker engine on behalf of one backend installation (`tenant`)."""
 
-    def __init__(self, tenant: str, client: docker.DockerClient | None = None) -> None:
+    def __init__(
+        self, tenant: str, client: docker.DockerClient | None = None, limits: ReplicaLimits | None = None
+    ) -> None:
         self.tenant = tenant
+        self.limits = limits or ReplicaLimits()
         self._client = client
         self._client_lock = threading.Lock()
         self._ncpu: int | None = None
@@ -237,10 +271,16 @@ class DockerDriver:
                 **(spec.Labels or {}),
                 **self.labels(ref, ROLE_REPLICA, **{LABEL_REVISION: str(revision)}, **extra_labels),
             },
-            mounts=[_mount(volume) for volume in spec.Volumes or []],
+            mounts=[self._mount(ref.name, volume) for volume in spec.Volumes or []],
             mem_limit=spec.memory_bytes(),
             memswap_limit=spec.memory_bytes(),  # no swap on top: the size is the limit
             nano_cpus=cpus * 1_000_000_000,
+            pids_limit=self.limits.pids,
+            log_config=LogConfig(
+                type=LogConfig.types.JSON,
+                config={"max-size": self.limits.log_max_size, "max-file": str(self.limits.log_max_file)},
+            ),
+            security_opt=["no-new-privileges:true"],
             network=network,
             # the stubs allow only "always" / "on-failure"; the engine takes "unless-stopped" too
             restart_policy={"Name": "unless-stopped"},  # type: ignore[arg-type]
@@ -279,6 +319,55 @@ class DockerDriver:
             return
         with contextlib.suppress(docker.errors.NotFound):
             network.remove()
+
+    # -- volumes --------------------------------------------------------------------------------
+
+    def _mount(self, service: str, volume: str) -> Mount:
+        parts = volume.split(":")
+        return Mount(
+            target=parts[1],
+            source=self.ensure_volume(service, parts[0]),
+            type="volume",
+            read_only=len(parts) == 3 and parts[2] == "ro",
+        )
+
+    def ensure_volume(self, service: str, name: str) -> str:
+        """The engine's name of the service's volume `name`, created (labelled) on first use."""
+        engine_name = volume_name(self.tenant, service, name)
+        try:
+            volume = self.client.volumes.get(engine_name)
+        except docker.errors.NotFound:
+            labels = {LABEL_TENANT: self.tenant, LABEL_SERVICE: service, LABEL_ROLE: ROLE_VOLUME, LABEL_VOLUME: name}
+            # A concurrent create of the same name (replicas start in parallel) answers the existing volume.
+            volume = self.client.volumes.create(name=engine_name, driver="local", labels=labels)
+        labels = volume.attrs.get("Labels") or {}
+        if (labels.get(LABEL_TENANT), labels.get(LABEL_SERVICE), labels.get(LABEL_VOLUME)) != (self.tenant, service, name):
+            raise VolumeNotOurs(
+                f"volume {engine_name} exists on the engine but was not created by this installation for "
+                f"service {service}'s volume {name}; it is not mounted (remove or rename it on the engine)"
+            )
+        return engine_name
+
+    def service_volumes(self, service: str) -> list[Volume]:
+        """The volumes this installation created for the service (of any of its instances)."""
+        labels = [f"{LABEL_TENANT}={self.tenant}", f"{LABEL_SERVICE}={service}", f"{LABEL_ROLE}={ROLE_VOLUME}"]
+        return self.client.volumes.list(filters={"label": labels})
+
+    def volume_users(self, volume: Volume) -> list[Container]:
+        """The containers (any state) that mount the volume."""
+        return self.client.containers.list(all=True, filters={"volume": volume.name}, ignore_removed=True)
+
+    def remove_service_volumes(self, service: str) -> None:
+        """Remove the service's volumes and their data; VolumeInUse if a container still mounts one."""
+        for volume in self.service_volumes(service):
+            try:
+                volume.remove()
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    raise VolumeInUse(f"volume {volume_label(volume)} is still in use: {_short(exc)}") from exc
+                raise
 
     # -- housekeeping ---------------------------------------------------------------------------
 
@@ -330,9 +419,10 @@ def object_name(obj: Container | Network) -> str:
     return obj.name or ""
 
 
-def _mount(volume: str) -> Mount:
-    parts = volume.split(":")
-    return Mount(target=parts[1], source=parts[0], type="volume", read_only=len(parts) == 3 and parts[2] == "ro")
+def volume_label(volume: Volume) -> str:
+    """A volume as a person knows it: 'data (hs-1a2b3c4d_db_data)'."""
+    given = (volume.attrs.get("Labels") or {}).get(LABEL_VOLUME, "")
+    return f"{given} ({volume.name})" if given else volume.name
 
 
 def _short(exc: docker.errors.APIError) -> str:

@@ -107,6 +107,10 @@ VOLUME_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 LABEL_KEY_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
 GROUP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 RESERVED_LABEL_PREFIX = "io.hyperservice."
+# Label keys other tools act on (compose, swarm stacks, Traefik's routing): refused like our own, so a
+# service can neither pose as another tool's object nor route traffic through a proxy on this engine.
+FOREIGN_LABEL_PREFIXES = ("com.docker.compose.", "com.docker.stack.", "traefik.")
+VOLUME_NAME_MAX = 128  # the engine's name adds a prefix (tenant, service); a directory name has 255 bytes
 # Any control character (newline, carriage return, tab, NUL, escape, ...; DEL and the C1 controls
 # U+0080-U+009F, which some terminals obey like ESC sequences) in a free-text value.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -284,6 +288,8 @@ class ServiceSpec(BaseModel):
                 raise ValueError(f"{item!r} must be volume_name:/container/path or volume_name:/container/path:ro")
             if not VOLUME_NAME_PATTERN.match(source):
                 raise ValueError(f"{source!r} is not a valid volume name (letters, digits, '_', '.', '-')")
+            if len(source) > VOLUME_NAME_MAX:
+                raise ValueError(f"volume name {source[:20]!r}... is longer than {VOLUME_NAME_MAX} characters")
             target = parts[1]
             if not target.startswith("/"):
                 raise ValueError(f"{item!r}: the container path must be absolute")
@@ -301,6 +307,9 @@ class ServiceSpec(BaseModel):
                 raise ValueError(f"{key!r} is not a valid label key (letters, digits, '.', '_', '/', '-')")
             if key.startswith(RESERVED_LABEL_PREFIX):
                 raise ValueError(f"{key!r}: keys starting with {RESERVED_LABEL_PREFIX} are reserved")
+            foreign = next((p for p in FOREIGN_LABEL_PREFIXES if key.lower().startswith(p)), None)
+            if foreign:
+                raise ValueError(f"{key!r}: keys starting with {foreign} are reserved (other tools act on them)")
             _no_control(val, f"the value of label {key}")
         return value or None
 
@@ -468,6 +477,16 @@ class ContainerInfo(BaseModel):
     Restarts: int
     Image: str = ""
     Outdated: bool = False  # still runs an image older than the service's
+
+
+class VolumeInfo(BaseModel):
+    """One named volume of a service as `GET /services/{name}/volumes` reports it."""
+
+    Name: str  # as the service's Volumes give it
+    Volume: str  # the name on the engine: scoped to this installation and service
+    Target: str  # where the replicas mount it; "" when the current spec no longer mounts it
+    ReadOnly: bool
+    Created: str  # when the engine created it, "" when no replica has needed it yet
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,6 +93,10 @@ class Reconciler:
         self._retry_at: dict[str, float] = {}  # when a failed service is due again (monotonic)
         self._events_stream: CancellableStream[dict[str, Any]] | None = None
         self.engine_error: str | None = None  # why the engine can't be reached, None when it can
+        self.orphan_grace = settings.orphan_grace_seconds
+        self.clock: Callable[[], float] = time.monotonic  # for the orphan grace period (tests move it)
+        self._unknown_since: dict[str, float] = {}  # uid of objects the store does not know -> first seen
+        self._orphans_lock = threading.Lock()  # the resync loop and a direct call never interleave
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -366,21 +370,49 @@ class Reconciler:
         if not record.keep:
             self.driver.remove_many(self.driver.containers(ref))
             self.driver.remove_network(ref)
+            if record.remove_volumes:  # only when the delete asked for it: volumes hold the data
+                self.driver.remove_service_volumes(record.name)
         self._owners.pop(record.uid, None)
         self.store.forget(record)
         self.hub.publish("service", "deleted", Name=record.name)
 
     def collect_orphans(self) -> None:
-        """Remove objects of ours whose service is gone (e.g. a backend died half-way through a delete)."""
+        """Remove objects of ours whose service the store does not know, once that is proven.
+
+        An unknown uid is not proof: the state file may be an older copy (restored from a backup) that
+        never saw a service created since. So objects of an unknown uid are first reported (log and an
+        `orphan` event), and removed only after `orphan_grace_seconds` during which the uid stayed
+        unknown; a uid that becomes known meanwhile starts from scratch if it is ever unknown again.
+        Volumes are never collected.
+        """
+        with self._orphans_lock:
+            self._collect_orphans()
+
+    def _collect_orphans(self) -> None:
         owned = self.driver.owned_uids()
         known = self.store.known_uids()
+        now = self.clock()
+        for uid in list(self._unknown_since):
+            if uid in known or uid not in owned:
+                del self._unknown_since[uid]
         for uid, name in owned.items():
             if uid in known:
+                continue
+            if uid not in self._unknown_since:
+                self._unknown_since[uid] = now
+                log.warning(
+                    "objects of service %s (uid %s) are unknown to the state file; removing them in %g s "
+                    "unless the service is known by then", name, uid, self.orphan_grace,
+                )
+                self.hub.publish("orphan", "found", Name=name, Uid=uid, RemoveIn=self.orphan_grace)
+            if now - self._unknown_since[uid] < self.orphan_grace:
                 continue
             log.info("removing orphaned objects of service %s (uid %s)", name, uid)
             ref = ServiceRef(name, uid)
             self.driver.remove_many(self.driver.containers(ref), graceful=False)
             self.driver.remove_network(ref)
+            del self._unknown_since[uid]
+            self.hub.publish("orphan", "removed", Name=name, Uid=uid)
 
     def report(self, name: str, status: str, message: str, generation: int | None = None) -> None:
         if status != ServiceStatus.error:

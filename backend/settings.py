@@ -71,6 +71,19 @@ class Settings(BaseSettings):
     workers: int = Field(default=4, ge=1)
     """How many services the reconciler works on at once."""
 
+    pids_limit: int = Field(default=1024, ge=16)
+    """The most processes (and threads) one replica may run: a fork bomb stops there."""
+
+    log_max_size: str = Field(default="10m", pattern=r"^[1-9][0-9]*[kmg]?$")
+    """Size at which a replica's log file (json-file driver) is rotated, as Docker writes it: 10m, 500k."""
+
+    log_max_file: int = Field(default=3, ge=1)
+    """How many rotated log files a replica keeps (so one replica's logs take at most size × files)."""
+
+    orphan_grace_seconds: float = Field(default=3600.0, ge=0)
+    """Seconds objects of this installation that the state file does not know (e.g. after restoring an
+    older state.db) are reported before they are removed; removed only if still unknown by then."""
+
     @field_validator("address_pool")
     @classmethod
     def _valid_pool(cls, value: str) -> str:

@@ -66,6 +66,9 @@ def remove_tenant_objects(client: docker.DockerClient, tenant: str) -> None:
     for network in client.networks.list(filters={"label": label}):
         with contextlib.suppress(docker.errors.NotFound):
             network.remove()
+    for volume in client.volumes.list(filters={"label": label}):
+        with contextlib.suppress(docker.errors.NotFound):
+            volume.remove(force=True)
 
 
 @pytest.fixture

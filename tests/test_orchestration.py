@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import urllib.request
 
 import docker
 import httpx
 
-from backend.docker_driver import LABEL_ROLE, LABEL_SERVICE, LABEL_TENANT, LABEL_UID
+from backend.docker_driver import LABEL_ROLE, LABEL_SERVICE, LABEL_TENANT, LABEL_UID, volume_name
 from tests.conftest import WEB_IMAGE, WEB_IMAGE_2, eventually, wait_status, web_body
 
 
@@ -50,8 +49,10 @@ async def test_every_field_reaches_the_container(api: httpx.AsyncClient, backend
         assert config["Labels"]["team"] == "ops"
         assert config["Labels"][LABEL_UID] and config["Labels"][LABEL_ROLE] == "replica"
         mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
-        assert mounts["/data"]["Type"] == "volume" and mounts["/data"]["Name"] == "hbx-test-data" and mounts["/data"]["RW"]
-        assert mounts["/conf"]["Name"] == "hbx-test-conf" and not mounts["/conf"]["RW"]
+        data_volume = volume_name(backend.tenant, "fields", "hbx-test-data")
+        assert mounts["/data"]["Type"] == "volume" and mounts["/data"]["Name"] == data_volume and mounts["/data"]["RW"]
+        assert mounts["/conf"]["Name"] == volume_name(backend.tenant, "fields", "hbx-test-conf")
+        assert not mounts["/conf"]["RW"]
         (network,) = container.attrs["NetworkSettings"]["Networks"]
         assert network.startswith("hs-fields-")
         # The replica really runs what was asked: the port from Env, the entrypoint's echo in its logs.
@@ -63,10 +64,7 @@ async def test_every_field_reaches_the_container(api: httpx.AsyncClient, backend
         logs = (await api.get("/services/fields/logs")).text
         assert f"{containers[0]['Name']} | started in /tmp" in logs
     finally:
-        await api.delete("/services/fields")
-        for volume in ("hbx-test-data", "hbx-test-conf"):
-            with contextlib.suppress(docker.errors.NotFound):
-                docker_client.volumes.get(volume).remove(force=True)
+        await api.delete("/services/fields", params={"volumes": "true"})
 
 
 async def test_scale_2_to_4_to_1_converges(api: httpx.AsyncClient, backend, docker_client):
