@@ -119,8 +119,8 @@ def read_everything(backend: Backend, name: str) -> Reads:
     backend.driver = TracingDriver(real_driver, reads)  # type: ignore[assignment]
     try:
         for _ in ("current", "outdated"):  # an outdated replica's image comes from the container
-            assert backend.containers(name) and backend.all_containers()[name]
-            (_, replica_id), *_ = backend.log_sources(name, None)
+            replica_id = backend.containers(name)[0].Id
+            assert backend.all_containers()[name] and backend.log_sources(name, None)
             backend.engine_status()
             backend.store.change_image(name, backend.store.get(name).spec.Image)  # type: ignore[union-attr]
         stream = backend.driver.stats(replica_id)
@@ -143,7 +143,7 @@ def real_reads(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[R
         record = backend.store.insert(spec, ServiceStatus.active, "Scaling complete")
         ref = ServiceRef(record.name, record.uid)
         network = backend.driver.ensure_network(ref)
-        backend.driver.create_replica(ref, spec, record.revision, network.name, {LABEL_SLOT: "s1"})
+        backend.driver.create_replica(ref, spec, record.revision, str(network.name), {LABEL_SLOT: "s1"})
         yield read_everything(backend, "shape")
     finally:
         backend.close()

@@ -19,7 +19,7 @@ class FakeClock:
         return self.now
 
 
-def test_a_name_added_many_times_is_worked_once():
+def test_a_name_added_many_times_is_worked_once() -> None:
     queue = WorkQueue()
     for _ in range(5):
         queue.add("web")
@@ -32,7 +32,7 @@ def test_a_name_added_many_times_is_worked_once():
     assert queue.get() is None
 
 
-def test_a_name_in_work_is_not_handed_out_again_until_done():
+def test_a_name_in_work_is_not_handed_out_again_until_done() -> None:
     queue = WorkQueue()
     queue.add("web")
     assert queue.get() == "web"
@@ -58,19 +58,19 @@ def test_a_name_in_work_is_not_handed_out_again_until_done():
         ({"late": 8.0, "soon": 2.0}, 8.0, ["soon", "late"]),  # in the order they fell due
     ],
 )
-def test_add_after_hands_out_once_due(delays: dict[str, float], advance: float, handed_out: list[str]):
+def test_add_after_hands_out_once_due(delays: dict[str, float], advance: float, handed_out: list[str]) -> None:
     clock = FakeClock()
     queue = WorkQueue(clock)
     for name, delay in delays.items():
         queue.add_after(name, delay)
     clock.now += advance
-    got = []
-    while (name := queue.get(block=False)) is not None:  # ends: each name is handed out once, then None
-        got.append(name)
+    got: list[str] = []
+    while (handed := queue.get(block=False)) is not None:  # ends: each name is handed out once, then None
+        got.append(handed)
     assert got == handed_out
 
 
-def test_a_delayed_name_already_queued_is_worked_once():
+def test_a_delayed_name_already_queued_is_worked_once() -> None:
     clock = FakeClock()
     queue = WorkQueue(clock)
     queue.add_after("web", 1.0)
@@ -80,7 +80,7 @@ def test_a_delayed_name_already_queued_is_worked_once():
     assert queue.get(block=False) is None
 
 
-def test_add_after_wakes_a_waiting_worker():
+def test_add_after_wakes_a_waiting_worker() -> None:
     queue = WorkQueue()  # the real clock: the worker blocks until the delay is over
     got: list[str | None] = []
     worker = threading.Thread(target=lambda: got.append(queue.get()))
