@@ -208,12 +208,19 @@ def _refusal(request: Request, token: str | None, allowed_hosts: Collection[str]
     return None
 
 
-def _without_422(document: dict[str, Any]) -> dict[str, Any]:
-    """FastAPI documents a 422 for every route with parameters; this API answers 400 instead."""
+def _documented_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """Every error answer is the JSON ErrorBody, also on routes whose success is text (FastAPI would
+    give their errors the route's media type); FastAPI's 422 goes: this API answers 400 instead."""
+    error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
-            if isinstance(operation, dict):
-                operation.get("responses", {}).pop("422", None)
+            if not isinstance(operation, dict):
+                continue
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            for status, response in responses.items():
+                if str(status)[:1] in ("4", "5"):
+                    response["content"] = dict(error_content)
     schemas = document.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
@@ -233,7 +240,7 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _without_422(FastAPI.openapi(app))
+            app.openapi_schema = _documented_errors(FastAPI.openapi(app))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

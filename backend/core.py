@@ -200,7 +200,14 @@ class Backend:
         """The replicas' logs, each line labelled with its replica, interleaved by time."""
         streams = []
         for replica_name, replica_id in self.log_sources(name, container):
-            raw = self.driver.logs(replica_id, tail)
+            try:
+                raw = self.driver.logs(replica_id, tail)
+            except docker.errors.NotFound:
+                continue  # removed since it was listed (replaced, scaled down)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # "dead or marked for removal": being replaced right now
+                    continue
+                raise
             lines = raw.decode("utf-8", "replace").splitlines() if isinstance(raw, bytes) else []
             streams.append([(line.partition(" ")[0], replica_name, line.partition(" ")[2]) for line in lines])
         merged = heapq.merge(*streams)

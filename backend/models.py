@@ -217,8 +217,7 @@ class ServiceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     Name: str = Field(
-        description=f"Service name: a DNS label of at most {MAX_NAME_LENGTH} characters, also the prefix of "
-        "its containers' names",
+        description="Service name: a DNS label, also the prefix of its containers' names",
         json_schema_extra={"pattern": NAME_PATTERN, "maxLength": MAX_NAME_LENGTH},
     )
     Image: str = Field(description="Image the replicas run, e.g. nginx:1.27 (pulled when missing)",

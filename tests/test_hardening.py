@@ -52,8 +52,9 @@ TOKEN = "s3cret-token"
 class Served:
     """A `hyperservice serve` subprocess on a free loopback port."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, token: str | None) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, token: str | None, log: Path) -> None:
         self.process = process
+        self.log = log  # its stdout and stderr
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -67,40 +68,55 @@ def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, "HYPERSERVICE_DATA_DIR": str(tmp_path / "data"), "HYPERSERVICE_LB_IMAGE": LB_IMAGE, **extra}
 
 
+def _tenant_of(served: Served) -> str:
+    """The backend's tenant, from the first line of its event stream."""
+    with httpx.stream("GET", served.url + "/events", headers=served.headers, timeout=30) as stream:
+        for line in stream.iter_lines():
+            return str(json.loads(line)["Tenant"])
+    raise AssertionError("the event stream ended without a hello")
+
+
 @contextlib.contextmanager
 def serving(tmp_path: Path, docker_client: docker.DockerClient, args: list[str], token: str | None = None,
-            env: dict[str, str] | None = None) -> Iterator[Served]:
+            env: dict[str, str] | None = None, delete_services: bool = True) -> Iterator[Served]:
     """Start `python -m tui.cli <args> --listen 127.0.0.1:<port>`, wait until it answers, and on the way
-    out delete what it runs, stop it and remove whatever its tenant left on the engine."""
+    out (optionally) delete what it runs through the API, stop it and remove whatever its tenant left
+    on the engine."""
     port = free_port()
     argv = [sys.executable, "-m", "tui.cli", *args, "--listen", f"127.0.0.1:{port}"]
-    process = subprocess.Popen(argv, env=env or serve_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    served = Served(process, port, token)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"serve ended early: {process.communicate()[0].decode()}")
-        try:
-            httpx.get(served.url + "/limits", headers=served.headers, timeout=2)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise AssertionError("serve did not answer within 60 s") from None
-            time.sleep(0.1)
-    tenant = ""
+    log = tmp_path / f"serve-{port}.log"
+    with log.open("wb") as output:  # a file, not a pipe: a full pipe nobody reads would block the server
+        process = subprocess.Popen(argv, env=env or serve_env(tmp_path), cwd=ROOT, stdout=output,
+                                   stderr=subprocess.STDOUT)
+    served = Served(process, port, token, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"serve ended early: {log.read_text()}")
+            try:
+                httpx.get(served.url + "/limits", headers=served.headers, timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("serve did not answer within 60 s") from None
+                time.sleep(0.1)
+        tenant = _tenant_of(served)
+    except BaseException:
+        process.kill()
+        process.wait(timeout=60)
+        raise
     try:
         yield served
     finally:
-        with contextlib.suppress(httpx.HTTPError), served.client() as client:
-            for service in client.get("/services").json():
-                tenant = service["Tenant"]
-                client.delete(f"/services/{service['Name']}")
+        if delete_services:
+            with contextlib.suppress(httpx.HTTPError), served.client() as client:
+                for service in client.get("/services").json():
+                    client.delete(f"/services/{service['Name']}")
         process.terminate()
-        output = process.communicate(timeout=60)[0].decode()
-        if tenant:
-            remove_tenant_objects(docker_client, tenant)
-        assert "BEGIN" not in output  # no key material in the daemon's log
+        process.wait(timeout=60)
+        remove_tenant_objects(docker_client, tenant)
+        assert "BEGIN" not in log.read_text()  # no key material in the daemon's log
 
 
 # --- 1. cross-site and DNS-rebinding requests ----------------------------------------------------
@@ -340,6 +356,24 @@ async def test_pathological_json_answers_400(api):
         assert response.status_code == 400, response.text[:300]
         assert response.json()["message"]
     assert (await api.get("/services")).json() == []
+
+
+@pytest.mark.docker
+async def test_logs_skip_a_replica_removed_while_they_are_read(api, backend, docker_client, monkeypatch):
+    """Found by the fuzz run: a replica replaced between listing and reading answered 500."""
+    assert (await api.post("/services/create", json=web_body("churn", 2))).status_code == 201
+    service = await wait_status(api, "churn", "active", timeout=90)
+    listed = backend.log_sources
+
+    def then_removed(name, container):
+        sources = listed(name, container)
+        docker_client.containers.get(sources[0][1]).remove(force=True)  # gone before its logs are read
+        return sources
+
+    monkeypatch.setattr(backend, "log_sources", then_removed)
+    response = await api.get("/services/churn/logs")
+    assert response.status_code == 200, response.text
+    assert len(service["Containers"]) == 2
 
 
 # --- 4. values the balancer, the engine or the settings would refuse later ---------------------
