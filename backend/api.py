@@ -156,12 +156,13 @@ def host_allowed(name: str, allowed_hosts: Collection[str]) -> bool:
     return name in allowed_hosts or ("*" in allowed_hosts and _is_ip(name))
 
 
-def _origin(scheme: str, authority: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) with the scheme's default port filled in, to compare two origins."""
+def _origin(scheme: str, authority: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) with the scheme's default port filled in, to compare two origins; None
+    when the port is not a number."""
     try:
         port = urlsplit(f"//{authority}").port
     except ValueError:
-        port = -1  # never equal to a real port
+        return None
     default = {"http": 80, "https": 443}.get(scheme)
     return scheme, host_name(authority), port if port is not None else default
 
@@ -171,7 +172,8 @@ def same_origin(origin: str, scheme: str, host_header: str) -> bool:
     parts = urlsplit(origin.strip())
     if not parts.scheme or not parts.netloc or parts.path not in ("", "/"):
         return False
-    return _origin(parts.scheme.lower(), parts.netloc) == _origin(scheme, host_header)
+    ours = _origin(scheme, host_header)
+    return ours is not None and _origin(parts.scheme.lower(), parts.netloc) == ours
 
 
 def _media_type(content_type: str) -> str:
@@ -187,6 +189,7 @@ def _refusal(request: Request, token: str | None, allowed_hosts: Collection[str]
             return _error(400, "the request has no Host header")
         name = host_name(host)
         if not host_allowed(name, allowed_hosts):
+            name = name[:100]
             return _error(421, f"Host {name!r} is not served here: use the address the backend listens on, "
                                f"or start it with --allowed-host {name}")
     origin = headers.get("origin")

@@ -142,6 +142,7 @@ def test_same_origin_compares_scheme_host_and_port():
     for origin in ("http://evil.example", "null", "https://127.0.0.1:8765", "http://127.0.0.1:8766",
                    "http://127.0.0.1:8765/path", "", "http://127.0.0.1:notaport"):
         assert not same_origin(origin, "http", "127.0.0.1:8765"), origin
+    assert not same_origin("http://127.0.0.1:x", "http", "127.0.0.1:x")
 
 
 @pytest.mark.docker
