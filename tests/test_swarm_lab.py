@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -89,6 +90,13 @@ def node_processes(node: str) -> set[tuple[int, str]]:
     return {identity for identity in identities if identity}
 
 
+def dockerd_network_namespace(node: str) -> str:
+    for pid in swarm_lab("pids", node).split():
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
+            return os.readlink(f"/proc/{pid}/ns/net")
+    raise AssertionError(f"no dockerd among {node}'s processes")
+
+
 @pytest.fixture(scope="module")
 def web_service(lab: Lab) -> Iterator[Service]:
     """6 replicas of the web image, DNS round robin (no VIP: no IPVS here), port 80 published in host
@@ -120,6 +128,8 @@ def test_three_nodes_are_ready_in_one_swarm(lab: Lab) -> None:
     assert [name for name, node in nodes.items() if node["Spec"]["Role"] == "manager"] == ["node1"]
     edges = sorted(name for name, node in nodes.items() if node["Spec"]["Labels"].get("edge") == "true")
     assert edges == lab.edge_nodes == ["node2", "node3"]
+    namespaces = [dockerd_network_namespace(name) for name in lab.nodes]
+    assert len({*namespaces, os.readlink("/proc/self/ns/net")}) == len(lab.nodes) + 1  # each its own, not the host's
     assert lab.env["HYPERSERVICE_LAB_HEARTBEAT"] == "1s"
     assert swarm["Spec"]["Dispatcher"]["HeartbeatPeriod"] == 1_000_000_000  # fast failover
 
