@@ -28,6 +28,8 @@ WEB_IMAGE = "hyperservice-test/web:1"
 WEB_IMAGE_2 = "hyperservice-test/web:2"
 LB_IMAGE = "hyperservice-test/haproxy:2.6"
 
+pytest_plugins = ["tests.swarm_lab"]  # the `lab` fixture: the multi-node test bed (scripts/swarm-lab)
+
 
 @pytest.fixture(scope="session")
 def docker_client() -> docker.DockerClient:
