@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -49,25 +50,26 @@ def _line(event: dict) -> bytes:
     return (json.dumps(event, separators=(",", ":")) + "\n").encode()
 
 
-class _FollowerResponse(StreamingResponse):
-    """A follower's lines; its threads and Docker streams end with the response, however it ends
-    (done, failed, or the client went while a write waited: then the body generator is merely left
-    suspended, and closing it would wait for the garbage collector)."""
+class _ClosingResponse(StreamingResponse):
+    """A stream whose resources (a follower's threads and Docker streams) are released when the
+    response ends, however it ends: done, failed, or the client went while a write
+    waited (then the body generator is merely left suspended, and its `finally` would wait for the
+    garbage collector)."""
 
-    def __init__(self, follower: Any, media_type: str) -> None:
-        super().__init__(follower.lines(), media_type=media_type)
-        self.follower = follower
+    def __init__(self, content: AsyncIterator[str] | AsyncIterator[bytes], media_type: str, on_close: Callable[[], None]) -> None:
+        super().__init__(content, media_type=media_type)
+        self.on_close = on_close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.follower.close()
+            self.on_close()
 
 
 def _streamed(follower: Any, media_type: str) -> StreamingResponse:
-    """Stream a follower's lines; its Docker streams are closed when the client goes away."""
-    return _FollowerResponse(follower, media_type)
+    """Stream a follower's lines; its threads and Docker streams end when the client goes away."""
+    return _ClosingResponse(follower.lines(), media_type, follower.close)
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import docker
 import docker.errors
@@ -271,13 +272,14 @@ class DockerDriver:
         return container.logs(timestamps=True, tail=tail if tail is not None else "all", follow=follow, stream=follow)
 
 
-    def stats(self, container_id: str) -> CancellableStream:
+    def stats(self, container_id: str) -> CancellableStream[dict[str, Any]]:
         """Docker's stats stream of one container: a decoded sample about every second.
 
         Wrapped like the SDK wraps log streams, so another thread can close it at once (the SDK's
-        own `stats()` is a bare generator, which only ends with the next sample).
+        own `stats()` is a bare generator, which only ends with the next sample): hence the SDK's
+        private helpers.
         """
-        api = self.client.api
+        api: Any = self.client.api
         response = api._get(api._url("/containers/{0}/stats", container_id), params={"stream": True}, stream=True)
         api._raise_for_status(response)
         return CancellableStream(api._stream_helper(response, decode=True), response)

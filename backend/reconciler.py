@@ -24,12 +24,14 @@ import logging
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import docker.errors
 from docker.models.containers import Container
+from docker.types import CancellableStream
 
 from backend.balancer import LABEL_SLOT, Balancers, ReplicaHealth
 from backend.docker_driver import (
@@ -57,7 +59,8 @@ SOON = 0.25  # seconds before looking again at a service whose step is still und
 WAIT_FOR_HEALTH = 2.0  # ... whose replicas wait for their health checks (health events come sooner)
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 RECONNECT_FIRST, RECONNECT_MAX = 0.05, 0.5  # seconds between pings while the engine is away
-TEARDOWN_WORKERS = 8  # deleted services torn down at once
+TEARDOWN_WORKERS = 16  # deleted services torn down at once (mostly waiting out a stop grace)
+TEARDOWN_WAIT_ON_STOP = 15.0  # seconds a stopping backend waits for the teardowns under way
 CRASH_LOOP_RESTARTS = 3  # a replica restarted this often without staying up is reported
 ALIVE_STATES = ("running", "restarting", "created", "paused")
 
@@ -87,13 +90,14 @@ class Reconciler:
         self._stopping = threading.Event()
         self._failures: dict[str, int] = {}  # consecutive failed steps per service
         self._retry_at: dict[str, float] = {}  # when a failed service is due again (monotonic)
-        self._events_stream = None
+        self._events_stream: CancellableStream[Any] | None = None
         self._engine_lock = threading.Lock()
         self.engine_error: str | None = None  # why the engine can't be reached, None when it can
         self.engine_down_since: str | None = None  # since when (RFC 3339), None when it can
         self._teardowns = ThreadPoolExecutor(max_workers=TEARDOWN_WORKERS, thread_name_prefix="teardown")
         self._teardown_lock = threading.Lock()
         self._tearing_down: set[str] = set()  # uids of the services whose teardown runs now
+        self._teardown_futures: set[Future[None]] = set()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -108,7 +112,12 @@ class Reconciler:
         self._stopping.set()
         self.balancers.stop()
         self.queue.shutdown()
-        self._teardowns.shutdown(wait=False, cancel_futures=True)  # the next backend carries on
+        # Teardowns under way finish (bounded: a stop grace each); those not started yet are left
+        # to the next backend, which finds the services marked deleting.
+        self._teardowns.shutdown(wait=False, cancel_futures=True)
+        with self._teardown_lock:
+            running = list(self._teardown_futures)
+        wait(running, timeout=TEARDOWN_WAIT_ON_STOP)
         stream = self._events_stream
         if stream is not None:
             # closing a half-dead HTTP stream may fail in several ways; it's closed either way
@@ -400,10 +409,18 @@ class Reconciler:
                 return
             self._tearing_down.add(record.uid)
         try:
-            self._teardowns.submit(self._run_teardown, record)
+            future = self._teardowns.submit(self._run_teardown, record)
         except RuntimeError:  # stopping: the next backend carries on
             with self._teardown_lock:
                 self._tearing_down.discard(record.uid)
+            return
+        with self._teardown_lock:
+            self._teardown_futures.add(future)
+        future.add_done_callback(self._teardown_finished)
+
+    def _teardown_finished(self, future: Future[None]) -> None:
+        with self._teardown_lock:
+            self._teardown_futures.discard(future)
 
     def _run_teardown(self, record: ServiceRecord) -> None:
         try:

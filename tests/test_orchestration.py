@@ -64,6 +64,7 @@ async def test_every_field_reaches_the_container(api: httpx.AsyncClient, backend
         assert f"{containers[0]['Name']} | started in /tmp" in logs
     finally:
         await api.delete("/services/fields")
+        await eventually(lambda: backend.store.get("fields") is None, 30, what="fields to be torn down")
         for volume in ("hbx-test-data", "hbx-test-conf"):
             with contextlib.suppress(docker.errors.NotFound):
                 docker_client.volumes.get(volume).remove(force=True)
