@@ -20,7 +20,7 @@ DEAF = {"StopSignal": "SIGUSR1"}
 
 def objects_of(docker_client: docker.DockerClient, uid: str) -> list:
     label = f"{LABEL_UID}={uid}"
-    return docker_client.containers.list(all=True, filters={"label": label}) + docker_client.networks.list(
+    return docker_client.containers.list(all=True, filters={"label": label}, sparse=True) + docker_client.networks.list(
         filters={"label": label})
 
 
