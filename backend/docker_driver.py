@@ -17,8 +17,10 @@ The docker SDK is synchronous; callers run it on worker threads, never on an eve
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import logging
+import os
 import secrets
 import string
 import threading
@@ -29,6 +31,8 @@ from typing import Any, Literal, Protocol, TypeVar, overload
 
 import docker
 import docker.errors
+import requests
+import urllib3.exceptions
 from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.models.resource import Model
@@ -52,6 +56,8 @@ ROLE_NETWORK = "network"
 ROLE_VOLUME = "volume"
 
 STOP_TIMEOUT = 10  # seconds a replica gets to exit after its StopSignal before it is killed
+TEARDOWN_STOP_TIMEOUT = 2  # ... when its service is deleted (nothing waits for it any more)
+PING_TIMEOUT = 2.0  # seconds a ping may take: the engine watcher must not hang on a dead host
 
 
 _T_co = TypeVar("_T_co", covariant=True)
@@ -142,14 +148,16 @@ class DockerDriver:
             return self._client
 
     def ping(self) -> None:
-        """Raise EngineUnavailable unless the engine answers."""
+        """Raise EngineUnavailable unless the engine answers (within PING_TIMEOUT)."""
         try:
-            self.client.ping()
+            api = self.client.api
+            # The client keeps working across an engine restart (its pool reconnects), so it is
+            # kept; only the ping gets a short timeout, the SDK's own ping would wait 60 s.
+            response = api.get(f"{api.base_url}/_ping", timeout=PING_TIMEOUT)
+            response.raise_for_status()
         except EngineUnavailable:
             raise
-        except Exception as exc:  # requests' ConnectionError, docker's APIError, ...
-            with self._client_lock:
-                self._client = None  # reconnect next time
+        except Exception as exc:  # requests' ConnectionError, an HTTP error while it starts, ...
             raise EngineUnavailable(describe_engine_error(exc)) from exc
 
     def ncpu(self) -> int:
@@ -294,11 +302,11 @@ class DockerDriver:
             raise
         return container
 
-    def remove(self, container: Container, graceful: bool = True) -> None:
-        """Stop (StopSignal, then kill after STOP_TIMEOUT) and remove; gone already is fine."""
+    def remove(self, container: Container, graceful: bool = True, stop_timeout: int = STOP_TIMEOUT) -> None:
+        """Stop (StopSignal, then kill after `stop_timeout` s) and remove; gone already is fine."""
         try:
             if graceful and container.status in ("running", "restarting"):
-                container.stop(timeout=STOP_TIMEOUT)
+                container.stop(timeout=stop_timeout)
             container.remove(force=True)
         except docker.errors.NotFound:
             pass
@@ -306,11 +314,12 @@ class DockerDriver:
             if exc.status_code != 409 or "already in progress" not in str(exc):
                 raise
 
-    def remove_many(self, containers: list[Container], graceful: bool = True) -> None:
+    def remove_many(self, containers: list[Container], graceful: bool = True, stop_timeout: int = STOP_TIMEOUT) -> None:
+        """Remove all at once (each waits for its own stop, not for the others')."""
         if not containers:
             return
         with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
-            for future in [pool.submit(self.remove, c, graceful) for c in containers]:
+            for future in [pool.submit(self.remove, c, graceful, stop_timeout) for c in containers]:
                 future.result()
 
     def remove_network(self, ref: ServiceRef) -> None:
@@ -402,10 +411,18 @@ class DockerDriver:
             return container.logs(timestamps=True, tail=lines, follow=True, stream=True)
         return container.logs(timestamps=True, tail=lines, follow=False, stream=False)
 
-    def stats(self, container_id: str) -> ClosableStream[dict[str, Any]]:
-        """Docker's stats stream of one container: a decoded sample about every second."""
-        stream: ClosableStream[dict[str, Any]] = self.client.api.stats(container_id, stream=True, decode=True)
-        return stream
+
+    def stats(self, container_id: str) -> CancellableStream[dict[str, Any]]:
+        """Docker's stats stream of one container: a decoded sample about every second.
+
+        Wrapped like the SDK wraps log streams, so another thread can close it at once (the SDK's
+        own `stats()` is a bare generator, which only ends with the next sample): hence the SDK's
+        private helpers.
+        """
+        api: Any = self.client.api
+        response = api._get(api._url("/containers/{0}/stats", container_id), params={"stream": True}, stream=True)
+        api._raise_for_status(response)
+        return CancellableStream(api._stream_helper(response, decode=True), response)
 
 
 def object_id(obj: Model) -> str:
@@ -429,15 +446,61 @@ def _short(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc).strip().splitlines()[0][:200]
 
 
-def describe_engine_error(exc: Exception) -> str:
-    """Say which engine was tried and how to fix it, in one line."""
-    import os
+def is_engine_unreachable(exc: BaseException) -> bool:
+    """True when `exc` says the engine could not be reached or the connection to it broke (as
+    opposed to the engine answering with an error)."""
+    if isinstance(exc, EngineUnavailable | requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        return True
+    if isinstance(exc, urllib3.exceptions.ProtocolError | http.client.RemoteDisconnected | ConnectionError):
+        return True
+    if isinstance(exc, docker.errors.DockerException) and not isinstance(exc, docker.errors.APIError):
+        return "Error while fetching server API version" in str(exc)
+    return False
 
-    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)"
+
+@contextlib.contextmanager
+def engine_calls() -> Iterator[None]:
+    """Turn "the engine cannot be reached" into EngineUnavailable (naming DOCKER_HOST) whatever
+    part of the SDK noticed it; other errors pass through unchanged."""
+    try:
+        yield
+    except EngineUnavailable:
+        raise
+    except Exception as exc:
+        if is_engine_unreachable(exc):
+            raise EngineUnavailable(describe_engine_error(exc)) from exc
+        raise
+
+
+def describe_engine_error(exc: BaseException) -> str:
+    """Say which engine was tried, what went wrong and how to fix it, in one line."""
+    host = os.environ.get("DOCKER_HOST")
+    where = f"{host} (DOCKER_HOST)" if host else "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)"
     return (
-        f"Docker engine not reachable at {host}: {str(exc).splitlines()[0][:160]}. "
+        f"Docker engine not reachable at {where}: {_engine_cause(exc)}. "
         "Start dockerd, or set DOCKER_HOST to a reachable engine."
     )
+
+
+def _engine_cause(exc: BaseException) -> str:
+    """The reason in words, not the SDK's nested exception reprs."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    for error in seen:
+        for arg in (error, *getattr(error, "args", ())):
+            if isinstance(arg, FileNotFoundError):
+                return "no socket there (is dockerd running?)"
+            if isinstance(arg, ConnectionRefusedError):
+                return "connection refused"
+            if isinstance(arg, ConnectionResetError | BrokenPipeError | http.client.RemoteDisconnected):
+                return "the engine closed the connection"
+            if isinstance(arg, requests.exceptions.Timeout | TimeoutError):
+                return "no answer in time"
+    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    return text[:160]
 
 
 def replica_address(container: Container, port: int) -> str:

@@ -9,7 +9,13 @@ Controller-style, as in Kubernetes' sample-controller:
 - a step that waits for something asks to be looked at again shortly; a step that fails is retried
   with exponential backoff, and the service shows `error` with the reason meanwhile. Events and the
   resync leave a service alone while it waits out its backoff; an operator's change (`enqueue`)
-  cuts the backoff short. The clock is injectable, so the backoff is tested without waiting.
+  cuts the backoff short. The clock is injectable, so the backoff is tested without waiting;
+- a step that finds the engine unreachable is not the service's failure: the service keeps its last
+  known status (served with an "engine unreachable since ..." note), and the engine watcher, which
+  pings every RECONNECT_MAX seconds at most while the engine is away, looks at every service again
+  the moment it answers;
+- a deleted service is torn down on a pool of its own (TEARDOWN_WORKERS at once), so deletes never
+  wait for each other or for the workers.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,11 +42,13 @@ from backend.docker_driver import (
     LABEL_REVISION,
     LABEL_SERVICE,
     ROLE_REPLICA,
+    TEARDOWN_STOP_TIMEOUT,
     DockerDriver,
     EngineUnavailable,
     ImageUnavailable,
     ServiceRef,
     SubnetTaken,
+    engine_calls,
     object_id,
     object_name,
     replica_address,
@@ -49,7 +57,7 @@ from backend.events import EventHub
 from backend.haproxy import slot_name
 from backend.models import ServiceStatus
 from backend.settings import Settings
-from backend.store import ServiceRecord, Store
+from backend.store import ServiceRecord, Store, rfc3339_now
 from backend.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,9 @@ log = logging.getLogger(__name__)
 SOON = 0.25  # seconds before looking again at a service whose step is still under way
 WAIT_FOR_HEALTH = 2.0  # ... whose replicas wait for their health checks (health events come sooner)
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
+RECONNECT_FIRST, RECONNECT_MAX = 0.05, 0.5  # seconds between pings while the engine is away
+TEARDOWN_WORKERS = 16  # deleted services torn down at once (mostly waiting out a stop grace)
+TEARDOWN_WAIT_ON_STOP = 15.0  # seconds a stopping backend waits for the teardowns under way
 CRASH_LOOP_RESTARTS = 3  # a replica restarted this often without staying up is reported
 ALIVE_STATES = ("running", "restarting", "created", "paused")
 
@@ -101,8 +112,14 @@ class Reconciler:
         self._stopping = threading.Event()
         self._failures: dict[str, int] = {}  # consecutive failed steps per service
         self._retry_at: dict[str, float] = {}  # when a failed service is due again (monotonic)
-        self._events_stream: CancellableStream[dict[str, Any]] | None = None
+        self._events_stream: CancellableStream[Any] | None = None
+        self._engine_lock = threading.Lock()
         self.engine_error: str | None = None  # why the engine can't be reached, None when it can
+        self.engine_down_since: str | None = None  # since when (RFC 3339), None when it can
+        self._teardowns = ThreadPoolExecutor(max_workers=TEARDOWN_WORKERS, thread_name_prefix="teardown")
+        self._teardown_lock = threading.Lock()
+        self._tearing_down: set[str] = set()  # uids of the services whose teardown runs now
+        self._teardown_futures: set[Future[None]] = set()
         self.orphan_grace = settings.orphan_grace_seconds
         self.clock: Callable[[], float] = time.monotonic  # for the orphan grace period (tests move it)
         self._unknown_since: dict[str, float] = {}  # uid of objects the store does not know -> first seen
@@ -121,6 +138,12 @@ class Reconciler:
         self._stopping.set()
         self.balancers.stop()
         self.queue.shutdown()
+        # Teardowns under way finish (bounded: a stop grace each); those not started yet are left
+        # to the next backend, which finds the services marked deleting.
+        self._teardowns.shutdown(wait=False, cancel_futures=True)
+        with self._teardown_lock:
+            running = list(self._teardown_futures)
+        wait(running, timeout=TEARDOWN_WAIT_ON_STOP)
         stream = self._events_stream
         if stream is not None:
             # closing a half-dead HTTP stream may fail in several ways; it's closed either way
@@ -151,10 +174,11 @@ class Reconciler:
         while (name := self.queue.get()) is not None:
             again_in: float | None = None
             try:
-                again_in = self.sync(name)
+                with engine_calls():
+                    again_in = self.sync(name)
             except EngineUnavailable as exc:
-                self._engine_down(str(exc))
-                again_in = self._backoff(name)
+                # Not the service's failure: it keeps its last known status (see _engine_trouble).
+                self._engine_trouble(name, str(exc))
             except Exception as exc:  # any failure of a step: report it on the service, retry later
                 log.warning("sync of %s failed: %s", name, exc, exc_info=not isinstance(exc, docker.errors.APIError))
                 self.report(name, ServiceStatus.error, describe_failure(exc))
@@ -172,23 +196,34 @@ class Reconciler:
         return delay
 
     def _watch_events(self) -> None:
-        """Follow Docker's event stream; every event of ours marks its service dirty."""
-        delay = BACKOFF_FIRST
+        """Follow Docker's event stream; every event of ours marks its service dirty.
+
+        Also the engine watcher: when the stream ends (the engine went away, or a worker found it
+        unreachable and closed the stream), ping with a short backoff capped at RECONNECT_MAX, so
+        the engine's return is noticed within about that long; then look at every service again.
+        """
+        delay = RECONNECT_FIRST
         while not self._stopping.is_set():
             try:
-                self.driver.ping()
-                self._events_stream = self.driver.events()
+                with engine_calls():
+                    self.driver.ping()
+                    stream = self.driver.events()
+                self._events_stream = stream
                 self._engine_up()
-                delay = BACKOFF_FIRST
+                delay = RECONNECT_FIRST
                 self.resync_all()  # whatever happened while we were not listening
-                for event in self._events_stream:
+                for event in stream:  # ends quietly when the connection breaks
                     self._on_docker_event(event)
-            except Exception as exc:  # the engine went away, or never was there
+            except EngineUnavailable as exc:
                 if self._stopping.is_set():
                     return
-                self._engine_down(str(exc) if isinstance(exc, EngineUnavailable) else f"event stream lost: {exc}")
+                self._engine_down(str(exc))
+            except Exception as exc:  # the engine answered, with an error: try again shortly
+                if self._stopping.is_set():
+                    return
+                log.warning("Docker event stream failed: %s", exc)
             self._stopping.wait(delay)
-            delay = min(BACKOFF_MAX / 4, delay * 2)
+            delay = min(RECONNECT_MAX, delay * 2)
 
     def _on_docker_event(self, event: dict[str, Any]) -> None:
         attributes = (event.get("Actor") or {}).get("Attributes") or {}
@@ -221,24 +256,55 @@ class Reconciler:
 
     def _resync_loop(self) -> None:
         while not self._stopping.wait(self.resync_seconds):
+            if self.engine_error is not None:
+                continue  # the engine watcher looks at everything the moment the engine is back
             try:
-                self.resync_all()
-                self.collect_orphans()
+                with engine_calls():
+                    self.resync_all()
+                    self.collect_orphans()
             except EngineUnavailable as exc:
-                self._engine_down(str(exc))
+                self._engine_trouble(None, str(exc))
             except Exception as exc:  # keep the loop alive whatever a resync hits
                 log.warning("resync failed: %s", exc)
 
+    def _engine_trouble(self, name: str | None, why: str) -> None:
+        """A call found the engine unreachable. Away for real: say so, and leave the service be (the
+        watcher resyncs every service on the engine's return). Only a hiccup: look again soon."""
+        try:
+            self.driver.ping()
+        except EngineUnavailable as exc:
+            self._engine_down(str(exc))
+            return
+        log.info("a call to the Docker engine failed, the engine answers again: %s", why)
+        if name is not None:
+            self.queue.add_after(name, self._backoff(name))
+
     def _engine_down(self, why: str) -> None:
-        if self.engine_error != why:
-            self.engine_error = why
-            log.warning("%s", why)
-            self.hub.publish("engine", "down", Message=why)
+        with self._engine_lock:
+            if self.engine_error is not None:
+                self.engine_error = why  # the latest reason; the news is out already
+                return
+            self.engine_error, since = why, rfc3339_now()
+            self.engine_down_since = since
+        log.warning("%s", why)
+        self.hub.publish("engine", "down", Message=why, Since=since)
+        stream = self._events_stream
+        if stream is not None:  # a worker noticed first: the watcher must start pinging now
+            with contextlib.suppress(Exception):
+                stream.close()
+        for record in self.store.all():  # each keeps its status; the note says why nothing moves
+            self.hub.publish("service", "status", Name=record.name, Status=record.status,
+                             Message=engine_note(record.message, since))
 
     def _engine_up(self) -> None:
-        if self.engine_error is not None:
-            self.engine_error = None
-            self.hub.publish("engine", "up", Message="Docker engine reachable")
+        with self._engine_lock:
+            if self.engine_error is None:
+                return
+            self.engine_error = self.engine_down_since = None
+        log.info("Docker engine reachable again")
+        self.hub.publish("engine", "up", Message="Docker engine reachable")
+        for record in self.store.all():
+            self.hub.publish("service", "status", Name=record.name, Status=record.status, Message=record.message)
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -248,7 +314,7 @@ class Reconciler:
         if record is None:
             return None
         if record.deleting:
-            self.teardown(record)
+            self._start_teardown(record)
             return None
         outcome = self._converge(record)
         self.report(name, outcome.status, outcome.message, record.generation)
@@ -316,6 +382,10 @@ class Reconciler:
                 f"replaced if still DOWN after {self.replace_down_after:g} s",
                 again_in=WAIT_FOR_HEALTH,
             )
+        if not outdated and len(current) == desired and record.status == ServiceStatus.active:
+            # Every replica is there and none changed, only their health is not confirmed yet (the
+            # engine or a balancer restarted): nothing scales, so the service stays active.
+            return Outcome(ServiceStatus.active, "Scaling complete", again_in=WAIT_FOR_HEALTH)
         if outdated or len(ready_now) < desired:
             # Waiting for health checks: the balancer's health events wake us sooner.
             return self._progress(record, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
@@ -373,12 +443,53 @@ class Reconciler:
             raise errors[0]
         return created
 
+    def _start_teardown(self, record: ServiceRecord) -> None:
+        """Tear the service down on the teardown pool, unless that runs already."""
+        with self._teardown_lock:
+            if record.uid in self._tearing_down:
+                return
+            self._tearing_down.add(record.uid)
+        try:
+            future = self._teardowns.submit(self._run_teardown, record)
+        except RuntimeError:  # stopping: the next backend carries on
+            with self._teardown_lock:
+                self._tearing_down.discard(record.uid)
+            return
+        with self._teardown_lock:
+            self._teardown_futures.add(future)
+        future.add_done_callback(self._teardown_finished)
+
+    def _teardown_finished(self, future: Future[None]) -> None:
+        with self._teardown_lock:
+            self._teardown_futures.discard(future)
+
+    def _run_teardown(self, record: ServiceRecord) -> None:
+        try:
+            with engine_calls():
+                self.teardown(record)
+        except EngineUnavailable as exc:
+            self._engine_trouble(record.name, str(exc))
+        except Exception as exc:  # still deleting: say why, retry with backoff
+            if self._stopping.is_set():
+                return  # the store may be closed under us; the next backend carries on
+            log.warning("teardown of %s failed: %s", record.name, exc)
+            delay = self._backoff(record.name)
+            message = f"Deleting failed: {describe_failure(exc)}; retrying in {delay:g} s"
+            if self.store.set_status(record.name, ServiceStatus.deleting, message):
+                self.hub.publish("service", "status", Name=record.name, Status=ServiceStatus.deleting.value, Message=message)
+            self.queue.add_after(record.name, delay)
+        finally:
+            with self._teardown_lock:
+                self._tearing_down.discard(record.uid)
+
     def teardown(self, record: ServiceRecord) -> None:
-        """Remove what a deleted service owned (with keep: all but its replicas), then forget it."""
+        """Remove what a deleted service owned (with keep: all but its replicas), then forget it.
+
+        Replicas get TEARDOWN_STOP_TIMEOUT seconds after their StopSignal, then they are killed."""
         ref = ServiceRef(record.name, record.uid)
         self.balancers.remove_all(ref)  # the address stops answering first
         if not record.keep:
-            self.driver.remove_many(self.driver.containers(ref))
+            self.driver.remove_many(self.driver.containers(ref), stop_timeout=TEARDOWN_STOP_TIMEOUT)
             self.driver.remove_network(ref)
             if record.remove_volumes:  # only when the delete asked for it: volumes hold the data
                 self.driver.remove_service_volumes(record.name)
@@ -430,6 +541,11 @@ class Reconciler:
             self._retry_at.pop(name, None)
         if self.store.set_status(name, str(status), message, generation):
             self.hub.publish("service", "status", Name=name, Status=str(status), Message=message)
+
+
+def engine_note(message: str, since: str) -> str:
+    """A service's last known message while the engine is away."""
+    return f"{message} (Docker engine unreachable since {since}; waiting for it)"
 
 
 def _free_slots(staying: list[Container], count: int) -> list[str]:

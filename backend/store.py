@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS services (
 );
 -- service instances deleted with keep=true: their containers are left alone, never collected.
 CREATE TABLE IF NOT EXISTS released (uid TEXT PRIMARY KEY, name TEXT NOT NULL, at TEXT NOT NULL);
+-- names whose service was deleted (the last instance): a repeated DELETE answers "already gone".
+CREATE TABLE IF NOT EXISTS deleted (name TEXT PRIMARY KEY, uid TEXT NOT NULL, at TEXT NOT NULL);
 """
 
 
@@ -457,15 +459,29 @@ class Store:
         with self._lock:
             return dict(self._db.execute("SELECT fip, name FROM services WHERE fip != ''").fetchall())
 
-    def mark_deleting(self, name: str, keep: bool, volumes: bool = False) -> ServiceRecord | None:
-        return self.update(
-            name, deleting=1, keep=int(keep), remove_volumes=int(volumes), status="deleting", message="Deleting"
-        )
+    def mark_deleting(self, name: str, keep: bool, volumes: bool = False) -> bool:
+        """Mark the service for deletion; False when it was marked already (its `keep` stays as the
+        first DELETE asked) or is gone."""
+        with self._lock:
+            changed = self._db.execute(
+                "UPDATE services SET deleting = 1, keep = ?, remove_volumes = ?, status = 'deleting',"
+                " message = 'Deleting', generation = generation + 1 WHERE name = ? AND deleting = 0",
+                (int(keep), int(volumes), name),
+            ).rowcount
+        return changed > 0
+
+    def was_deleted(self, name: str) -> bool:
+        """A service of this name existed and was deleted (and none exists now)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM deleted WHERE name = ?", (name,)).fetchone() is not None
 
     def forget(self, record: ServiceRecord) -> None:
         """Drop a deleted service; with keep, remember its uid so its containers are left alone."""
         with self._transaction() as db:
             db.execute("DELETE FROM services WHERE name = ? AND uid = ?", (record.name, record.uid))
+            db.execute(
+                "INSERT OR REPLACE INTO deleted (name, uid, at) VALUES (?, ?, ?)", (record.name, record.uid, rfc3339_now())
+            )
             if record.keep:
                 db.execute(
                     "INSERT OR REPLACE INTO released (uid, name, at) VALUES (?, ?, ?)",

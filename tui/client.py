@@ -93,7 +93,7 @@ class ConsoleClient(Protocol):
 
     async def update_service(self, name: str, **changes: Any) -> Service: ...
 
-    async def delete_service(self, name: str, keep: bool = False) -> None: ...
+    async def delete_service(self, name: str, keep: bool = False) -> bool: ...
 
     async def containers(self, name: str) -> list[ContainerInfo]: ...
 
@@ -318,8 +318,11 @@ class ApiClient:
         response = await self._request("POST", f"/services/{name}/update", json=changes)
         return Service.model_validate(response.json())
 
-    async def delete_service(self, name: str, keep: bool = False) -> None:
-        await self._request("DELETE", f"/services/{name}", params={"keep": "true" if keep else "false"})
+    async def delete_service(self, name: str, keep: bool = False) -> bool:
+        """Ask for the deletion; True when the service is gone already (204), False while the
+        backend tears it down (202: its `deleted` event on /events says when it is gone)."""
+        response = await self._request("DELETE", f"/services/{name}", params={"keep": "true" if keep else "false"})
+        return response.status_code == 204
 
     async def containers(self, name: str) -> list[ContainerInfo]:
         response = await self._request("GET", f"/services/{name}/containers")

@@ -124,8 +124,9 @@ class FakeClient:
     async def update_service(self, name: str, **changes: Any) -> Service:
         return await self.get_service(name)
 
-    async def delete_service(self, name: str, keep: bool = False) -> None:
+    async def delete_service(self, name: str, keep: bool = False) -> bool:
         self.services.pop(name, None)
+        return False
 
     async def logs(self, name: str, container: str | None = None, tail: int | None = None) -> str:
         return "\n".join(LOG_LINES) + "\n"
