@@ -112,16 +112,12 @@ class PullProgress:
         return min(100, self.done * 100 // self.total)
 
     def describe(self) -> str:
-        """"Pulling image web:1: 3.1 MB of 7.9 MB (39%), 2 of 3 layers" (just the first part until the
-        engine says what the layers are)."""
-        text = f"Pulling image {self.reference}"
+        """"Pulling 39% (3.1 MB of 7.9 MB), 2 of 3 layers of image web:1" ("Pulling image web:1" until
+        the engine says what the layers are). The figures come first: a narrow column keeps them."""
         if not self.layers:
-            return text
-        if self.total:
-            text += f": {format_size(self.done)} of {format_size(self.total)} ({self.percent}%),"
-        else:
-            text += ":"
-        return f"{text} {self.layers_done} of {self.layers} layers"
+            return f"Pulling image {self.reference}"
+        size = f"{self.percent}% ({format_size(self.done)} of {format_size(self.total)}), " if self.total else ""
+        return f"Pulling {size}{self.layers_done} of {self.layers} layers of image {self.reference}"
 
 
 @dataclass

@@ -67,8 +67,8 @@ def test_the_tracker_adds_up_downloaded_bytes_and_pulled_layers():
 def test_the_progress_reads_as_bytes_percent_and_layers():
     assert PullProgress("web:1").describe() == "Pulling image web:1"
     progress = PullProgress("127.0.0.1:5000/demo/web:1", done=3_100_000, total=7_900_000, layers=3, layers_done=2)
-    assert progress.describe() == "Pulling image 127.0.0.1:5000/demo/web:1: 3.1 MB of 7.9 MB (39%), 2 of 3 layers"
-    assert PullProgress("x:1", done=10, total=0, layers=2).describe() == "Pulling image x:1: 0 of 2 layers"
+    assert progress.describe() == "Pulling 39% (3.1 MB of 7.9 MB), 2 of 3 layers of image 127.0.0.1:5000/demo/web:1"
+    assert PullProgress("x:1", done=10, total=0, layers=2).describe() == "Pulling 0 of 2 layers of image x:1"
     assert [format_size(n) for n in (0, 999, 1000, 1_234_567, 999_960_000, 3 * 10**12)] == [
         "0 B", "999 B", "1.0 kB", "1.2 MB", "1.0 GB", "3.0 TB"]
 
@@ -152,11 +152,11 @@ async def test_a_pull_shows_bytes_percent_and_layers_live_and_the_service_turns_
     assert (last["Image"], last["Done"], last["Total"], last["Percent"]) == (image, layer_bytes, layer_bytes, 100)
     assert last["Layers"] == last["LayersDone"] == len(saved_web_image.layers) + 1
     pulling = [e["Message"] for e in statuses if e["Status"] == "scaling" and e["Message"].startswith("Pulling")]
-    assert f"Pulling image {image}" in pulling  # said at once, before the engine answers
+    assert pulling[0] == f"Pulling image {image}"  # said at once, before the engine answers
     partial = next(e for e in progress if 0 < e["Done"] < e["Total"])
     assert (
-        f"Pulling image {image}: {format_size(partial['Done'])} of {format_size(partial['Total'])} "
-        f"({partial['Percent']}%), {partial['LayersDone']} of {partial['Layers']} layers"
+        f"Pulling {partial['Percent']}% ({format_size(partial['Done'])} of {format_size(partial['Total'])}), "
+        f"{partial['LayersDone']} of {partial['Layers']} layers of image {image}"
     ) in pulling
     assert docker_client.images.get(image).id
     service = await wait_status(api, "pulled", "active")

@@ -297,6 +297,14 @@ class ApiClient:
         response = await self._request("GET", "/fips")
         return [FloatingIP.model_validate(item) for item in response.json()]
 
+    async def images(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        """The image references (repository:tag) the backend's engine has, sorted (`GET /images`)."""
+        params: dict[str, Any] = {"prefix": prefix}
+        if limit is not None:
+            params["limit"] = limit
+        response = await self._request("GET", "/images", params=params)
+        return [str(reference) for reference in response.json()]
+
     async def limits(self) -> Limits:
         response = await self._request("GET", "/limits")
         return Limits.model_validate(response.json())
