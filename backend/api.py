@@ -3,15 +3,23 @@
 The same app serves the console in-process (httpx's ASGI transport, no port opened) and over TCP
 (`hyperservice serve`). Request bodies are validated here with the models, so every error comes back
 in one shape: `{"message": ..., "errors": [{"field": ..., "message": ...}]}`.
+
+It also owns the guards in front of every route (`guard`): the Host a request names (against DNS
+rebinding, when served over TCP), the Origin of a state-changing request (against cross-site pages),
+the bearer token, the body's media type (JSON only) and size (`MAX_BODY_BYTES`, counted while it is
+read). Parsing and validating a body runs in a worker thread, never on the event loop. An unexpected
+failure answers 500 with an error id; its detail goes to the log only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -37,8 +45,22 @@ from backend.models import (
 log = logging.getLogger(__name__)
 
 PING_SECONDS = 5.0
+MAX_BODY_BYTES = 1024 * 1024  # the largest request body read (a create with a PEM chain is a few kB)
+# Methods that change state: a browser sends them cross-site only with an Origin header, which must be ours.
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_ERROR_STATUSES = {
+    400: "invalid input",
+    401: "missing or wrong token",
+    403: "refused: a cross-site request",
+    404: "no such service",
+    409: "conflict: the name or floating IP is taken, or the service is being deleted",
+    413: "the request body is too large",
+    415: "the request body is not application/json",
+    421: "the Host header names no address this backend serves",
+    500: "internal error (the id in the message finds the detail in the backend's log)",
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 500: {"model": ErrorBody}
+    status: {"model": ErrorBody, "description": text} for status, text in _ERROR_STATUSES.items()
 }
 
 
@@ -79,10 +101,33 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-async def _validated(request: Request, model: type[_Model], context: dict[str, Any]) -> _Model:
+class BodyTooLarge(Exception):
+    """The request body is larger than MAX_BODY_BYTES (answered 413)."""
+
+
+def _too_large_message() -> str:
+    return f"the request body is larger than {MAX_BODY_BYTES // 1024} KiB"
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused as soon as it grows beyond MAX_BODY_BYTES (never read whole first)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge(_too_large_message())
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(raw: bytes, model: type[_Model], context: dict[str, Any]) -> _Model:
+    """JSON → validated model (CPU work: called in a worker thread)."""
     try:
-        data = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = json.loads(raw or b"null")
+    except RecursionError:
+        raise Invalid("the request body is nested too deeply") from None
+    except ValueError:  # bad JSON, bad UTF-8, an integer of thousands of digits
         raise Invalid("the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise Invalid("the request body must be a JSON object")
@@ -91,9 +136,117 @@ async def _validated(request: Request, model: type[_Model], context: dict[str, A
     except ValidationError as exc:
         errors = field_errors(exc)
         raise Invalid(f"invalid request: {summarise(errors)}", errors) from None
+    except RecursionError:
+        raise Invalid("the request body is nested too deeply") from None
 
 
-def create_app(backend: Backend, token: str | None = None) -> FastAPI:
+async def _validated(request: Request, model: type[_Model], context: dict[str, Any]) -> _Model:
+    raw = await _read_body(request)
+    return await run_in_threadpool(_parse, raw, model, context)
+
+
+def host_name(authority: str) -> str:
+    """'Example.COM:8765' → 'example.com', '[::1]:8765' → '::1' (the Host header without its port)."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0]
+    if authority.count(":") == 1:
+        authority = authority.partition(":")[0]
+    return authority.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def host_allowed(name: str, allowed_hosts: Collection[str]) -> bool:
+    """Whether a Host header's name may reach this API; "*" allows any IP address (never a DNS name,
+    which is what a rebinding attack needs)."""
+    return name in allowed_hosts or ("*" in allowed_hosts and _is_ip(name))
+
+
+def _origin(scheme: str, authority: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) with the scheme's default port filled in, to compare two origins; None
+    when the port is not a number."""
+    try:
+        port = urlsplit(f"//{authority}").port
+    except ValueError:
+        return None
+    default = {"http": 80, "https": 443}.get(scheme)
+    return scheme, host_name(authority), port if port is not None else default
+
+
+def same_origin(origin: str, scheme: str, host_header: str) -> bool:
+    """Whether an Origin header names this API itself (the scheme and Host the request came with)."""
+    parts = urlsplit(origin.strip())
+    if not parts.scheme or not parts.netloc or parts.path not in ("", "/"):
+        return False
+    ours = _origin(scheme, host_header)
+    return ours is not None and _origin(parts.scheme.lower(), parts.netloc) == ours
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.partition(";")[0].strip().lower()
+
+
+def _refusal(request: Request, token: str | None, allowed_hosts: Collection[str] | None) -> JSONResponse | None:
+    """The answer to a request refused before any route sees it, or None to let it through."""
+    headers = request.headers
+    host = headers.get("host", "")
+    if allowed_hosts is not None:
+        if not host:
+            return _error(400, "the request has no Host header")
+        name = host_name(host)
+        if not host_allowed(name, allowed_hosts):
+            name = name[:100]
+            return _error(421, f"Host {name!r} is not served here: use the address the backend listens on, "
+                               f"or start it with --allowed-host {name}")
+    origin = headers.get("origin")
+    if request.method in STATE_CHANGING and origin is not None and not same_origin(origin, request.url.scheme, host):
+        return _error(403, f"refused a {request.method} from another origin ({origin[:100]}): "
+                           "the API takes changes only from its own clients")
+    if token:
+        given = headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return _error(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+    if request.method in ("POST", "PUT", "PATCH"):
+        length = headers.get("content-length")
+        has_body = (length is not None and length.strip() != "0") or "transfer-encoding" in headers
+        content_type = headers.get("content-type")
+        if (content_type is not None or has_body) and _media_type(content_type or "") != "application/json":
+            return _error(415, f"the request body must be application/json, not {content_type or 'untyped'}"[:200])
+        if length is not None and length.strip().isdigit() and int(length) > MAX_BODY_BYTES:
+            return _error(413, _too_large_message())
+    return None
+
+
+def _documented_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """Every error answer is the JSON ErrorBody, also on routes whose success is text (FastAPI would
+    give their errors the route's media type); FastAPI's 422 goes: this API answers 400 instead."""
+    error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            for status, response in responses.items():
+                if str(status)[:1] in ("4", "5"):
+                    response["content"] = dict(error_content)
+    schemas = document.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return document
+
+
+def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collection[str] | None = None) -> FastAPI:
+    """The API over `backend`. `token`: the bearer token every request must carry. `allowed_hosts`:
+    the names a request's Host header may give (see `host_allowed`), None for no Host check (the
+    in-process console, which no browser can reach)."""
     app = FastAPI(
         title="hyperservice",
         version="0.1.0",
@@ -101,19 +254,31 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
     )
     app.state.backend = backend
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _documented_errors(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """Check the token; turn any unexpected failure into a 500 with its message (never re-raised,
-        so an in-process client gets an answer, not a traceback)."""
-        if token:
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return _error(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+        """Refuse what must not reach a route (`_refusal`); turn any unexpected failure into a 500
+        with an error id (never re-raised, so an in-process client gets an answer, not a traceback).
+        The failure's detail goes to the log only: it may name paths, addresses or engine internals."""
+        refused = _refusal(request, token, allowed_hosts)
+        if refused is not None:
+            return refused
         try:
             return await call_next(request)
-        except Exception as exc:
-            log.exception("%s %s failed", request.method, request.url.path)
-            return _error(500, str(exc) or exc.__class__.__name__)
+        except Exception:
+            error_id = secrets.token_hex(6)
+            log.exception("error %s: %s %s failed", error_id, request.method, request.url.path)
+            return _error(500, f"internal error {error_id}: the backend's log has the details")
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return _error(413, str(exc))
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:

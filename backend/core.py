@@ -303,7 +303,14 @@ class Backend:
         """The replicas' logs, each line labelled with its replica, interleaved by time."""
         streams: list[list[tuple[str, str, str]]] = []
         for replica_name, replica_id in self.log_sources(name, container):
-            raw = self.driver.logs(replica_id, tail)
+            try:
+                raw = self.driver.logs(replica_id, tail)
+            except docker.errors.NotFound:
+                continue  # removed since it was listed (replaced, scaled down)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # "dead or marked for removal": being replaced right now
+                    continue
+                raise
             # Split at "\n" only, as the follower does: splitlines() would also cut at CR, FF, VT, NEL...
             # and mislabel the pieces. Escape sequences stay in their line; showing them is the console's job.
             decoded = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""

@@ -63,6 +63,10 @@ SLOT_PREFIX = "s"
 SPARE_ADDRESS = "127.0.0.1:1"
 AFFINITY_COOKIE = "HSID"
 MAX_SLOTS = 1000
+# Health-check bounds the balancer accepts (`inter <s>s fall <n> rise <n>`; HAProxy 2.6 takes these
+# extremes, tests/test_hardening.py checks it with `haproxy -c`). The models validate against them.
+MAX_CHECK_INTERVAL = 86400  # seconds: a day
+MAX_CHECK_COUNT = 1000  # consecutive checks for fall / rise
 MAXCONN = 4096  # explicit: otherwise derived from the container's file limit (memory grows with it)
 STICK_TABLE_SIZE = "1m"
 STICK_EXPIRE = "30m"
@@ -161,9 +165,9 @@ class BalancerConfig:
             raise ValueError("session_affinity must be a boolean")
         for what, number, low, high in (
             ("container_port", self.container_port, 1, 65535),
-            ("health_interval", self.health_interval, 1, 86400),
-            ("health_fall", self.health_fall, 1, 1000),
-            ("health_rise", self.health_rise, 1, 1000),
+            ("health_interval", self.health_interval, 1, MAX_CHECK_INTERVAL),
+            ("health_fall", self.health_fall, 1, MAX_CHECK_COUNT),
+            ("health_rise", self.health_rise, 1, MAX_CHECK_COUNT),
             ("slots", self.slots, 1, MAX_SLOTS),
         ):
             if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:

@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -29,7 +30,26 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from backend.haproxy import MAX_CHECK_COUNT, MAX_CHECK_INTERVAL
+
 DEFAULT_MAX_REPLICAS = 100
+
+# Bounds of every list and free-text field: a request is at most 1 MiB (backend/api.py), and within
+# that no single field may grow without limit (each value is copied into container options, labels,
+# the store and every answer).
+REPLICA_SUFFIX_LENGTH = 6  # a replica is named and hostnamed "<Name>-xxxxx"
+MAX_NAME_LENGTH = 63 - REPLICA_SUFFIX_LENGTH  # so that hostname stays a DNS label (<= 63)
+MAX_WORDS = 1000  # Entrypoint / Cmd words
+MAX_WORD_LENGTH = 32 * 1024  # one word of Entrypoint / Cmd, one Env entry (Linux allows 128 KiB)
+MAX_SHELL_LINE = 64 * 1024  # Entrypoint / Cmd given as one shell-like line
+MAX_ENV = 1000
+MAX_LABELS = 1000
+MAX_LABEL_VALUE = 4096
+MAX_VOLUMES = 100
+MAX_PATH_LENGTH = 4096  # WorkingDir, one Volumes entry (Linux PATH_MAX)
+MAX_GROUPS = 100
+MAX_GROUP_NAME = 63
+MAX_SSL_CERT = 64 * 1024  # a PEM chain and its key are a few kB
 
 # ---------------------------------------------------------------------------------------------
 # Vocabularies
@@ -86,10 +106,11 @@ COMMON_STOP_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP"
 # Patterns (each one says in words what it allows; the words go into the error message)
 # ---------------------------------------------------------------------------------------------
 
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+NAME_PATTERN = rf"^[a-z0-9]([a-z0-9-]{{0,{MAX_NAME_LENGTH - 2}}}[a-z0-9])?$"
 NAME_RULE = (
-    "must be a DNS label: 1-63 characters of lowercase letters, digits and '-', "
-    "starting and ending with a letter or digit ([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
+    f"must be a DNS label: 1-{MAX_NAME_LENGTH} characters of lowercase letters, digits and '-', "
+    f"starting and ending with a letter or digit ([a-z0-9]([a-z0-9-]{{0,{MAX_NAME_LENGTH - 2}}}[a-z0-9])?); "
+    f"at most {MAX_NAME_LENGTH} so that its replicas' hostnames (<name>-xxxxx) stay within 63"
 )
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _HOST_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
@@ -137,6 +158,8 @@ def _shell_words(value: Any) -> Any:
     if isinstance(value, str):
         if not value.strip():
             return None
+        if len(value) > MAX_SHELL_LINE:
+            raise ValueError(f"is longer than {MAX_SHELL_LINE} characters")
         try:
             return shlex.split(value)
         except ValueError as exc:  # unbalanced quotes
@@ -181,8 +204,11 @@ def _normalise_signal(value: Any) -> Any:
     return value
 
 
-ShellWords = Annotated[list[str] | None, BeforeValidator(_shell_words)]
-StringList = Annotated[list[str] | None, BeforeValidator(_empty_list_is_null)]
+Word = Annotated[str, StringConstraints(max_length=MAX_WORD_LENGTH)]
+PathText = Annotated[str, StringConstraints(max_length=MAX_PATH_LENGTH)]
+GroupName = Annotated[str, StringConstraints(max_length=MAX_GROUP_NAME)]
+LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE)]
+ShellWords = Annotated[list[Word] | None, BeforeValidator(_shell_words)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 # ---------------------------------------------------------------------------------------------
@@ -195,13 +221,19 @@ class ServiceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    Name: str = Field(description="Service name: a DNS label, also the prefix of its containers' names")
-    Image: str = Field(description="Image the replicas run, e.g. hyperservice/demo-web:1 (pulled when missing)")
-    WorkingDir: str = Field("", description="Working directory inside the replicas: empty or an absolute path")
+    Name: str = Field(
+        description="Service name: a DNS label, also the prefix of its containers' names",
+        json_schema_extra={"pattern": NAME_PATTERN, "maxLength": MAX_NAME_LENGTH},
+    )
+    Image: str = Field(description="Image the replicas run, e.g. hyperservice/demo-web:1 (pulled when missing)",
+                       json_schema_extra={"maxLength": 255})
+    WorkingDir: str = Field("", max_length=MAX_PATH_LENGTH,
+                            description="Working directory inside the replicas: empty or an absolute path")
     ContainerSize: SizeName = Field(
         "s4", description="Memory limit and CPUs of each replica (s1 64 MB/1 CPU ... l3 16 GB/8 CPUs)"
     )
-    SSLCert: str = Field("", description="PEM certificate chain and private key; only for httpsTerm")
+    SSLCert: str = Field("", max_length=MAX_SSL_CERT,
+                         description="PEM certificate chain and private key; only for httpsTerm")
     NetMode: Literal["bridge", ""] = Field("bridge", description="Network mode; only bridge is supported")
     StopSignal: Annotated[str, BeforeValidator(_normalise_signal)] = Field(
         "SIGTERM", description="Signal sent to stop a replica: a name (SIGTERM) or a number"
@@ -209,22 +241,32 @@ class ServiceSpec(BaseModel):
     ServicePort: Port = Field(description="Port the service answers on, at its address (1-65535)")
     ContainerPort: Port | None = Field(None, description="Port the replicas listen on; defaults to ServicePort")
     Replicas: int = Field(description="Number of replicas")
-    HealthCheckInterval: int = Field(5, ge=1, description="Seconds between health checks of each replica")
-    HealthCheckFall: int = Field(3, ge=1, description="Consecutive failed checks before a replica is DOWN")
-    HealthCheckRise: int = Field(2, ge=1, description="Consecutive passed checks before a replica is UP")
+    HealthCheckInterval: int = Field(5, ge=1, le=MAX_CHECK_INTERVAL,
+                                     description="Seconds between health checks of each replica")
+    HealthCheckFall: int = Field(3, ge=1, le=MAX_CHECK_COUNT,
+                                 description="Consecutive failed checks before a replica is DOWN")
+    HealthCheckRise: int = Field(2, ge=1, le=MAX_CHECK_COUNT,
+                                 description="Consecutive passed checks before a replica is UP")
     Algorithm: AlgorithmName = Field("roundrobin", description="How the balancer picks a replica")
     Protocol: ProtocolName = Field("tcp", description="tcp, http, https (TLS passed through) or httpsTerm")
     Stdin: bool = Field(False, description="Keep STDIN open in the replicas")
     Tty: bool = Field(False, description="Allocate a pseudo-TTY in the replicas")
     SessionAffinity: bool = Field(False, description="Sticky sessions: a cookie (http) or the client address")
-    Entrypoint: ShellWords = Field(None, description="Entrypoint: list of strings, or a shell-like line")
-    Cmd: ShellWords = Field(None, description="Command: list of strings, or a shell-like line")
-    Env: StringList = Field(None, description="Environment: list of VAR=value")
-    Volumes: StringList = Field(None, description="Named volumes: list of volume_name:/container/path[:ro]")
-    Labels: Annotated[dict[str, str] | None, BeforeValidator(_labels_from_list)] = Field(
-        None, description='Labels: {"key": "value"} (a list of key=value is accepted too)'
+    Entrypoint: ShellWords = Field(None, max_length=MAX_WORDS,
+                                   description="Entrypoint: list of strings, or a shell-like line")
+    Cmd: ShellWords = Field(None, max_length=MAX_WORDS, description="Command: list of strings, or a shell-like line")
+    Env: Annotated[list[Word] | None, BeforeValidator(_empty_list_is_null)] = Field(
+        None, max_length=MAX_ENV, description="Environment: list of VAR=value"
     )
-    SecurityGroups: StringList = Field(None, description="Security groups the service belongs to")
+    Volumes: Annotated[list[PathText] | None, BeforeValidator(_empty_list_is_null)] = Field(
+        None, max_length=MAX_VOLUMES, description="Named volumes: list of volume_name:/container/path[:ro]"
+    )
+    Labels: Annotated[dict[str, LabelValue] | None, BeforeValidator(_labels_from_list)] = Field(
+        None, max_length=MAX_LABELS, description='Labels: {"key": "value"} (a list of key=value is accepted too)'
+    )
+    SecurityGroups: Annotated[list[GroupName] | None, BeforeValidator(_empty_list_is_null)] = Field(
+        None, max_length=MAX_GROUPS, description="Security groups the service belongs to"
+    )
 
     # -- one field at a time ------------------------------------------------------------------
 
@@ -379,8 +421,9 @@ class ServiceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     Replicas: int | None = Field(None, description="New number of replicas")
-    Image: str | None = Field(None, description="New image: replicas are replaced one at a time")
-    FIP: str | None = Field(None, description='Floating IP to attach; "" detaches')
+    Image: str | None = Field(None, description="New image: replicas are replaced one at a time",
+                              json_schema_extra={"maxLength": 255})
+    FIP: str | None = Field(None, max_length=15, description='Floating IP to attach; "" detaches')
 
     @field_validator("Replicas")
     @classmethod
@@ -524,6 +567,10 @@ def _friendly(error: ErrorDetails) -> str:
         return "must be a string"
     if kind in ("list_type",):
         return "must be a list"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} {'entries' if ctx.get('field_type') == 'Dictionary' else 'items'}"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters"
     if kind in ("dict_type",):
         return 'must be an object {"key": "value"}'
     if kind in ("literal_error", "enum"):

@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from backend.haproxy import MAX_SLOTS
 
 DEFAULT_LB_IMAGE = "haproxy:lts-alpine"
 MAX_SUBNET_PREFIX = 27  # the smallest per-service subnet: 29 usable addresses
@@ -24,6 +26,8 @@ FALLBACK_LB_IMAGE = "hyperservice/haproxy:debian"
 # The demo web image scripts/up builds offline (busybox httpd on port 80, answering with its hostname);
 # the console's create form names it as its example.
 DEMO_IMAGE = "hyperservice/demo-web:1"
+# Each balancer has max_replicas + 1 server slots (one spare for a rolling update) and at most MAX_SLOTS.
+MAX_REPLICAS_LIMIT = MAX_SLOTS - 1
 
 
 def _config_file() -> Path:
@@ -60,7 +64,7 @@ class Settings(BaseSettings):
     """Comma-separated host addresses that may be attached to services as floating IPs."""
 
     max_replicas: int = Field(default=100, ge=1)
-    """The largest `Replicas` a service may ask for."""
+    """The largest `Replicas` a service may ask for (at most MAX_REPLICAS_LIMIT: the balancer's slots)."""
 
     resync_seconds: float = Field(default=30.0, gt=0)
     """How often the reconciler re-reads every service, to catch what Docker's event stream missed."""
@@ -115,6 +119,16 @@ class Settings(BaseSettings):
                 f"(/{self.subnet_prefix} for HYPERSERVICE_MAX_REPLICAS={self.max_replicas})"
             )
 
+    @field_validator("max_replicas")
+    @classmethod
+    def _within_slots(cls, value: int) -> int:
+        if value > MAX_REPLICAS_LIMIT:
+            raise ValueError(
+                f"must be at most {MAX_REPLICAS_LIMIT}: a balancer has at most {MAX_SLOTS} server slots, "
+                "one of them kept spare for rolling updates"
+            )
+        return value
+
     @property
     def fip_addresses(self) -> list[str]:
         return [part.strip() for part in self.fip_pool.split(",") if part.strip()]
@@ -133,4 +147,14 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line per bad setting, named as the operator sets it: 'HYPERSERVICE_MAX_REPLICAS: must be ...'."""
+    problems = []
+    for error in exc.errors():
+        name = "HYPERSERVICE_" + "_".join(str(part) for part in error["loc"]).upper()
+        reason = str((error.get("ctx") or {}).get("error") or error["msg"])
+        problems.append(f"{name}: {reason} (got {error.get('input')!r})")
+    return "invalid settings: " + "; ".join(problems)
 

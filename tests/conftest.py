@@ -29,6 +29,8 @@ WEB_IMAGE = "hyperservice-test/web:1"
 WEB_IMAGE_2 = "hyperservice-test/web:2"
 LB_IMAGE = "hyperservice-test/haproxy:2.6"
 
+pytest_plugins = ["tests.swarm_lab"]  # the `lab` fixture: the multi-node test bed (scripts/swarm-lab)
+
 
 @pytest.fixture(scope="session")
 def docker_client() -> docker.DockerClient:
@@ -161,9 +163,19 @@ def web_body(name: str, replicas: int = 2, **extra) -> dict:
     return {"Name": name, "Image": WEB_IMAGE, "ServicePort": 80, "Replicas": replicas, **extra}
 
 
-def pytest_collection_modifyitems(items):
-    # Real-engine tests are marked by using the docker fixtures; keep unit tests first (fast feedback).
-    items.sort(key=lambda item: 0 if "docker_client" not in getattr(item, "fixturenames", ()) else 1)
+def needs_engine(item: pytest.Item) -> bool:
+    """A test needs the real engine when it uses the docker fixtures (`docker_client`, and so `backend`
+    and `api`) or says so with `@pytest.mark.docker` (one that reaches the engine another way)."""
+    return "docker_client" in getattr(item, "fixturenames", ()) or item.get_closest_marker("docker") is not None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every real-engine test carries the `docker` marker, so `-m "not docker"` runs the pure tests
+    # alone, in seconds, with no engine; keep unit tests first in a full run (fast feedback).
+    for item in items:
+        if needs_engine(item) and item.get_closest_marker("docker") is None:
+            item.add_marker(pytest.mark.docker)
+    items.sort(key=lambda item: 1 if needs_engine(item) else 0)
 
 
 os.environ.setdefault("HYPERSERVICE_DATA_DIR", "/tmp/hyperservice-tests-default")

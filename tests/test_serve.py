@@ -31,11 +31,15 @@ def served(tmp_path, docker_client):
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while True:  # a poll with a deadline: the daemon answers, or the fixture fails saying why
         try:
             httpx.get(url + "/openapi.json", headers={"authorization": "Bearer s3cret"}, timeout=1)
             break
         except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                output = process.communicate(timeout=30)[0].decode()
+                pytest.fail(f"`hyperservice serve` did not answer within 30 s:\n{output[-2000:]}")
             time.sleep(0.1)
     try:
         yield url

@@ -34,7 +34,7 @@ from textual.worker import Worker, WorkerState
 
 from backend.models import ContainerInfo, Service
 from tui.catalog import Catalog, Pull
-from tui.client import ApiClient, ApiError
+from tui.client import ApiClient, ApiError, ConsoleClient
 from tui.commands import ServiceCommands
 from tui.formatting import plain, visible
 from tui.messages import ConnectionChanged, ContainersChanged, LimitsChanged, PullProgressed, ServicesChanged
@@ -50,7 +50,7 @@ class ConsoleApp(App[None]):
     """The hyperservice console. `api_url` None: an in-process backend on the local Docker engine.
 
     Keyword-only extras (tests, benchmarks): `backend` (an in-process `Backend` to use, owned by the
-    caller), `client` (anything with `ApiClient`'s methods), `settings` (for the backend the app
+    caller), `client` (a `ConsoleClient`: an `ApiClient` or a test's fake), `settings` (for the backend the app
     starts itself), `clock` (what "now" is, for ages and uptimes).
     """
 
@@ -92,7 +92,7 @@ class ConsoleApp(App[None]):
         token: str | None = None,
         *,
         backend: Any = None,
-        client: Any = None,
+        client: ConsoleClient | None = None,
         settings: Any = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
@@ -100,7 +100,7 @@ class ConsoleApp(App[None]):
         self.api_url = api_url
         self.token = token
         self.catalog = Catalog()
-        self._client = client
+        self._client: ConsoleClient | None = client
         self._backend = backend
         self._own_backend = False
         self._settings = settings
@@ -114,7 +114,7 @@ class ConsoleApp(App[None]):
     # -- life cycle --------------------------------------------------------------------------
 
     @property
-    def client(self) -> ApiClient:
+    def client(self) -> ConsoleClient:
         assert self._client is not None, "the client is made on mount"
         return self._client
 

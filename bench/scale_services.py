@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Benchmark at real scale: hundreds of real services on the engine, then the console over all of them.
+
+Unlike bench/console.py (an in-memory stand-in for the engine), everything here is real: a backend
+with its reconciler on the local Docker engine, N services of one busybox replica each (and their
+balancers), created one after another. Printed:
+
+- create → active per service as the count grows (medians per block of 50: flat, not growing);
+- with all of them live: the console's start → first full paint, a replica killed → its row's Up
+  cell changed, CPU over idle seconds (the whole process: console + backend + reconciler), the
+  reconciler's resync cost (CPU of one pass over every service), threads and file descriptors;
+- memory: the process's RSS, dockerd's and containerd's RSS, and the containers' own.
+
+Everything it made is removed at the end (services deleted through the API, then by tenant label).
+Usage: python -m bench.scale_services [--services 300] [--idle 30] [--changes 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import docker
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backend.api import create_app  # noqa: E402
+from backend.core import Backend  # noqa: E402
+from backend.docker_driver import LABEL_TENANT  # noqa: E402
+from backend.settings import Settings  # noqa: E402
+
+WEB_IMAGE = "hyperservice-test/web:1"
+LB_IMAGE = "hyperservice-test/haproxy:2.6"
+
+
+def rss_mib(pid: int | str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def pids_of(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def wait_for(check, timeout: float, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s")
+
+
+async def create_all(api: httpx.AsyncClient, count: int) -> list[float]:
+    """Create services one after another; each: POST → status active (seconds)."""
+    times = []
+    for index in range(count):
+        name = f"scale{index:03d}"
+        body = {"Name": name, "Image": WEB_IMAGE, "ServicePort": 80, "Replicas": 1,
+                "HealthCheckInterval": 2, "HealthCheckRise": 1}
+        began = time.perf_counter()
+        answer = await api.post("/services/create", json=body)
+        if answer.status_code != 201:
+            raise RuntimeError(f"create {name}: {answer.status_code} {answer.text}")
+
+        async def active(name: str = name) -> bool:
+            status = (await api.get(f"/services/{name}")).json()
+            if status["Status"] == "error":
+                raise RuntimeError(f"{name}: {status['Message']}")
+            return status["Status"] == "active"
+
+        await wait_for(active, timeout=120, interval=0.05)
+        times.append(time.perf_counter() - began)
+        if (index + 1) % 50 == 0:
+            print(f"  {index + 1} services: last 50 median {statistics.median(times[-50:]):.2f} s", flush=True)
+    return times
+
+
+async def console_figures(backend: Backend, args: argparse.Namespace, client: docker.DockerClient) -> dict[str, str]:
+    from textual.widgets import DataTable
+
+    from tui.app import ConsoleApp
+    from tui.client import ApiClient
+
+    results: dict[str, str] = {}
+    names = [f"scale{i:03d}" for i in range(args.services)]
+    api_client = ApiClient.in_process(backend)
+    started = time.perf_counter()
+    app = ConsoleApp(backend=backend, client=api_client)
+    async with app.run_test(size=(200, 50)) as pilot:
+        table = app.screen.query_one("#services", DataTable)
+
+        def up_of(name: str) -> str:
+            try:
+                value = table.get_cell(name, "Up")
+            except Exception:
+                return ""
+            return getattr(value, "plain", str(value))
+
+        await wait_for(lambda: table.row_count == len(names) and all(up_of(n) == "1/1" for n in names), 120, 0.005)
+        await pilot.pause()
+        results["console: start → first full paint"] = f"{(time.perf_counter() - started) * 1000:.0f} ms"
+
+        latencies = []
+        for _ in range(args.changes):
+            name = random.choice(names)
+            replica_id = backend.store.get(name).containers[0]  # type: ignore[union-attr]
+            began = time.perf_counter()
+            client.containers.get(replica_id).kill()
+            await wait_for(lambda name=name: up_of(name) != "1/1", 30, 0.001)
+            latencies.append((time.perf_counter() - began) * 1000)
+            await wait_for(lambda name=name: up_of(name) == "1/1", 60, 0.05)  # replaced
+        results["console: replica killed → row updated"] = (
+            f"median {statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms ({len(latencies)} kills)"
+        )
+
+        await asyncio.sleep(2)
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.sleep(args.idle)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        results[f"idle CPU over {args.idle:g} s (console + backend)"] = f"{cpu / wall * 100:.1f}% of one core"
+    await api_client.aclose()
+    return results
+
+
+def resync_cost(backend: Backend) -> str:
+    """CPU and wall time of one pass of the reconciler over every service, done here directly."""
+    names = backend.store.names()
+    cpu, wall = time.thread_time(), time.perf_counter()
+    for name in names:
+        backend.reconciler.sync(name)
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    return f"{wall:.1f} s wall, {cpu:.1f} s CPU in this thread for {len(names)} services ({wall / len(names) * 1000:.0f} ms each)"
+
+
+async def run(args: argparse.Namespace) -> None:
+    client = docker.from_env()
+    with tempfile.TemporaryDirectory(prefix="hs-scale-") as tmp:
+        settings = Settings(
+            data_dir=Path(tmp) / "data", lb_image=LB_IMAGE, max_replicas=4,
+            address_pool="127.79.0.0/16", network_pool="10.214.0.0/16",
+        )
+        backend = Backend(settings)
+        backend.start()
+        tenant = backend.tenant
+        threads_before, fds_before = threading.active_count(), open_fds()
+        try:
+            transport = httpx.ASGITransport(app=create_app(backend))
+            async with httpx.AsyncClient(transport=transport, base_url="http://hyperservice", timeout=120) as api:
+                print(f"creating {args.services} services one after another ...", flush=True)
+                times = await create_all(api, args.services)
+                blocks = [times[i:i + 50] for i in range(0, len(times), 50)]
+                print("\ncreate → active, per block of 50 services (median, max):")
+                for number, block in enumerate(blocks):
+                    print(f"  services {number * 50 + 1:>3}-{number * 50 + len(block):<3} "
+                          f"{statistics.median(block):.2f} s  {max(block):.2f} s")
+                figures = {
+                    "backend threads (before → with all)": f"{threads_before} → {threading.active_count()}",
+                    "open file descriptors": f"{fds_before} → {open_fds()}",
+                    "reconciler: one resync pass": resync_cost(backend),
+                }
+                figures.update(await console_figures(backend, args, client))
+                containers = client.containers.list(filters={"label": f"{LABEL_TENANT}={tenant}"})
+                figures["containers running"] = str(len(containers))
+                figures["process RSS now / peak"] = (
+                    f"{rss_mib('self'):.0f} MiB / {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+                )
+                figures["dockerd RSS"] = f"{sum(rss_mib(p) for p in pids_of('dockerd')):.0f} MiB"
+                figures["containerd + shims RSS"] = (
+                    f"{sum(rss_mib(p) for p in pids_of('containerd') + pids_of('containerd-shim')):.0f} MiB"
+                )
+                usage = sum(
+                    (c.stats(stream=False).get("memory_stats") or {}).get("usage", 0) for c in containers[:30]
+                ) / max(1, min(30, len(containers)))
+                figures["memory per container (mean of 30)"] = f"{usage / 2**20:.1f} MiB"
+                print(f"\nwith {args.services} services live:")
+                for what, figure in figures.items():
+                    print(f"  {what:<44} {figure}")
+                print("\ndeleting ...", flush=True)
+                for index in range(args.services):
+                    await api.delete(f"/services/scale{index:03d}")
+        finally:
+            backend.close()
+            for container in client.containers.list(all=True, filters={"label": f"{LABEL_TENANT}={tenant}"}):
+                container.remove(force=True)
+            for network in client.networks.list(filters={"label": f"{LABEL_TENANT}={tenant}"}):
+                network.remove()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="hyperservice with hundreds of real services.")
+    parser.add_argument("--services", type=int, default=300)
+    parser.add_argument("--idle", type=float, default=30.0)
+    parser.add_argument("--changes", type=int, default=10)
+    asyncio.run(run(parser.parse_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
