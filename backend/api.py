@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.core import Backend, Conflict, Invalid, NotFound
-from backend.docker_driver import EngineUnavailable
+from backend.docker_driver import MAX_IMAGE_TAGS, EngineUnavailable
 from backend.models import (
     ContainerInfo,
     ErrorBody,
@@ -371,6 +371,14 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
     def floating_ips() -> list[dict[str, str]]:
         """Extension: the floating IP pool, each address with the service it is attached to ("" = free)."""
         return backend.floating_ips()
+
+    @app.get("/images", response_model=list[str], responses=_ERRORS)
+    def images(
+        prefix: str = Query("", max_length=300, description="only references starting with this"),
+        limit: int = Query(MAX_IMAGE_TAGS, ge=1, le=500, description="the most references answered"),
+    ) -> list[str]:
+        """Extension: the image references (repository:tag) the engine has, sorted (for suggestions)."""
+        return backend.images(prefix, limit)
 
     @app.get("/limits", responses=_ERRORS)
     def limits() -> dict[str, int]:

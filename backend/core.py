@@ -32,6 +32,7 @@ from backend.docker_driver import (
     LABEL_TENANT,
     LABEL_UID,
     LABEL_VOLUME,
+    MAX_IMAGE_TAGS,
     ROLE_REPLICA,
     DockerDriver,
     EngineUnavailable,
@@ -304,6 +305,10 @@ class Backend:
             Image=record.spec.Image if current else container.attrs.get("Config", {}).get("Image", ""),
             Outdated=not current,
         )
+
+    def images(self, prefix: str = "", limit: int = MAX_IMAGE_TAGS) -> list[str]:
+        """The image references (repository:tag) on the engine starting with `prefix`, sorted, at most `limit`."""
+        return self.driver.image_tags(prefix, limit)
 
     def log_sources(self, name: str, container: str | None) -> list[tuple[str, str]]:
         """(replica name, container id) of the replicas whose logs are asked for."""

@@ -11,6 +11,10 @@ Named volumes live in the installation's namespace too: `data` of service `db` i
 that this installation did not create for that service is never mounted. Every replica gets the same
 hardening: a pids limit, rotated json-file logs and no-new-privileges.
 
+A missing image is pulled with Docker's streaming pull: `PullTracker` adds the layers' download
+progress up to bytes done / known total and layers pulled, reported to the caller at most every
+`PULL_PROGRESS_EVERY` seconds (the reconciler shows it as the service's status message).
+
 The docker SDK is synchronous; callers run it on worker threads, never on an event loop.
 """
 
@@ -24,13 +28,15 @@ import os
 import secrets
 import string
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, overload
 
 import docker
 import docker.errors
+import docker.utils
 import requests
 import urllib3.exceptions
 from docker.models.containers import Container
@@ -58,6 +64,8 @@ ROLE_VOLUME = "volume"
 STOP_TIMEOUT = 10  # seconds a replica gets to exit after its StopSignal before it is killed
 TEARDOWN_STOP_TIMEOUT = 2  # ... when its service is deleted (nothing waits for it any more)
 PING_TIMEOUT = 2.0  # seconds a ping may take: the engine watcher must not hang on a dead host
+PULL_PROGRESS_EVERY = 0.5  # seconds between two progress reports of one pull
+MAX_IMAGE_TAGS = 50  # the most image references one listing answers
 
 
 _T_co = TypeVar("_T_co", covariant=True)
@@ -89,6 +97,90 @@ class VolumeNotOurs(Exception):
 
 class VolumeInUse(Exception):
     """A volume to remove is still mounted by a container."""
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """How far a pull is: bytes downloaded of the layers whose size is known so far, and layers
+    pulled (downloaded and extracted, or on the engine already) of the layers seen so far."""
+
+    reference: str
+    done: int = 0
+    total: int = 0
+    layers: int = 0
+    layers_done: int = 0
+
+    @property
+    def percent(self) -> int | None:
+        """Whole percent of the known bytes (100 only when all of them are in); None: none known."""
+        if self.total <= 0:
+            return None
+        return min(100, self.done * 100 // self.total)
+
+    def describe(self) -> str:
+        """"Pulling 39% (3.1 MB of 7.9 MB), 2 of 3 layers of image web:1" ("Pulling image web:1" until
+        the engine says what the layers are). The figures come first: a narrow column keeps them."""
+        if not self.layers:
+            return f"Pulling image {self.reference}"
+        size = f"{self.percent}% ({format_size(self.done)} of {format_size(self.total)}), " if self.total else ""
+        return f"Pulling {size}{self.layers_done} of {self.layers} layers of image {self.reference}"
+
+
+@dataclass
+class _Layer:
+    current: int = 0  # bytes downloaded
+    total: int = 0  # the download's size (0: not known yet)
+    complete: bool = False  # downloaded and extracted, or on the engine already
+
+
+@dataclass
+class PullTracker:
+    """Adds up the per-layer lines of Docker's pull stream ({"status", "id", "progressDetail"})."""
+
+    reference: str
+    layers: dict[str, _Layer] = field(default_factory=dict)
+
+    def feed(self, event: dict[str, Any]) -> bool:
+        """Take one line of the stream; answer whether the progress changed."""
+        layer_id, status = event.get("id"), str(event.get("status") or "")
+        if not layer_id or status.startswith("Pulling from"):  # "Digest: ...", "Status: ..." or the tag's line
+            return False
+        before = self.progress()
+        layer = self.layers.setdefault(str(layer_id), _Layer())
+        detail = event.get("progressDetail") or {}
+        if status == "Downloading":
+            layer.total = int(detail.get("total") or layer.total)
+            layer.current = max(layer.current, int(detail.get("current") or 0))
+        elif status in ("Verifying Checksum", "Download complete", "Extracting", "Pull complete"):
+            if status == "Extracting" and not layer.total:  # extracting counts the downloaded bytes again
+                layer.total = int(detail.get("total") or 0)
+            layer.current = max(layer.current, layer.total)
+            layer.complete = layer.complete or status == "Pull complete"
+        elif status == "Already exists":
+            layer.complete = True
+        return self.progress() != before
+
+    def progress(self) -> PullProgress:
+        layers = self.layers.values()
+        return PullProgress(
+            self.reference,
+            done=sum(min(layer.current, layer.total) if layer.total else layer.current for layer in layers),
+            total=sum(layer.total for layer in layers),
+            layers=len(self.layers),
+            layers_done=sum(1 for layer in layers if layer.complete),
+        )
+
+
+def format_size(size: int) -> str:
+    """Bytes as Docker says them: 512 B, 3.1 MB (decimal units)."""
+    if size < 1000:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("kB", "MB", "GB", "TB"):
+        value /= 1000
+        if value < 999.95 or unit == "TB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -177,17 +269,52 @@ class DockerDriver:
         except docker.errors.ImageNotFound:
             return False
 
-    def ensure_image(self, reference: str) -> str:
-        """The image's ID, pulling it first when the engine does not have it."""
+    def ensure_image(
+        self,
+        reference: str,
+        on_progress: Callable[[PullProgress], None] | None = None,
+        every: float = PULL_PROGRESS_EVERY,
+    ) -> str:
+        """The image's ID, pulling it first when the engine does not have it.
+
+        While pulling, `on_progress` (called on this thread) hears how far it is: at once (nothing
+        known yet), then at most every `every` seconds as the layers come in, and once at the end.
+        """
         try:
             return object_id(self.client.images.get(reference))
         except docker.errors.ImageNotFound:
             pass
         log.info("pulling image %s", reference)
+        repository, tag = docker.utils.parse_repository_tag(reference)
+        tracker = PullTracker(reference)
+        if on_progress is not None:
+            on_progress(tracker.progress())
+        last_report = time.monotonic()
         try:
-            return object_id(self.client.images.pull(reference))
+            # No tag would pull every tag of the repository; a digest goes in `tag` as well.
+            for event in self.client.api.pull(repository, tag or "latest", stream=True, decode=True):
+                if event.get("error"):  # failures after the stream began come as a line of it
+                    problem = str(event["error"]).strip().splitlines()[0][:200]
+                    raise ImageUnavailable(f"image {reference} not found ({problem})")
+                if tracker.feed(event) and on_progress is not None and time.monotonic() - last_report >= every:
+                    last_report = time.monotonic()
+                    on_progress(tracker.progress())
+            image = self.client.images.get(reference)
         except docker.errors.APIError as exc:
             raise ImageUnavailable(f"image {reference} not found ({_short(exc)})") from exc
+        if on_progress is not None:
+            on_progress(tracker.progress())
+        return object_id(image)
+
+    def image_tags(self, prefix: str = "", limit: int = MAX_IMAGE_TAGS) -> list[str]:
+        """The engine's image references (repository:tag) starting with `prefix`, sorted, at most `limit`."""
+        tags = {
+            tag
+            for image in self.client.api.images()
+            for tag in image.get("RepoTags") or []
+            if tag.startswith(prefix) and tag != "<none>:<none>"
+        }
+        return sorted(tags)[:limit]
 
     # -- the network ----------------------------------------------------------------------------
 

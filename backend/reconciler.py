@@ -46,6 +46,7 @@ from backend.docker_driver import (
     DockerDriver,
     EngineUnavailable,
     ImageUnavailable,
+    PullProgress,
     ServiceRef,
     SubnetTaken,
     engine_calls,
@@ -323,10 +324,8 @@ class Reconciler:
     def _converge(self, record: ServiceRecord) -> Outcome:
         spec, ref = record.spec, ServiceRef(record.name, record.uid)
         network = self._ensure_network(record)
-        if record.status == ServiceStatus.created and not self.driver.has_image(spec.Image):
-            self.report(record.name, ServiceStatus.scaling, f"Pulling image {spec.Image}")
         try:
-            self.driver.ensure_image(spec.Image)
+            self.driver.ensure_image(spec.Image, on_progress=lambda progress: self._pulling(record, progress))
         except ImageUnavailable as exc:
             return Outcome(ServiceStatus.error, str(exc), again_in=self._backoff(record.name))
 
@@ -390,6 +389,19 @@ class Reconciler:
             # Waiting for health checks: the balancer's health events wake us sooner.
             return self._progress(record, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
         return Outcome(ServiceStatus.active, "Scaling complete")
+
+    def _pulling(self, record: ServiceRecord, progress: PullProgress) -> None:
+        """A pull of the service's image got further: say so in its status message and as a `pull`
+        event (bytes and layers, for a progress bar). A service in `error` (its image could not be
+        pulled before) keeps that status until the engine reports layers coming in."""
+        if not progress.layers and record.status == ServiceStatus.error:
+            return
+        status = ServiceStatus.updating if record.status == ServiceStatus.updating else ServiceStatus.scaling
+        self.report(record.name, status, progress.describe())
+        self.hub.publish(
+            "pull", "progress", Name=record.name, Image=progress.reference, Done=progress.done,
+            Total=progress.total, Percent=progress.percent, Layers=progress.layers, LayersDone=progress.layers_done,
+        )
 
     def _ensure_network(self, record: ServiceRecord) -> Network:
         """The service's network on its own subnet of the network pool; when someone else on the engine

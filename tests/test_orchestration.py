@@ -99,10 +99,10 @@ async def test_a_missing_image_turns_the_service_to_error_naming_the_image(api: 
     attempts: list[str] = []
     real_ensure = backend.driver.ensure_image
 
-    def counting(reference):
+    def counting(reference, *args, **kwargs):
         if reference.startswith("hbx-no-such-image"):
             attempts.append(reference)
-        return real_ensure(reference)
+        return real_ensure(reference, *args, **kwargs)
 
     monkeypatch.setattr(backend.driver, "ensure_image", counting)
     response = await api.post("/services/create", json=web_body("ghost", 1, Image="hbx-no-such-image:1"))

@@ -101,6 +101,8 @@ class ConsoleClient(Protocol):
 
     async def floating_ips(self) -> list[FloatingIP]: ...
 
+    async def images(self, prefix: str = "", limit: int | None = None) -> list[str]: ...
+
     async def limits(self) -> Limits: ...
 
     # streams: async generators, so plain `def`s answering an async iterator
@@ -337,6 +339,14 @@ class ApiClient:
         """The floating IP pool, each address with its holder (`GET /fips`)."""
         response = await self._request("GET", "/fips")
         return [FloatingIP.model_validate(item) for item in response.json()]
+
+    async def images(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        """The image references (repository:tag) the backend's engine has, sorted (`GET /images`)."""
+        params: dict[str, Any] = {"prefix": prefix}
+        if limit is not None:
+            params["limit"] = limit
+        response = await self._request("GET", "/images", params=params)
+        return [str(reference) for reference in response.json()]
 
     async def limits(self) -> Limits:
         response = await self._request("GET", "/limits")

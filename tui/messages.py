@@ -37,3 +37,10 @@ class LimitsChanged(Message):
     """The backend said which limits it validates against (`GET /limits`, when attached remotely)."""
 
     max_replicas: int
+
+
+@dataclass
+class PullProgressed(Message):
+    """The pull of service `name`'s image got further (the Catalog's `pulls` has how far)."""
+
+    name: str

@@ -74,6 +74,9 @@ def sample_stats(service: Service) -> list[ReplicaStats]:
     ]
 
 
+IMAGES = ["busybox:1.36", "hyperservice-test/haproxy:2.6", "hyperservice-test/web:1", "hyperservice-test/web:2",
+          "nginx:1.27", "redis:7-alpine"]
+
 FIP_POOL = [("192.0.2.10", ""), ("192.0.2.11", "cache"), ("192.0.2.12", "")]
 
 LOG_LINES = [
@@ -97,6 +100,10 @@ class FakeClient:
 
     async def limits(self) -> Limits:
         return Limits(MaxReplicas=100)
+
+    async def images(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        self.calls.append("images")
+        return [reference for reference in IMAGES if reference.startswith(prefix)][:limit]
 
     async def floating_ips(self) -> list[FloatingIP]:
         return [FloatingIP(Address=a, Service=s) for a, s in FIP_POOL]

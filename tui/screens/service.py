@@ -1,7 +1,7 @@
-"""`ServiceScreen`: one service — its state and progress, its replicas (live, with the balancer's
-health and CPU / memory from the stats stream), its logs (live, searchable) and every field of its
-spec; with the actions scale, update image, floating IP, delete, and copying a container id or the
-service's address.
+"""`ServiceScreen`: one service — its state and progress (bytes pulled, while its image is pulled),
+its replicas (live, with the balancer's health and CPU / memory from the stats stream), its logs
+(live, searchable) and every field of its spec; with the actions scale, update image, floating IP,
+delete, and copying a container id or the service's address.
 
 The stats stream (`GET /services/{name}/stats`) is read only while this screen exists: a thin worker
 hands samples over in batches; the stream is (re)opened whenever the set of running replicas changes
@@ -33,7 +33,7 @@ from tui.formatting import (
     status_text,
     visible,
 )
-from tui.messages import ContainersChanged, ServicesChanged
+from tui.messages import ContainersChanged, PullProgressed, ServicesChanged
 from tui.screens.actions import ServiceActions
 from tui.screens.base import Banner, ConsoleScreen
 from tui.widgets.service.containers_table import ContainersTable
@@ -182,6 +182,10 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         progress.display = busy
         if not busy:
             return
+        pull = self.app.catalog.pull_of(service)
+        if pull is not None and pull.total:  # bytes pulled of those known (the message says the rest)
+            progress.update(total=pull.total, progress=pull.done)
+            return
         if service.Message.startswith("Pulling") or replicas is None:
             progress.update(total=None)
             return
@@ -283,6 +287,10 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
                 self.app.pop_screen()
             return
         self.redraw()
+
+    def on_pull_progressed(self, message: PullProgressed) -> None:
+        if message.name == self.service_name:
+            self.redraw()
 
     def on_containers_changed(self, message: ContainersChanged) -> None:
         if message.name == self.service_name:
