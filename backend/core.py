@@ -1,9 +1,10 @@
 """The backend's operations, UI-free and HTTP-free: what the API routes call.
 
 `Backend` owns the pieces (store, Docker driver, reconciler, change feed) and offers one method per
-operation: create, list_services, get, update, delete, containers, logs. Requests are validated before they
-get here (the API does it with the models); errors are raised as the exceptions below, which the API
-maps to status codes.
+operation: create, list_services, get, update, delete, containers, logs, service_history. Requests are
+validated before they get here (the API does it with the models); errors are raised as the exceptions
+below, which the API maps to status codes. The operator's operations take `by` (who asked: "local" until
+callers are named) and are recorded in the service's history.
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ from backend.docker_driver import (
     volume_name,
 )
 from backend.events import EventHub
+from backend.history import DEFAULT_WINDOW, History
 from backend.models import (
     ContainerInfo,
     FieldError,
     Service,
+    ServiceHistory,
     ServiceSpec,
     ServiceStatus,
     ServiceUpdate,
@@ -60,6 +63,8 @@ from backend.store import (
     ServiceRecord,
     Store,
 )
+
+LOCAL = "local"  # who asked, for an operation without a named caller (the console, an untokened API)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +135,7 @@ class Backend:
 
     # -- operations --------------------------------------------------------------------------
 
-    def create(self, spec: ServiceSpec) -> Service:
+    def create(self, spec: ServiceSpec, by: str = LOCAL) -> Service:
         try:
             record = self.store.insert(spec, ServiceStatus.created, "Service is created")
         except (AddressPoolExhausted, NetworkPoolExhausted) as exc:
@@ -141,6 +146,11 @@ class Backend:
                 [FieldError(field="Name", message=f"{spec.Name} is taken by an existing service")],
             ) from None
         self.hub.publish("service", "created", Name=record.name, Status=record.status, Message=record.message)
+        self.history.record(
+            name=record.name, type="action", action="create", by=by,
+            message=f"created: {spec.Image}, {spec.Replicas} replica{'s' if spec.Replicas != 1 else ''}, "
+                    f"size {spec.ContainerSize}",
+        )
         self.reconciler.enqueue(record.name)
         return self.service_object(record)
 
@@ -150,7 +160,7 @@ class Backend:
     def get(self, name: str) -> Service:
         return self.service_object(self._record(name))
 
-    def update(self, name: str, change: ServiceUpdate) -> Service:
+    def update(self, name: str, change: ServiceUpdate, by: str = LOCAL) -> Service:
         """Apply the change in one transaction on the fields it names (nothing else is rewritten)."""
         before = self._record(name)
         if change.Replicas is not None and before.subnet and change.Replicas > subnet_capacity(before.subnet):
@@ -170,6 +180,7 @@ class Backend:
             raise Conflict(reason, [FieldError(field="FIP", message=reason)]) from None
         if record is None:
             raise NotFound(f"no service named {name}")
+        self._record_update(name, before, change, by)
         if change.FIP is not None and before.fip != change.FIP:
             what = f"Attaching floating IP {change.FIP}" if change.FIP else f"Detaching floating IP {before.fip}"
             self.reconciler.report(name, ServiceStatus.updating, what)
@@ -180,6 +191,28 @@ class Backend:
         self.hub.publish("service", "updated", Name=name)
         self.reconciler.enqueue(name)
         return self.get(name)
+
+    def _record_update(self, name: str, before: ServiceRecord, change: ServiceUpdate, by: str) -> None:
+        """The operator's update in the service's history: one entry per field that changed (a new
+        Image always does: the same reference again is a redeploy)."""
+        if change.Replicas is not None and change.Replicas != before.spec.Replicas:
+            self.history.record(
+                name=name, type="action", action="scale", by=by,
+                message=f"scale from {before.spec.Replicas} to {change.Replicas} replicas",
+            )
+        if change.Image is not None:
+            what = (f"redeploy {change.Image}" if change.Image == before.spec.Image
+                    else f"image update: {before.spec.Image} → {change.Image}")
+            self.history.record(name=name, type="action", action="image", by=by, message=what)
+        if change.FIP is not None and before.fip != change.FIP:
+            if change.FIP:
+                self.history.record(
+                    name=name, type="action", action="fip-attach", by=by, message=f"attach floating IP {change.FIP}"
+                )
+            else:
+                self.history.record(
+                    name=name, type="action", action="fip-detach", by=by, message=f"detach floating IP {before.fip}"
+                )
 
     def _check_fip_pool(self, fip: str) -> None:
         pool = self.settings.fip_addresses
@@ -192,7 +225,7 @@ class Backend:
         owners = self.store.fip_owners()
         return [{"Address": address, "Service": owners.get(address, "")} for address in self.settings.fip_addresses]
 
-    def delete(self, name: str, keep: bool = False, volumes: bool = False) -> None:
+    def delete(self, name: str, keep: bool = False, volumes: bool = False, by: str = LOCAL) -> None:
         """Mark the service deleted and wait (bounded) for the reconciler to tear it down.
 
         Its named volumes stay (the data outlives the service; a service of the same name mounts them
@@ -205,6 +238,10 @@ class Backend:
         record = self._record(name)
         if volumes:
             self._check_volumes_free(record)
+        self.history.record(
+            name=name, type="action", action="delete", by=by,
+            message="delete" + (", keeping the containers" if keep else "") + (", with its volumes" if volumes else ""),
+        )
         self.store.mark_deleting(name, keep, volumes)
         self.hub.publish("service", "status", Name=name, Status=ServiceStatus.deleting.value, Message="Deleting")
         self.reconciler.enqueue(name)
@@ -225,6 +262,17 @@ class Backend:
                         f"volume {volume_label(volume)} is still mounted by container {user.name}, which is not "
                         f"part of service {record.name}; remove that container first, or delete without volumes=true"
                     )
+
+    @property
+    def history(self) -> History:
+        return self.reconciler.history
+
+    def service_history(self, name: str, limit: int = 100, window: int = DEFAULT_WINDOW) -> ServiceHistory:
+        """The service's last `limit` history entries and its trouble of the last `window` s, grouped."""
+        found = self.history.read(name, limit, window)
+        if found is None:
+            raise NotFound(f"no service named {name}")
+        return found
 
     def volumes(self, name: str) -> list[VolumeInfo]:
         """The service's named volumes: those its spec mounts (created or not yet), then any other

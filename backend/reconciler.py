@@ -45,6 +45,7 @@ from backend.docker_driver import (
 )
 from backend.events import EventHub
 from backend.haproxy import slot_name
+from backend.history import History, exit_reason
 from backend.models import ServiceStatus
 from backend.settings import Settings
 from backend.store import ServiceRecord, Store
@@ -73,6 +74,7 @@ class Reconciler:
         self.store = store
         self.driver = driver
         self.hub = hub
+        self.history = History(store, hub, driver)  # each service's story, kept in the store
         self.resync_seconds = settings.resync_seconds
         self.replace_down_after = settings.replace_down_after
         workers = settings.workers
@@ -187,6 +189,7 @@ class Reconciler:
             return
         self.mark_dirty(name)
         if event.get("Type") == "container":
+            self.history.on_docker_event(event)
             action = str(event.get("Action") or event.get("status") or "")
             self.hub.publish(
                 "container",
@@ -208,6 +211,12 @@ class Reconciler:
                 "container", "health", Service=name, Id=owner[0], Name=owner[1], Health=health.health,
                 HealthSince=health.since.isoformat().replace("+00:00", "Z"),
             )
+            what = {"UP": "passes its health check", "DOWN": "fails its health check"}.get(health.health)
+            if what:  # "starting" is no news: the replica's start says it
+                self.history.record(
+                    name=name, type="health", action=health.health, replica=owner[1],
+                    message=f"{owner[1]} {health.health} ({what})", if_changed=True,
+                )
 
     def _resync_loop(self) -> None:
         while not self._stopping.wait(self.resync_seconds):
@@ -289,6 +298,7 @@ class Reconciler:
         if leaving:
             self.balancers.wait_drained(balancers, [c.labels.get(LABEL_SLOT, "") for c in leaving])
         if dead or leaving:
+            self._record_removals(record, dead, leaving, outdated)
             self.driver.remove_many(dead, graceful=False)
             self.driver.remove_many(leaving)
 
@@ -310,6 +320,32 @@ class Reconciler:
             # Waiting for health checks: the balancer's health events wake us sooner.
             return self._progress(record, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
         return Outcome(ServiceStatus.active, "Scaling complete")
+
+    def _record_removals(
+        self, record: ServiceRecord, dead: list[Container], leaving: list[Container], outdated: list[Container]
+    ) -> None:
+        """Tell the history why replicas go (their `die` is then no trouble)."""
+        self.history.expect_removal(object_id(c) for c in dead + leaving)
+        for container in dead:
+            state = container.attrs.get("State") or {}
+            if container.status in ALIVE_STATES:  # alive, but DOWN for too long
+                known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
+                down_for = (datetime.now(UTC) - known.since).total_seconds() if known else self.replace_down_after
+                reason, exit_code, oom = f"DOWN for {down_for:.0f} s", None, False
+            else:
+                exit_code, oom = state.get("ExitCode"), bool(state.get("OOMKilled"))
+                reason = exit_reason(exit_code, oom)
+            self.history.record(
+                name=record.name, type="replica", action="replace", replica=object_name(container),
+                message=f"replaced {object_name(container)} ({reason})", exit_code=exit_code, oom_killed=oom,
+            )
+        for container in leaving:
+            why = (f"rolled to {record.spec.Image}" if container in outdated
+                   else f"scaled down to {record.spec.Replicas}")
+            self.history.record(
+                name=record.name, type="replica", action="remove", replica=object_name(container),
+                message=f"removed {object_name(container)} ({why})",
+            )
 
     def _ensure_network(self, record: ServiceRecord) -> Network:
         """The service's network on its own subnet of the network pool; when someone else on the engine
@@ -359,6 +395,7 @@ class Reconciler:
             errors = [error for f in futures if (error := f.exception()) is not None]
             created = [f.result() for f in futures if f.exception() is None]
         if errors:
+            self.history.expect_removal(object_id(c) for c in created)
             self.driver.remove_many(created, graceful=False)  # nothing half-created
             raise errors[0]
         return created
@@ -420,6 +457,7 @@ class Reconciler:
             self._retry_at.pop(name, None)
         if self.store.set_status(name, str(status), message, generation):
             self.hub.publish("service", "status", Name=name, Status=str(status), Message=message)
+            self.history.record(name=name, type="status", action=str(status), message=message)
 
 
 def _free_slots(staying: list[Container], count: int) -> list[str]:
@@ -444,9 +482,16 @@ def _crash_looping(container: Container) -> bool:
 
 def describe_crash(container: Container) -> str:
     state = container.attrs.get("State") or {}
+    restarts = container.attrs.get("RestartCount", 0)
+    if state.get("OOMKilled"):
+        limit = int((container.attrs.get("HostConfig") or {}).get("Memory") or 0) // 2**20
+        return (
+            f"replica {container.name} keeps exiting (exit code {state.get('ExitCode')}, OOM-killed, {restarts} "
+            f"restarts): it needs more than its {limit} MiB of memory; choose a larger ContainerSize"
+        )
     return (
         f"replica {container.name} keeps exiting (exit code {state.get('ExitCode')}, "
-        f"{container.attrs.get('RestartCount', 0)} restarts); see its logs"
+        f"{restarts} restarts); see its logs"
     )
 
 
