@@ -214,7 +214,11 @@ async def test_history_names_an_oom_kill_groups_it_and_survives_a_restart(tmp_pa
             assert any(e["Type"] == "replica" and e["Action"] == "start" for e in history["Events"])
 
             # ... and the service's own status says why it fails
-            crashing = await wait_status(api, "hog", "error", 60)
+            async def says_oom():
+                body = (await api.get("/services/hog")).json()
+                return body if body["Status"] == "error" and "OOM-killed" in body["Message"] else None
+
+            crashing = await eventually(says_oom, 60, what="hog's error to name the OOM kill")
             assert f"replica {kill['Replica']} keeps exiting (exit code 137, OOM-killed" in crashing["Message"]
             assert "more than its 64 MiB of memory; choose a larger ContainerSize" in crashing["Message"]
 
@@ -276,3 +280,23 @@ async def test_scaling_down_is_a_removal_not_trouble_and_health_is_recorded(back
     assert body["Summary"] == []
     statuses = [e["Action"] for e in body["Events"] if e["Type"] == "status"]
     assert statuses[-1] == "active" and "scaling" in statuses
+
+
+async def test_a_replica_stopped_by_hand_shows_its_exit_and_its_replacement(backend: Backend, api, docker_client):
+    assert (await api.post("/services/create", json=web_body("heal", 1))).status_code == 201
+    body = await wait_status(api, "heal", "active", 60)
+    victim = docker_client.containers.get(body["Containers"][0])
+    victim.stop(timeout=1)  # the restart policy leaves it down: the reconciler replaces it
+    victim.reload()
+    code = victim.attrs["State"]["ExitCode"]
+
+    async def replaced():
+        events = (await api.get("/services/heal/events")).json()
+        return events if any(e["Action"] == "replace" for e in events["Events"]) else None
+
+    history = await eventually(replaced, 30, what="the replacement in the history")
+    about = [(e["Action"], e["ExitCode"], e["OOMKilled"], e["Message"]) for e in history["Events"] if e["Replica"] == victim.name]
+    assert ("die", code, False, f"{victim.name} exited with code {code}") in about
+    assert ("replace", code, False, f"replaced {victim.name} (exited {code})") in about
+    causes = {g["Cause"]: g for g in history["Summary"]}
+    assert causes[f"exited (code {code})"]["Replicas"] == [victim.name] and causes["replaced"]["Count"] == 1
