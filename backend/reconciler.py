@@ -7,7 +7,9 @@ Controller-style, as in Kubernetes' sample-controller:
   outdated replicas to the new image one at a time (one extra replica at most, never fewer ready
   replicas than asked for), tear a deleted service down;
 - a step that waits for something asks to be looked at again shortly; a step that fails is retried
-  with exponential backoff, and the service shows `error` with the reason meanwhile.
+  with exponential backoff, and the service shows `error` with the reason meanwhile;
+- what it sees and does (status changes, replicas started, exited, OOM-killed, replaced or removed,
+  health changes) goes into the service's history (`backend.history`).
 """
 
 from __future__ import annotations
@@ -405,7 +407,9 @@ class Reconciler:
         ref = ServiceRef(record.name, record.uid)
         self.balancers.remove_all(ref)  # the address stops answering first
         if not record.keep:
-            self.driver.remove_many(self.driver.containers(ref))
+            containers = self.driver.containers(ref)
+            self.history.expect_removal(object_id(c) for c in containers)  # their exits are no trouble
+            self.driver.remove_many(containers)
             self.driver.remove_network(ref)
             if record.remove_volumes:  # only when the delete asked for it: volumes hold the data
                 self.driver.remove_service_volumes(record.name)
