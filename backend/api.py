@@ -30,17 +30,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.core import Backend, Conflict, Invalid, NotFound
 from backend.docker_driver import MAX_IMAGE_TAGS, EngineUnavailable
+from backend.history import DEFAULT_WINDOW
 from backend.models import (
     ContainerInfo,
     ErrorBody,
     FieldError,
     Service,
+    ServiceHistory,
     ServiceSpec,
     ServiceUpdate,
     VolumeInfo,
     field_errors,
     summarise,
 )
+from backend.store import EVENTS_KEPT
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +359,18 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
     def service_volumes(name: str) -> list[VolumeInfo]:
         """Extension: the service's named volumes, each with its scoped name on the engine."""
         return backend.volumes(name)
+
+    @app.get("/services/{name}/events", response_model=ServiceHistory, responses=_ERRORS)
+    def service_events(
+        name: str,
+        limit: int = Query(100, ge=1, le=EVENTS_KEPT, description="the last this many entries"),
+        window: int = Query(DEFAULT_WINDOW, ge=1, le=86_400, description="seconds back the Summary looks"),
+    ) -> ServiceHistory:
+        """Extension: the service's history, oldest first (status changes; replica starts, exits with
+        exit code and OOM kills, replacements; health changes; operator actions), kept across restarts
+        (the last 500 per service), and `Summary`: the trouble of the last `window` seconds grouped by
+        cause, most telling first ("1 replica OOM-killed 3 times in the last 5 min")."""
+        return backend.service_history(name, limit, window)
 
     @app.get("/services/{name}/containers", response_model=list[ContainerInfo], responses=_ENGINE_ERRORS)
     def service_containers(name: str) -> list[ContainerInfo]:

@@ -347,9 +347,18 @@ class Balancers:
     def _snapshot(self, record: ServiceRecord, primary: Container) -> None:
         try:
             snapshot = haproxy.parse_servers_state(self._ask(primary, haproxy.SHOW_SERVERS_STATE))
-            self.board(record.uid).load_snapshot(snapshot)
+            board = self.board(record.uid)
+            before = board.all()
+            board.load_snapshot(snapshot)
         except BalancerError as exc:
             log.info("no health snapshot of %s yet: %s", primary.name, exc)
+            return
+        # A replica's health learnt from the snapshot (not from a log line) is a change too: a new
+        # balancer's servers are first seen UP here.
+        for slot, known in board.all().items():
+            previous = before.get(slot)
+            if previous is None or previous.health != known.health:
+                self._on_health(record.name, slot, ReplicaHealth(known.health, known.since))
 
     def _refresh_if_stuck(self, record: ServiceRecord, primary: Container) -> None:
         """A safety net: a replica still "starting" long after its checks must have run gets a

@@ -1,13 +1,16 @@
 """The backend's operations, UI-free and HTTP-free: what the API routes call.
 
 `Backend` owns the pieces (store, Docker driver, reconciler, change feed) and offers one method per
-operation: create, list_services, get, update, delete, containers, logs. Requests are validated before they
+operation: create, list_services, get, update, delete, containers, logs, service_history. Requests are validated before they
 get here (the API does it with the models); errors are raised as the exceptions below, which the API
 maps to status codes. Reads of the engine raise EngineUnavailable when it cannot be reached (503);
 operations on the store (create, update, delete) are accepted whether or not it can.
 
 The followers (live logs, stats) own the threads that read Docker's blocking streams; they hold a
 bounded buffer for a slow client and end every thread and stream when the client goes.
+
+The operator's operations take `by` (who asked: "local" until callers are named) and are recorded in
+the service's history.
 """
 
 from __future__ import annotations
@@ -46,10 +49,12 @@ from backend.docker_driver import (
     volume_name,
 )
 from backend.events import EventHub
+from backend.history import DEFAULT_WINDOW, History
 from backend.models import (
     ContainerInfo,
     FieldError,
     Service,
+    ServiceHistory,
     ServiceSpec,
     ServiceStatus,
     ServiceUpdate,
@@ -67,6 +72,8 @@ from backend.store import (
     Store,
     rfc3339_now,
 )
+
+LOCAL = "local"  # who asked, for an operation without a named caller (the console, an untokened API)
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +151,7 @@ class Backend:
 
     # -- operations --------------------------------------------------------------------------
 
-    def create(self, spec: ServiceSpec) -> Service:
+    def create(self, spec: ServiceSpec, by: str = LOCAL) -> Service:
         try:
             record = self.store.insert(spec, ServiceStatus.created, "Service is created")
         except (AddressPoolExhausted, NetworkPoolExhausted) as exc:
@@ -155,6 +162,11 @@ class Backend:
                 [FieldError(field="Name", message=f"{spec.Name} is taken by an existing service")],
             ) from None
         self.hub.publish("service", "created", Name=record.name, Status=record.status, Message=record.message)
+        self.history.record(
+            name=record.name, type="action", action="create", by=by,
+            message=f"created: {spec.Image}, {spec.Replicas} replica{'s' if spec.Replicas != 1 else ''}, "
+                    f"size {spec.ContainerSize}",
+        )
         self.reconciler.enqueue(record.name)
         return self.service_object(record)
 
@@ -164,7 +176,7 @@ class Backend:
     def get(self, name: str) -> Service:
         return self.service_object(self._record(name))
 
-    def update(self, name: str, change: ServiceUpdate) -> Service:
+    def update(self, name: str, change: ServiceUpdate, by: str = LOCAL) -> Service:
         """Apply the change in one transaction on the fields it names (nothing else is rewritten)."""
         before = self._record(name)
         if change.Replicas is not None and before.subnet and change.Replicas > subnet_capacity(before.subnet):
@@ -184,6 +196,7 @@ class Backend:
             raise Conflict(reason, [FieldError(field="FIP", message=reason)]) from None
         if record is None:
             raise NotFound(f"no service named {name}")
+        self._record_update(name, before, change, by)
         if change.FIP is not None and before.fip != change.FIP:
             what = f"Attaching floating IP {change.FIP}" if change.FIP else f"Detaching floating IP {before.fip}"
             self.reconciler.report(name, ServiceStatus.updating, what)
@@ -194,6 +207,28 @@ class Backend:
         self.hub.publish("service", "updated", Name=name)
         self.reconciler.enqueue(name)
         return self.get(name)
+
+    def _record_update(self, name: str, before: ServiceRecord, change: ServiceUpdate, by: str) -> None:
+        """The operator's update in the service's history: one entry per field that changed (a new
+        Image always does: the same reference again is a redeploy)."""
+        if change.Replicas is not None and change.Replicas != before.spec.Replicas:
+            self.history.record(
+                name=name, type="action", action="scale", by=by,
+                message=f"scale from {before.spec.Replicas} to {change.Replicas} replicas",
+            )
+        if change.Image is not None:
+            what = (f"redeploy {change.Image}" if change.Image == before.spec.Image
+                    else f"image update: {before.spec.Image} → {change.Image}")
+            self.history.record(name=name, type="action", action="image", by=by, message=what)
+        if change.FIP is not None and before.fip != change.FIP:
+            if change.FIP:
+                self.history.record(
+                    name=name, type="action", action="fip-attach", by=by, message=f"attach floating IP {change.FIP}"
+                )
+            else:
+                self.history.record(
+                    name=name, type="action", action="fip-detach", by=by, message=f"detach floating IP {before.fip}"
+                )
 
     def _check_fip_pool(self, fip: str) -> None:
         pool = self.settings.fip_addresses
@@ -206,7 +241,7 @@ class Backend:
         owners = self.store.fip_owners()
         return [{"Address": address, "Service": owners.get(address, "")} for address in self.settings.fip_addresses]
 
-    def delete(self, name: str, keep: bool = False, volumes: bool = False) -> bool:
+    def delete(self, name: str, keep: bool = False, volumes: bool = False, by: str = LOCAL) -> bool:
         """Mark the service deleted; the reconciler tears it down in the background.
 
         Answers at once: False while the teardown is under way, True when the service is gone
@@ -228,6 +263,10 @@ class Backend:
         if volumes and not record.deleting:
             self._check_volumes_free(record)
         if self.store.mark_deleting(name, keep, volumes):
+            self.history.record(
+                name=name, type="action", action="delete", by=by,
+                message="delete" + (", keeping the containers" if keep else "") + (", with its volumes" if volumes else ""),
+            )
             self.hub.publish("service", "status", Name=name, Status=ServiceStatus.deleting.value, Message="Deleting")
         elif self.store.get(name) is None:  # its teardown finished in the meantime
             return True
@@ -243,6 +282,17 @@ class Backend:
                         f"volume {volume_label(volume)} is still mounted by container {user.name}, which is not "
                         f"part of service {record.name}; remove that container first, or delete without volumes=true"
                     )
+
+    @property
+    def history(self) -> History:
+        return self.reconciler.history
+
+    def service_history(self, name: str, limit: int = 100, window: int = DEFAULT_WINDOW) -> ServiceHistory:
+        """The service's last `limit` history entries and its trouble of the last `window` s, grouped."""
+        found = self.history.read(name, limit, window)
+        if found is None:
+            raise NotFound(f"no service named {name}")
+        return found
 
     def volumes(self, name: str) -> list[VolumeInfo]:
         """The service's named volumes: those its spec mounts (created or not yet), then any other

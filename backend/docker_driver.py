@@ -538,6 +538,13 @@ class DockerDriver:
             return container.logs(timestamps=True, tail=lines, follow=True, stream=True)
         return container.logs(timestamps=True, tail=lines, follow=False, stream=False)
 
+    def oom_killed(self, container_id: str) -> bool:
+        """Whether the container's last exit was the kernel's OOM killer (False when it is gone)."""
+        try:
+            state = self.client.api.inspect_container(container_id).get("State") or {}
+        except docker.errors.NotFound:
+            return False
+        return bool(state.get("OOMKilled"))
 
     def stats(self, container_id: str) -> CancellableStream[dict[str, Any]]:
         """Docker's stats stream of one container: a decoded sample about every second.

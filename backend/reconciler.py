@@ -15,7 +15,9 @@ Controller-style, as in Kubernetes' sample-controller:
   pings every RECONNECT_MAX seconds at most while the engine is away, looks at every service again
   the moment it answers;
 - a deleted service is torn down on a pool of its own (TEARDOWN_WORKERS at once), so deletes never
-  wait for each other or for the workers.
+  wait for each other or for the workers;
+- what it sees and does (status changes, replicas started, exited, OOM-killed, replaced or removed,
+  health changes) goes into the service's history (`backend.history`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from backend.docker_driver import (
 )
 from backend.events import EventHub
 from backend.haproxy import slot_name
+from backend.history import History, exit_reason
 from backend.models import ServiceStatus
 from backend.settings import Settings
 from backend.store import ServiceRecord, Store, rfc3339_now
@@ -94,6 +97,7 @@ class Reconciler:
         self.store = store
         self.driver = driver
         self.hub = hub
+        self.history = History(store, hub, driver)  # each service's story, kept in the store
         self.resync_seconds = settings.resync_seconds
         self.replace_down_after = settings.replace_down_after
         workers = settings.workers
@@ -233,6 +237,7 @@ class Reconciler:
             return
         self.mark_dirty(name)
         if event.get("Type") == "container":
+            self.history.on_docker_event(event)
             action = str(event.get("Action") or event.get("status") or "")
             self.hub.publish(
                 "container",
@@ -254,6 +259,12 @@ class Reconciler:
                 "container", "health", Service=name, Id=owner[0], Name=owner[1], Health=health.health,
                 HealthSince=health.since.isoformat().replace("+00:00", "Z"),
             )
+            what = {"UP": "passes its health check", "DOWN": "fails its health check"}.get(health.health)
+            if what:  # "starting" is no news: the replica's start says it
+                self.history.record(
+                    name=name, type="health", action=health.health, replica=owner[1],
+                    message=f"{owner[1]} {health.health} ({what})", if_changed=True,
+                )
 
     def _resync_loop(self) -> None:
         while not self._stopping.wait(self.resync_seconds):
@@ -364,6 +375,7 @@ class Reconciler:
         if leaving:
             self.balancers.wait_drained(balancers, [c.labels.get(LABEL_SLOT, "") for c in leaving])
         if dead or leaving:
+            self._record_removals(record, dead, leaving, outdated)
             self.driver.remove_many(dead, graceful=False)
             self.driver.remove_many(leaving)
 
@@ -402,6 +414,32 @@ class Reconciler:
             "pull", "progress", Name=record.name, Image=progress.reference, Done=progress.done,
             Total=progress.total, Percent=progress.percent, Layers=progress.layers, LayersDone=progress.layers_done,
         )
+
+    def _record_removals(
+        self, record: ServiceRecord, dead: list[Container], leaving: list[Container], outdated: list[Container]
+    ) -> None:
+        """Tell the history why replicas go (their `die` is then no trouble)."""
+        self.history.expect_removal(object_id(c) for c in dead + leaving)
+        for container in dead:
+            state = container.attrs.get("State") or {}
+            if container.status in ALIVE_STATES:  # alive, but DOWN for too long
+                known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
+                down_for = (datetime.now(UTC) - known.since).total_seconds() if known else self.replace_down_after
+                reason, exit_code, oom = f"DOWN for {down_for:.0f} s", None, False
+            else:
+                exit_code, oom = state.get("ExitCode"), bool(state.get("OOMKilled"))
+                reason = exit_reason(exit_code, oom)
+            self.history.record(
+                name=record.name, type="replica", action="replace", replica=object_name(container),
+                message=f"replaced {object_name(container)} ({reason})", exit_code=exit_code, oom_killed=oom,
+            )
+        for container in leaving:
+            why = (f"rolled to {record.spec.Image}" if container in outdated
+                   else f"scaled down to {record.spec.Replicas}")
+            self.history.record(
+                name=record.name, type="replica", action="remove", replica=object_name(container),
+                message=f"removed {object_name(container)} ({why})",
+            )
 
     def _ensure_network(self, record: ServiceRecord) -> Network:
         """The service's network on its own subnet of the network pool; when someone else on the engine
@@ -451,6 +489,7 @@ class Reconciler:
             errors = [error for f in futures if (error := f.exception()) is not None]
             created = [f.result() for f in futures if f.exception() is None]
         if errors:
+            self.history.expect_removal(object_id(c) for c in created)
             self.driver.remove_many(created, graceful=False)  # nothing half-created
             raise errors[0]
         return created
@@ -501,7 +540,9 @@ class Reconciler:
         ref = ServiceRef(record.name, record.uid)
         self.balancers.remove_all(ref)  # the address stops answering first
         if not record.keep:
-            self.driver.remove_many(self.driver.containers(ref), stop_timeout=TEARDOWN_STOP_TIMEOUT)
+            containers = self.driver.containers(ref)
+            self.history.expect_removal(object_id(c) for c in containers)  # their exits are no trouble
+            self.driver.remove_many(containers, stop_timeout=TEARDOWN_STOP_TIMEOUT)
             self.driver.remove_network(ref)
             if record.remove_volumes:  # only when the delete asked for it: volumes hold the data
                 self.driver.remove_service_volumes(record.name)
@@ -553,6 +594,7 @@ class Reconciler:
             self._retry_at.pop(name, None)
         if self.store.set_status(name, str(status), message, generation):
             self.hub.publish("service", "status", Name=name, Status=str(status), Message=message)
+            self.history.record(name=name, type="status", action=str(status), message=message)
 
 
 def engine_note(message: str, since: str) -> str:
@@ -582,9 +624,16 @@ def _crash_looping(container: Container) -> bool:
 
 def describe_crash(container: Container) -> str:
     state = container.attrs.get("State") or {}
+    restarts = container.attrs.get("RestartCount", 0)
+    if state.get("OOMKilled"):
+        limit = int((container.attrs.get("HostConfig") or {}).get("Memory") or 0) // 2**20
+        return (
+            f"replica {container.name} keeps exiting (exit code {state.get('ExitCode')}, OOM-killed, {restarts} "
+            f"restarts): it needs more than its {limit} MiB of memory; choose a larger ContainerSize"
+        )
     return (
         f"replica {container.name} keeps exiting (exit code {state.get('ExitCode')}, "
-        f"{container.attrs.get('RestartCount', 0)} restarts); see its logs"
+        f"{restarts} restarts); see its logs"
     )
 
 

@@ -37,7 +37,14 @@ from tui.catalog import Catalog, Pull
 from tui.client import ApiClient, ApiError, ConsoleClient
 from tui.commands import ServiceCommands
 from tui.formatting import plain, visible
-from tui.messages import ConnectionChanged, ContainersChanged, LimitsChanged, PullProgressed, ServicesChanged
+from tui.messages import (
+    ConnectionChanged,
+    ContainersChanged,
+    HistoryChanged,
+    LimitsChanged,
+    PullProgressed,
+    ServicesChanged,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +219,11 @@ class ConsoleApp(App[None]):
             self.broadcast(lambda: ConnectionChanged(self.catalog.problem))
             if action == "up":
                 self.reload()
+            return
+        if kind == "history":  # a service's history grew: its open Events tab reads it again
+            history_of = str(event.get("Service") or "")
+            if history_of:
+                self.broadcast(lambda: HistoryChanged(history_of))
             return
         if kind == "backend" and action == "notice":  # e.g. the balancer runs the offline fallback image
             self.notify(str(event.get("Message") or ""), title="backend", severity="warning", timeout=20)

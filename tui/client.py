@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from backend.models import ContainerInfo, FieldError, Service
+from backend.models import ContainerInfo, FieldError, Service, ServiceHistory
 
 IN_PROCESS_URL = "http://hyperservice.local"
 _END = object()
@@ -102,6 +102,8 @@ class ConsoleClient(Protocol):
     async def floating_ips(self) -> list[FloatingIP]: ...
 
     async def images(self, prefix: str = "", limit: int | None = None) -> list[str]: ...
+
+    async def service_events(self, name: str, limit: int = 100, window: int | None = None) -> ServiceHistory: ...
 
     async def limits(self) -> Limits: ...
 
@@ -329,6 +331,15 @@ class ApiClient:
     async def containers(self, name: str) -> list[ContainerInfo]:
         response = await self._request("GET", f"/services/{name}/containers")
         return [Replica.model_validate(item) for item in response.json()]
+
+    async def service_events(self, name: str, limit: int = 100, window: int | None = None) -> ServiceHistory:
+        """The service's history (`GET /services/{name}/events`): the last `limit` entries, oldest
+        first, and the trouble of the last `window` seconds (the backend's default: 5 min) grouped."""
+        params: dict[str, Any] = {"limit": limit}
+        if window is not None:
+            params["window"] = window
+        response = await self._request("GET", f"/services/{name}/events", params=params)
+        return ServiceHistory.model_validate(response.json())
 
     async def all_replicas(self) -> dict[str, list[ContainerInfo]]:
         """Every service's replicas in one answer (`GET /replicas`)."""

@@ -26,6 +26,13 @@ class ContainersChanged(Message):
 
 
 @dataclass
+class HistoryChanged(Message):
+    """Service `name`'s history grew (a `history` event on the change feed)."""
+
+    name: str
+
+
+@dataclass
 class ConnectionChanged(Message):
     """The backend or its Docker engine became reachable (`problem` None) or unreachable."""
 

@@ -1,7 +1,8 @@
 """`ServiceScreen`: one service — its state and progress (bytes pulled, while its image is pulled),
 its replicas (live, with the balancer's health and CPU / memory from the stats stream), its logs
-(live, searchable) and every field of its spec; with the actions scale, update image, floating IP,
-delete, and copying a container id or the service's address.
+(live, searchable), every field of its spec and its history (events: what happened and why, live);
+with the actions scale, update image, floating IP, delete, and copying a container id or the
+service's address.
 
 The stats stream (`GET /services/{name}/stats`) is read only while this screen exists: a thin worker
 hands samples over in batches; the stream is (re)opened whenever the set of running replicas changes
@@ -33,10 +34,11 @@ from tui.formatting import (
     status_text,
     visible,
 )
-from tui.messages import ContainersChanged, PullProgressed, ServicesChanged
+from tui.messages import ContainersChanged, HistoryChanged, PullProgressed, ServicesChanged
 from tui.screens.actions import ServiceActions
 from tui.screens.base import Banner, ConsoleScreen
 from tui.widgets.service.containers_table import ContainersTable
+from tui.widgets.service.events_pane import EventsPane
 from tui.widgets.service.log_pane import LogPane
 
 BUSY = ("created", "scaling", "updating", "deleting")
@@ -93,6 +95,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         Binding("1", "tab('replicas')", "Replicas", show=False),
         Binding("2", "tab('logs')", "Logs", show=False),
         Binding("3", "tab('spec')", "Spec", show=False),
+        Binding("4", "tab('events')", "Events", show=False),
         Binding("m", "message", "Message", show=False),
     ]
 
@@ -119,6 +122,8 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
                 yield LogPane(self.service_name, id="log-pane")
             with TabPane("Spec", id="spec"):
                 yield DataTable(id="spec-table", cursor_type="row", show_header=False)
+            with TabPane("Events", id="events"):
+                yield EventsPane(self.service_name, id="events-pane")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -298,6 +303,18 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
             self.redraw()
             self.follow_stats_if_needed()
 
+    def on_history_changed(self, message: HistoryChanged) -> None:
+        if message.name == self.service_name:
+            self.query_one(EventsPane).changed()
+
+    @on(TabbedContent.TabActivated, "#tabs")
+    def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        pane = self.query_one(EventsPane)
+        if event.pane.id == "events":
+            pane.show_now()
+        else:
+            pane.hidden()
+
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
         if self.gone:
@@ -312,6 +329,11 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         self.query_one(TabbedContent).active = tab
         if tab == "replicas":
             self.query_one(ContainersTable).focus()
+        elif tab == "events":
+            self.query_one("#events-table", DataTable).focus()
+
+    def action_events(self) -> None:
+        self.action_tab("events")
 
     def action_logs(self) -> None:
         tabs = self.query_one(TabbedContent)
