@@ -8,7 +8,8 @@ This module owns the Docker side of that (backend/haproxy.py owns the HAProxy te
 - creating a balancer: render the config, copy it in (put_archive, no bind mounts: a remote
   DOCKER_HOST works too), start it;
 - changing its server set through the runtime API (`docker exec … busybox nc`), never a reload:
-  a new replica gets no traffic until it passed `rise` checks, a leaving one is drained first;
+  a new replica gets no traffic until it passed `rise` checks, also when it is a new container in a
+  slot at the same address as the one it replaces; a leaving one is drained first;
 - following its log stream for health lines, so each replica's UP / DOWN / starting (with since
   when) is known within a check interval, event-driven.
 
@@ -53,6 +54,12 @@ class ReplicaHealth:
     since: datetime
 
 
+def armed_slots(record: ServiceRecord, slots: int) -> int:
+    """How many of the lowest spare slots stay armed (checked fast, so an assignment is checked at
+    once): the replicas asked for, a rolling update's extra one and one more, at least MIN_ARMED_SLOTS."""
+    return min(slots, max(haproxy.MIN_ARMED_SLOTS, record.spec.Replicas + 2))
+
+
 def balancer_config(record: ServiceRecord, servers: dict[str, str], slots: int) -> haproxy.BalancerConfig:
     spec = record.spec
     return haproxy.BalancerConfig(
@@ -66,6 +73,7 @@ def balancer_config(record: ServiceRecord, servers: dict[str, str], slots: int) 
         health_rise=spec.HealthCheckRise,
         servers=tuple(sorted(servers.items(), key=lambda item: haproxy.slot_index(item[0]) or 0)),
         slots=slots,
+        armed_slots=armed_slots(record, slots),
     )
 
 
@@ -96,7 +104,8 @@ class Balancers:
         self._on_health = on_health  # (service name, slot, new health)
         self._lock = threading.Lock()
         self._boards: dict[str, haproxy.HealthBoard] = {}  # service uid -> health of its slots
-        self._applied: dict[str, dict[str, str]] = {}  # balancer container id -> servers it carries
+        # balancer container id -> what it carries: slot -> (ip:port, id of the container there)
+        self._applied: dict[str, dict[str, tuple[str, str]]] = {}
         self._followers: dict[str, threading.Thread] = {}  # primary balancer id -> its log follower
         self._stopping = threading.Event()
 
@@ -160,8 +169,6 @@ class Balancers:
             raise
         container.reload()
         self._wait_listening(container)
-        with self._lock:
-            self._applied[container.id] = dict(servers)
         return container
 
     def _wait_listening(self, container: Container, timeout: float = 10.0) -> None:
@@ -196,27 +203,53 @@ class Balancers:
 
     # -- the server set ------------------------------------------------------------------------
 
-    def set_servers(self, record: ServiceRecord, balancers: list[Container], servers: dict[str, str]) -> list[str]:
-        """Make every balancer carry exactly `servers` (slot -> ip:port); answer the slots released."""
+    def set_servers(
+        self,
+        record: ServiceRecord,
+        balancers: list[Container],
+        servers: dict[str, str],
+        owners: dict[str, str] | None = None,
+    ) -> list[str]:
+        """Make every balancer carry exactly `servers` (slot -> ip:port), the container in each slot
+        being `owners[slot]` (its id); answer the slots released.
+
+        A slot whose container changed goes through the gate again even at an unchanged address:
+        the new container takes no traffic and reports "starting" until it passed `rise` checks.
+        """
+        owners = owners or {}
+        wanted = {slot: (address, owners.get(slot, "")) for slot, address in servers.items()}
         released: set[str] = set()
         board = self.board(record.uid)
+        # A new container in a known slot: its health starts over (the board is per slot).
+        regate = {slot for slot, owner in owners.items() if slot in servers and owner and board.claim(slot, owner)}
+        armed = armed_slots(record, self.slots)
         for container in balancers:
             with self._lock:
-                if self._applied.get(container.id) == servers:
-                    continue
+                applied = self._applied.get(container.id)
+            if applied == wanted:
+                continue
+            # Also the slots whose new container this balancer has not gated yet (an earlier try failed).
+            stale = {
+                slot for slot, (_, owner) in (applied or {}).items()
+                if slot in wanted and owner and wanted[slot][1] and owner != wanted[slot][1]
+            }
             current = haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
-            commands = haproxy.reconcile_commands(servers, current)
+            commands = haproxy.reconcile_commands(servers, current, regate | stale, armed)
             if commands:
                 self._run(container, commands)
             if container.labels.get(LABEL_FRONT) == "ip":
                 for slot, address in servers.items():
                     snapshot = current.get(slot)
-                    if snapshot is None or snapshot.address != address or snapshot.state in ("MAINT", "DRAIN"):
-                        board.assigned(slot)
-            released |= {slot for slot, snap in current.items() if slot not in servers and snap.state != "MAINT"}
+                    moved = snapshot is None or snapshot.address != address or snapshot.state in ("MAINT", "DRAIN")
+                    if moved or snapshot.weight == 0 or slot in stale:
+                        board.assigned(slot, owner=owners.get(slot) or None)
+            released |= {
+                slot for slot, snap in current.items()
+                if slot not in servers and not snap.spare and snap.state != "MAINT"
+            }
             self._copy_files(container, record, servers)  # a restarted balancer comes back right
             with self._lock:
-                self._applied[container.id] = dict(servers)
+                self._applied[container.id] = wanted
         for slot in released:
             board.released(slot)
         return sorted(released)

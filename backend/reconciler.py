@@ -71,6 +71,9 @@ class Reconciler:
         workers = settings.workers
         self.balancers = Balancers(driver, settings.lb_image, settings.max_replicas + 1, self._on_health)
         self._owners: dict[str, dict[str, tuple[str, str]]] = {}  # service uid -> slot -> (container id, name)
+        # service uid -> replacement container id -> why it was made ("replica X ...; replacing"),
+        # until the replacement is ready: the service's message while it heals
+        self._healing: dict[str, dict[str, str]] = {}
         self.queue = WorkQueue()
         self._workers = workers
         self._threads: list[threading.Thread] = []
@@ -255,19 +258,29 @@ class Reconciler:
         leaving = _least_useful(outdated, ready)[:excess_outdated] + _least_useful(current, ready)[:excess_current]
 
         staying = [c for c in alive if c not in leaving]
-        created = self._create_replicas(record, network.name, to_create, _free_slots(staying, to_create))
+        port = spec.ContainerPort or spec.ServicePort
+        # The balancers are made (or checked) while the new replicas start, not after them: they start
+        # with the staying replicas, and the new ones join through the gate below once they run.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            balancers_ready = pool.submit(self.balancers.ensure, record, network.name, _servers(staying, port))
+            try:
+                created = self._create_replicas(record, network.name, to_create, _free_slots(staying, to_create))
+            except Exception:
+                with contextlib.suppress(Exception):
+                    balancers_ready.result()
+                raise
+            balancers = balancers_ready.result()
         serving = staying + created
         self.store.update(record.name, containers=[c.id for c in serving])
         self._owners[record.uid] = {c.labels.get(LABEL_SLOT, ""): (c.id, c.name) for c in serving}
+        if dead:
+            self._heal(record, dead, created)
 
-        # The balancers carry exactly the serving replicas; the leaving ones are drained, then stopped.
-        servers = {
-            c.labels[LABEL_SLOT]: address
-            for c in serving
-            if c.labels.get(LABEL_SLOT) and (address := replica_address(c, spec.ContainerPort or spec.ServicePort))
-        }
-        balancers = self.balancers.ensure(record, network.name, servers)
-        self.balancers.set_servers(record, balancers, servers)
+        # The balancers carry exactly the serving replicas, each slot gated for the container now in it
+        # (a replacement often gets its predecessor's slot and address); the leaving ones are drained,
+        # then stopped.
+        owners = {c.labels[LABEL_SLOT]: c.id for c in serving if c.labels.get(LABEL_SLOT)}
+        self.balancers.set_servers(record, balancers, _servers(serving, port), owners)
         if leaving:
             self.balancers.wait_drained(balancers, [c.labels.get(LABEL_SLOT, "") for c in leaving])
         if dead or leaving:
@@ -277,21 +290,62 @@ class Reconciler:
         crashing = [c for c in current if _crash_looping(c)]
         if crashing:
             return Outcome(ServiceStatus.error, describe_crash(crashing[0]), again_in=self._backoff(record.name))
-        if created or leaving or dead:
+        changed = bool(created or leaving or dead)
+        # Healing is not scaling: while a replacement is not ready, say what it replaces and why.
+        healing = self._healing.setdefault(record.uid, {})
+        for container in current:
+            if container.id in healing and ready(container):
+                del healing[container.id]
+        for gone in set(healing) - {c.id for c in current + created}:
+            del healing[gone]
+        if healing and not outdated:
+            return Outcome(ServiceStatus.degraded, "; ".join(dict.fromkeys(healing.values())),
+                           again_in=SOON if changed else WAIT_FOR_HEALTH)
+        if changed:
             return self._progress(record, len(ready_now), outdated, again_in=SOON)
-        down = [c for c in current if self._health(record, c) == "DOWN"]
-        if not outdated and len(current) == desired and down:
-            names = ", ".join(c.name for c in down[:3]) + (" ..." if len(down) > 3 else "")
+        paused = [c for c in current if c.status == "paused"]
+        down = [c for c in current if self._health(record, c) == "DOWN" and c not in paused]
+        if not outdated and len(current) == desired and (down or paused):
+            problems = []
+            if paused:
+                problems.append(f"{_names(paused)} paused (not answering)")
+            if down:
+                problems.append(f"{len(down)} of {desired} replicas DOWN (failing their health check: {_names(down)})")
             return Outcome(
                 ServiceStatus.degraded,
-                f"{len(down)} of {desired} replicas DOWN (failing their health check: {names}); "
-                f"replaced if still DOWN after {self.replace_down_after:g} s",
+                "; ".join(problems) + f"; replaced if still DOWN after {self.replace_down_after:g} s",
                 again_in=WAIT_FOR_HEALTH,
             )
         if outdated or len(ready_now) < desired:
             # Waiting for health checks: the balancer's health events wake us sooner.
             return self._progress(record, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
         return Outcome(ServiceStatus.active, "Scaling complete")
+
+    def _heal(self, record: ServiceRecord, dead: list[Container], created: list[Container]) -> None:
+        """Replicas that died or stopped answering are being replaced: one event each, and the
+        service's message until their replacements are ready."""
+        replacements = iter(created)
+        healing = self._healing.setdefault(record.uid, {})
+        for container in dead:
+            reason = self._why_dead(record, container)
+            replacement = next(replacements, None)
+            message = f"replica {container.name} {reason}; {'replacing' if replacement else 'removing'}"
+            if replacement is not None:
+                healing[replacement.id] = message
+            self.hub.publish(
+                "service", "heal", Name=record.name, Replica=container.name, Id=container.id, Reason=reason,
+                Replacement=replacement.name if replacement else "", Message=message,
+            )
+
+    def _why_dead(self, record: ServiceRecord, container: Container) -> str:
+        if self._down_too_long(record, container):
+            return "not answering health checks"
+        state = container.attrs.get("State") or {}
+        if state.get("OOMKilled"):
+            return "ran out of memory"
+        if container.status in ("exited", "dead"):
+            return f"exited (code {state.get('ExitCode')})"
+        return f"is {container.status}"
 
     def _health(self, record: ServiceRecord, container: Container) -> str:
         known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
@@ -338,6 +392,7 @@ class Reconciler:
             self.driver.remove_many(self.driver.containers(ref))
             self.driver.remove_network(ref)
         self._owners.pop(record.uid, None)
+        self._healing.pop(record.uid, None)
         self.store.forget(record)
         self.hub.publish("service", "deleted", Name=record.name)
 
@@ -359,6 +414,19 @@ class Reconciler:
             self._retry_at.pop(name, None)
         if self.store.set_status(name, str(status), message, generation):
             self.hub.publish("service", "status", Name=name, Status=str(status), Message=message)
+
+
+def _servers(containers: list[Container], port: int) -> dict[str, str]:
+    """slot -> ip:port of the replicas that have both (a replica just created has both)."""
+    return {
+        c.labels[LABEL_SLOT]: address
+        for c in containers
+        if c.labels.get(LABEL_SLOT) and (address := replica_address(c, port))
+    }
+
+
+def _names(containers: list[Container]) -> str:
+    return ", ".join(c.name for c in containers[:3]) + (" ..." if len(containers) > 3 else "")
 
 
 def _free_slots(staying: list[Container], count: int) -> list[str]:
