@@ -285,11 +285,17 @@ class Balancers:
         with self._lock:
             return self._boards.setdefault(uid, haproxy.HealthBoard())
 
-    def health(self, uid: str, slot: str | None) -> ReplicaHealth | None:
+    def health(self, uid: str, slot: str | None, container_id: str = "") -> ReplicaHealth | None:
+        """The health of the replica in `slot`; a container the slot's health is not about yet (it
+        just replaced the one the board knows) is "starting"."""
         if not slot:
             return None
         known = self.board(uid).get(slot)
-        return ReplicaHealth(known.health, known.since) if known else None
+        if known is None:
+            return None
+        if container_id and known.owner and known.owner != container_id:
+            return ReplicaHealth("starting", datetime.now(UTC))
+        return ReplicaHealth(known.health, known.since)
 
     def _follow(self, record: ServiceRecord, primary: Container) -> None:
         """Follow the primary balancer's log for health lines (once per container start).

@@ -746,6 +746,10 @@ class HealthBoard:
         if event.state == "UP":
             if current.health == "UP":
                 return False
+            if current.gated and not event.transition and not event.detail.startswith("succeeded"):
+                # A failed check that left the server UP: its previous container's, logged before
+                # the gate took hold. A gated slot comes UP only by passing its checks.
+                return False
             self._slots[event.slot] = SlotHealth("UP", at, gated=False, owner=current.owner)
             return True
         # DOWN

@@ -259,6 +259,7 @@ class Reconciler:
 
         staying = [c for c in alive if c not in leaving]
         port = spec.ContainerPort or spec.ServicePort
+        heals = self._heal(record, dead, to_create) if dead else []
         # The balancers are made (or checked) while the new replicas start, not after them: they start
         # with the staying replicas, and the new ones join through the gate below once they run.
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -273,8 +274,8 @@ class Reconciler:
         serving = staying + created
         self.store.update(record.name, containers=[c.id for c in serving])
         self._owners[record.uid] = {c.labels.get(LABEL_SLOT, ""): (c.id, c.name) for c in serving}
-        if dead:
-            self._heal(record, dead, created)
+        healing = self._healing.setdefault(record.uid, {})
+        healing.update({replacement.id: message for replacement, message in zip(created, heals, strict=False)})
 
         # The balancers carry exactly the serving replicas, each slot gated for the container now in it
         # (a replacement often gets its predecessor's slot and address); the leaving ones are drained,
@@ -292,7 +293,6 @@ class Reconciler:
             return Outcome(ServiceStatus.error, describe_crash(crashing[0]), again_in=self._backoff(record.name))
         changed = bool(created or leaving or dead)
         # Healing is not scaling: while a replacement is not ready, say what it replaces and why.
-        healing = self._healing.setdefault(record.uid, {})
         for container in current:
             if container.id in healing and ready(container):
                 del healing[container.id]
@@ -321,21 +321,25 @@ class Reconciler:
             return self._progress(record, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
         return Outcome(ServiceStatus.active, "Scaling complete")
 
-    def _heal(self, record: ServiceRecord, dead: list[Container], created: list[Container]) -> None:
-        """Replicas that died or stopped answering are being replaced: one event each, and the
-        service's message until their replacements are ready."""
-        replacements = iter(created)
-        healing = self._healing.setdefault(record.uid, {})
-        for container in dead:
+    def _heal(self, record: ServiceRecord, dead: list[Container], replacements: int) -> list[str]:
+        """Replicas that died or stopped answering are replaced (the first `replacements` of them):
+        one event each, and the service says so at once, before the replacements are even created.
+        Answers the message of each replaced one, in order (the service's message until its
+        replacement is ready)."""
+        messages = []
+        for index, container in enumerate(dead):
             reason = self._why_dead(record, container)
-            replacement = next(replacements, None)
-            message = f"replica {container.name} {reason}; {'replacing' if replacement else 'removing'}"
-            if replacement is not None:
-                healing[replacement.id] = message
+            replaced = index < replacements
+            message = f"replica {container.name} {reason}; {'replacing' if replaced else 'removing'}"
+            if replaced:
+                messages.append(message)
             self.hub.publish(
                 "service", "heal", Name=record.name, Replica=container.name, Id=container.id, Reason=reason,
-                Replacement=replacement.name if replacement else "", Message=message,
+                Replaced=replaced, Message=message,
             )
+        if messages:
+            self.report(record.name, ServiceStatus.degraded, "; ".join(messages))
+        return messages
 
     def _why_dead(self, record: ServiceRecord, container: Container) -> str:
         if self._down_too_long(record, container):
@@ -348,11 +352,11 @@ class Reconciler:
         return f"is {container.status}"
 
     def _health(self, record: ServiceRecord, container: Container) -> str:
-        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
+        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT), container.id)
         return known.health if known else ""
 
     def _down_too_long(self, record: ServiceRecord, container: Container) -> bool:
-        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
+        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT), container.id)
         if known is None or known.health != "DOWN":
             return False
         return (datetime.now(UTC) - known.since).total_seconds() > self.replace_down_after

@@ -601,10 +601,12 @@ def test_board_resets_a_slot_when_a_new_container_takes_it():
     assert board.claim("s1", "new", at(7)) is True
     assert board.get("s1") == hx.SlotHealth("starting", at(7), gated=True, owner="new")
     gate = [
+        # the killed predecessor's check, logged before the gate commands reached HAProxy (server still UP)
+        "Health check for server replicas/s1 failed, reason: Layer4 timeout, check duration: 1001ms, status: 1/2 UP.",
         "Server replicas/s1 is DOWN, changed from CLI. 2 active and 0 backup servers left. 0 sessions active, 0 requeued, 0 remaining in queue.",
         "Health check for server replicas/s1 failed, reason: Layer4 connection problem, info: \"Connection refused\", check duration: 0ms, status: 0/2 DOWN.",
     ]
-    assert feed(board, gate, 8) == [False, False]  # not answering yet: still starting, not DOWN
+    assert feed(board, gate, 8) == [False, False, False]  # not answering yet: still starting, neither UP nor DOWN
     assert board.get("s1").health == "starting"
     assert feed(board, ["Server replicas/s1 is UP. 3 active and 0 backup servers online. 0 sessions requeued, 0 total in queue."], 15) == [True]
     assert board.get("s1") == hx.SlotHealth("UP", at(15), gated=False, owner="new")
