@@ -106,6 +106,8 @@ class Balancers:
         self._boards: dict[str, haproxy.HealthBoard] = {}  # service uid -> health of its slots
         # balancer container id -> what it carries: slot -> (ip:port, id of the container there)
         self._applied: dict[str, dict[str, tuple[str, str]]] = {}
+        # balancer container id -> its server states, for one that was just started (not asked yet)
+        self._started: dict[str, dict[str, haproxy.ServerSnapshot]] = {}
         self._followers: dict[str, threading.Thread] = {}  # primary balancer id -> its log follower
         self._stopping = threading.Event()
 
@@ -169,6 +171,8 @@ class Balancers:
             raise
         container.reload()
         self._wait_listening(container)
+        with self._lock:
+            self._started[container.id] = haproxy.started_state(balancer_config(record, servers, self.slots))
         return container
 
     def _wait_listening(self, container: Container, timeout: float = 10.0) -> None:
@@ -200,6 +204,7 @@ class Balancers:
     def forget(self, container_id: str) -> None:
         with self._lock:
             self._applied.pop(container_id, None)
+            self._started.pop(container_id, None)
 
     # -- the server set ------------------------------------------------------------------------
 
@@ -233,7 +238,10 @@ class Balancers:
                 slot for slot, (_, owner) in (applied or {}).items()
                 if slot in wanted and owner and wanted[slot][1] and owner != wanted[slot][1]
             }
-            current = haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
+            with self._lock:
+                current = self._started.pop(container.id, None)
+            if current is None:
+                current = haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
             commands = haproxy.reconcile_commands(servers, current, regate | stale, armed)
             if commands:
                 self._run(container, commands)
@@ -322,7 +330,10 @@ class Balancers:
 
     def _snapshot(self, record: ServiceRecord, primary: Container) -> None:
         try:
-            snapshot = haproxy.parse_servers_state(self._ask(primary, haproxy.SHOW_SERVERS_STATE))
+            with self._lock:
+                snapshot = self._started.get(primary.id)  # just started by us: known without asking
+            if snapshot is None:
+                snapshot = haproxy.parse_servers_state(self._ask(primary, haproxy.SHOW_SERVERS_STATE))
             self.board(record.uid).load_snapshot(snapshot)
         except BalancerError as exc:
             log.info("no health snapshot of %s yet: %s", primary.name, exc)
