@@ -249,7 +249,7 @@ class Balancers:
                 for slot, address in servers.items():
                     snapshot = current.get(slot)
                     moved = snapshot is None or snapshot.address != address or snapshot.state in ("MAINT", "DRAIN")
-                    if moved or snapshot.weight == 0 or slot in stale:
+                    if moved or slot in stale or (snapshot is not None and snapshot.weight == 0):
                         board.assigned(slot, owner=owners.get(slot) or None)
             released |= {
                 slot for slot, snap in current.items()

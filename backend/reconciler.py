@@ -280,7 +280,7 @@ class Reconciler:
         # The balancers carry exactly the serving replicas, each slot gated for the container now in it
         # (a replacement often gets its predecessor's slot and address); the leaving ones are drained,
         # then stopped.
-        owners = {c.labels[LABEL_SLOT]: c.id for c in serving if c.labels.get(LABEL_SLOT)}
+        owners = {c.labels[LABEL_SLOT]: c.id for c in serving if c.labels.get(LABEL_SLOT) and c.id}
         self.balancers.set_servers(record, balancers, _servers(serving, port), owners)
         if leaving:
             self.balancers.wait_drained(balancers, [c.labels.get(LABEL_SLOT, "") for c in leaving])
