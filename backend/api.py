@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -27,6 +28,7 @@ from backend.models import (
     Service,
     ServiceSpec,
     ServiceUpdate,
+    VolumeInfo,
     field_errors,
     summarise,
 )
@@ -34,7 +36,9 @@ from backend.models import (
 log = logging.getLogger(__name__)
 
 PING_SECONDS = 5.0
-_ERRORS = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 500: {"model": ErrorBody}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 500: {"model": ErrorBody}
+}
 
 
 def _error(status: int, message: str, errors: list[FieldError] | None = None) -> JSONResponse:
@@ -42,14 +46,25 @@ def _error(status: int, message: str, errors: list[FieldError] | None = None) ->
     return JSONResponse(body.model_dump(), status_code=status)
 
 
-def _line(event: dict) -> bytes:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class _Follower(Protocol):
+    """Live lines from the engine (backend.core's log and stats followers)."""
+
+    def lines(self) -> AsyncIterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+def _line(event: dict[str, Any]) -> bytes:
     return (json.dumps(event, separators=(",", ":")) + "\n").encode()
 
 
-def _streamed(follower, media_type: str) -> StreamingResponse:
+def _streamed(follower: _Follower, media_type: str) -> StreamingResponse:
     """Stream a follower's lines; its Docker streams are closed when the client goes away."""
 
-    async def body():
+    async def body() -> AsyncIterator[str]:
         try:
             async for line in follower.lines():
                 yield line
@@ -63,7 +78,7 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-async def _validated(request: Request, model: type[BaseModel], context: dict) -> Any:
+async def _validated(request: Request, model: type[_Model], context: dict[str, Any]) -> _Model:
     try:
         data = json.loads(await request.body() or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -86,7 +101,7 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
     app.state.backend = backend
 
     @app.middleware("http")
-    async def guard(request: Request, call_next):
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         """Check the token; turn any unexpected failure into a 500 with its message (never re-raised,
         so an in-process client gets an answer, not a traceback)."""
         if token:
@@ -129,7 +144,7 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
 
     @app.get("/services", response_model=list[Service], responses=_ERRORS)
     def list_services() -> list[Service]:
-        return backend.list()
+        return backend.list_services()
 
     @app.get("/services/{name}", response_model=Service, responses=_ERRORS)
     def inspect_service(name: str) -> Service:
@@ -143,9 +158,18 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
         return await run_in_threadpool(backend.update, name, change)
 
     @app.delete("/services/{name}", status_code=204, responses=_ERRORS)
-    def delete_service(name: str, keep: bool = Query(False, description="leave the replicas running")) -> Response:
-        backend.delete(name, keep)
+    def delete_service(
+        name: str,
+        keep: bool = Query(False, description="leave the replicas running"),
+        volumes: bool = Query(False, description="also remove the service's named volumes and their data"),
+    ) -> Response:
+        backend.delete(name, keep, volumes)
         return Response(status_code=204)
+
+    @app.get("/services/{name}/volumes", response_model=list[VolumeInfo], responses=_ERRORS)
+    def service_volumes(name: str) -> list[VolumeInfo]:
+        """Extension: the service's named volumes, each with its scoped name on the engine."""
+        return backend.volumes(name)
 
     @app.get("/services/{name}/containers", response_model=list[ContainerInfo], responses=_ERRORS)
     def service_containers(name: str) -> list[ContainerInfo]:
@@ -163,7 +187,7 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
         return backend.floating_ips()
 
     @app.get("/limits", responses=_ERRORS)
-    def limits() -> dict:
+    def limits() -> dict[str, int]:
         """Extension: the limits the backend validates against (for a remote console's form)."""
         return {"MaxReplicas": backend.settings.max_replicas}
 
@@ -173,7 +197,7 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
         container: str | None = Query(None, description="one replica (name or id); all when empty"),
         tail: int | None = Query(None, ge=0, description="lines per replica from the end"),
         follow: bool = Query(False, description="keep the stream open and send new lines"),
-    ) -> PlainTextResponse:
+    ) -> Response:  # the whole log as plain text, or (follow) a stream of it
         if follow:
             return _streamed(backend.follow_logs(name, container or None, tail), "text/plain; charset=utf-8")
         return PlainTextResponse(backend.logs(name, container or None, tail))
@@ -194,7 +218,7 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
         subscription = backend.hub.subscribe_async()
         engine = backend.reconciler.engine_error
 
-        async def body():
+        async def body() -> AsyncIterator[bytes]:
             try:
                 yield _line({"Type": "hello", "Action": "subscribed", "Engine": engine or "ok", "Tenant": backend.tenant})
                 while True:

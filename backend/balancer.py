@@ -11,7 +11,9 @@ This module owns the Docker side of that (backend/haproxy.py owns the HAProxy te
   a new replica gets no traffic until it passed `rise` checks, also when it is a new container in a
   slot at the same address as the one it replaces; a leaving one is drained first;
 - following its log stream for health lines, so each replica's UP / DOWN / starting (with since
-  when) is known within a check interval, event-driven.
+  when) is known within a check interval, event-driven;
+- choosing the image: the configured one when the engine has it, else the offline fallback that
+  scripts/up builds (said once, as a notice), else the configured one pulled.
 
 Replicas are matched to the balancer's server slots by their `io.hyperservice.slot` label.
 """
@@ -29,9 +31,10 @@ from datetime import UTC, datetime
 
 import docker.errors
 from docker.models.containers import Container
+from docker.types import LogConfig
 
 from backend import haproxy
-from backend.docker_driver import ROLE_BALANCER, DockerDriver, ServiceRef
+from backend.docker_driver import ROLE_BALANCER, DockerDriver, ImageUnavailable, ServiceRef, object_id
 from backend.store import ServiceRecord
 
 log = logging.getLogger(__name__)
@@ -97,9 +100,15 @@ class Balancers:
         image: str,
         slots: int,
         on_health: Callable[[str, str, ReplicaHealth], None],
+        fallback_image: str = "",
+        on_notice: Callable[[str], None] | None = None,
     ) -> None:
         self.driver = driver
-        self.image = image
+        self.image = image  # the configured image
+        self.fallback_image = fallback_image
+        self._on_notice = on_notice  # (a sentence for the operator)
+        self._image_lock = threading.Lock()
+        self._noticed_fallback = False
         self.slots = slots
         self._on_health = on_health  # (service name, slot, new health)
         self._lock = threading.Lock()
@@ -130,37 +139,38 @@ class Balancers:
         existing = self.containers(ref)
         result: list[Container] = []
         for container in existing:
-            front = container.labels.get(LABEL_FRONT)
+            front = container.labels.get(LABEL_FRONT, "")
             if wanted.get(front) != container.labels.get(LABEL_ADDRESS) or container.status in ("exited", "dead"):
-                self.forget(container.id)
+                self.forget(object_id(container))
                 self.driver.remove(container, graceful=False)
         existing = self.containers(ref)
         fronts = {c.labels.get(LABEL_FRONT): c for c in existing}
         for front, address in wanted.items():
-            container = fronts.get(front)
-            if container is None:
-                container = self._create(record, network, servers, front, address)
-            elif container.status != "running":
-                container.start()
-                container.reload()
-                self.forget(container.id)
-            result.append(container)
+            balancer = fronts.get(front)
+            if balancer is None:
+                balancer = self._create(record, network, servers, front, address)
+            elif balancer.status != "running":
+                balancer.start()
+                balancer.reload()
+                self.forget(object_id(balancer))
+            result.append(balancer)
         primary = next(c for c in result if c.labels.get(LABEL_FRONT) == "ip")
         self._follow(record, primary)
         return result
 
     def _create(self, record: ServiceRecord, network: str, servers: dict[str, str], front: str, address: str) -> Container:
         ref = ServiceRef(record.name, record.uid)
-        self.driver.ensure_image(self.image)
+        image = self.resolve_image()
         labels = self.driver.labels(ref, ROLE_BALANCER, **{LABEL_FRONT: front, LABEL_ADDRESS: address})
         container = self.driver.client.containers.create(
-            image=self.image,
+            image=image,
             name=f"{record.name}-{'lb' if front == 'ip' else 'fip'}-{record.uid[:5]}",
             labels=labels,
             network=network,
             ports={f"{haproxy.LISTEN_PORT}/tcp": (address, record.spec.ServicePort)},
-            restart_policy={"Name": "unless-stopped"},
-            log_config={"Type": "json-file", "Config": LOG_OPTIONS},
+            # the stubs allow only "always" / "on-failure"; the engine takes "unless-stopped" too
+            restart_policy={"Name": "unless-stopped"},  # type: ignore[arg-type]
+            log_config=LogConfig(type=LogConfig.types.JSON, config=LOG_OPTIONS),
             detach=True,
         )
         try:
@@ -172,8 +182,42 @@ class Balancers:
         container.reload()
         self._wait_listening(container)
         with self._lock:
-            self._started[container.id] = haproxy.started_state(balancer_config(record, servers, self.slots))
+            self._started[object_id(container)] = haproxy.started_state(balancer_config(record, servers, self.slots))
         return container
+
+    def resolve_image(self) -> str:
+        """The image a new balancer runs.
+
+        The configured image when the engine has it. While it is missing, the offline fallback when
+        the engine has that (scripts/up builds it where the configured image cannot be pulled; no
+        pull is tried then, so an offline machine does not wait on the registry for every balancer).
+        Otherwise the configured image, pulled; if that fails, the error names the fix.
+        """
+        with self._image_lock:
+            if self.driver.has_image(self.image):
+                return self.image
+            fallback = self.fallback_image
+            if fallback and fallback != self.image and self.driver.has_image(fallback):
+                if not self._noticed_fallback:
+                    self._noticed_fallback = True
+                    notice = (
+                        f"balancer image {self.image} is not on the engine: balancers run {fallback} "
+                        f"(Debian's HAProxy, built by scripts/up); `docker pull {self.image}` to use it instead"
+                    )
+                    log.warning("%s", notice)
+                    if self._on_notice is not None:
+                        self._on_notice(notice)
+                return fallback
+            try:
+                self.driver.ensure_image(self.image)
+            except ImageUnavailable as exc:
+                if not fallback or fallback == self.image:
+                    raise
+                raise ImageUnavailable(
+                    f"balancer image {self.image} is missing and cannot be pulled, nor is the offline "
+                    f"fallback {fallback} here: run scripts/up to build it ({exc})"
+                ) from exc
+            return self.image
 
     def _wait_listening(self, container: Container, timeout: float = 10.0) -> None:
         """Return once HAProxy answers its runtime API: it has bound its port, so the address works."""
@@ -196,7 +240,7 @@ class Balancers:
     def remove_all(self, ref: ServiceRef) -> None:
         containers = self.containers(ref)
         for container in containers:
-            self.forget(container.id)
+            self.forget(object_id(container))
         self.driver.remove_many(containers, graceful=False)
         with self._lock:
             self._boards.pop(ref.uid, None)
@@ -230,7 +274,7 @@ class Balancers:
         armed = armed_slots(record, self.slots)
         for container in balancers:
             with self._lock:
-                applied = self._applied.get(container.id)
+                applied = self._applied.get(object_id(container))
             if applied == wanted:
                 continue
             # Also the slots whose new container this balancer has not gated yet (an earlier try failed).
@@ -239,9 +283,11 @@ class Balancers:
                 if slot in wanted and owner and wanted[slot][1] and owner != wanted[slot][1]
             }
             with self._lock:
-                current = self._started.pop(container.id, None)
+                current = self._started.pop(object_id(container), None)
             if current is None:
                 current = haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
+            if any(slot not in current for slot in servers):
+                current = self._grow_slots(container, record, current)
             commands = haproxy.reconcile_commands(servers, current, regate | stale, armed)
             if commands:
                 self._run(container, commands)
@@ -257,10 +303,27 @@ class Balancers:
             }
             self._copy_files(container, record, servers)  # a restarted balancer comes back right
             with self._lock:
-                self._applied[container.id] = wanted
+                self._applied[object_id(container)] = wanted
         for slot in released:
             board.released(slot)
         return sorted(released)
+
+    def _grow_slots(
+        self, container: Container, record: ServiceRecord, current: dict[str, haproxy.ServerSnapshot]
+    ) -> dict[str, haproxy.ServerSnapshot]:
+        """The balancer was made with fewer slots than the replica limit now needs (the limit was
+        raised since): re-render its config with today's slot count, carrying the servers it has,
+        and reload it seamlessly (the listening socket passes to the new worker; health is kept)."""
+        carried = {slot: snap.address for slot, snap in current.items() if snap.state != "MAINT" and not snap.spare}
+        log.info("balancer %s: growing from %d to %d server slots", container.name, len(current), self.slots)
+        self._copy_files(container, record, carried)
+        code, output = container.exec_run(haproxy.reload_exec_argv())
+        if code != 0:
+            text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+            raise BalancerError(f"the balancer {container.name} did not reload with more slots: {text[:200]}")
+        with self._lock:
+            self._applied.pop(object_id(container), None)
+        return haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
 
     def wait_drained(self, balancers: list[Container], slots: list[str], timeout: float = DRAIN_WAIT) -> None:
         """Wait (bounded) until no balancer has a session open on `slots`."""
@@ -313,7 +376,7 @@ class Balancers:
         changes: a lost line would leave a replica "starting" for good).
         """
         with self._lock:
-            thread = self._followers.get(primary.id)
+            thread = self._followers.get(object_id(primary))
             running = thread is not None and thread.is_alive()
         if running:
             self._refresh_if_stuck(record, primary)
@@ -325,13 +388,13 @@ class Balancers:
                 target=self._read_health, args=(record.name, record.uid, primary, started),
                 name=f"health-{record.name}", daemon=True,
             )
-            self._followers[primary.id] = thread
+            self._followers[object_id(primary)] = thread
         thread.start()
 
     def _snapshot(self, record: ServiceRecord, primary: Container) -> None:
         try:
             with self._lock:
-                snapshot = self._started.get(primary.id)  # just started by us: known without asking
+                snapshot = self._started.get(object_id(primary))  # just started by us: known without asking
             if snapshot is None:
                 snapshot = haproxy.parse_servers_state(self._ask(primary, haproxy.SHOW_SERVERS_STATE))
             self.board(record.uid).load_snapshot(snapshot)
@@ -355,7 +418,7 @@ class Balancers:
         board = self.board(uid)
         try:
             stream = self.driver.client.api.logs(
-                primary.id, stream=True, follow=True, stdout=True, stderr=False, timestamps=True, since=int(since)
+                object_id(primary), stream=True, follow=True, stdout=True, stderr=False, timestamps=True, since=int(since)
             )
             pending = b""
             for chunk in stream:
@@ -374,6 +437,6 @@ class Balancers:
         except Exception as exc:  # the engine went away: the reconciler re-attaches when it's back
             log.debug("health stream of %s ended: %s", name, exc)
         finally:
-            self.forget(primary.id)  # whatever it carried must be checked again
+            self.forget(object_id(primary))  # whatever it carried must be checked again
             if not self._stopping.is_set():
                 self._on_health(name, "", ReplicaHealth("", datetime.now()))

@@ -1,36 +1,65 @@
 """The backend's operations, UI-free and HTTP-free: what the API routes call.
 
 `Backend` owns the pieces (store, Docker driver, reconciler, change feed) and offers one method per
-operation: create, list, get, update, delete, containers, logs. Requests are validated before they
+operation: create, list_services, get, update, delete, containers, logs. Requests are validated before they
 get here (the API does it with the models); errors are raised as the exceptions below, which the API
 maps to status codes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
+import ipaddress
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, Generic, TypedDict, TypeVar
 
 import docker.errors
+from docker.models.containers import Container
 
 from backend.balancer import LABEL_SLOT
 from backend.docker_driver import (
     LABEL_REVISION,
+    LABEL_TENANT,
     LABEL_UID,
+    LABEL_VOLUME,
     ROLE_REPLICA,
+    ClosableStream,
     DockerDriver,
     EngineUnavailable,
+    ReplicaLimits,
     ServiceRef,
+    object_id,
+    object_name,
     replica_address,
+    volume_label,
+    volume_name,
 )
 from backend.events import EventHub
-from backend.models import ContainerInfo, FieldError, Service, ServiceSpec, ServiceStatus, ServiceUpdate
+from backend.models import (
+    ContainerInfo,
+    FieldError,
+    Service,
+    ServiceSpec,
+    ServiceStatus,
+    ServiceUpdate,
+    VolumeInfo,
+)
 from backend.reconciler import Reconciler
 from backend.settings import Settings
-from backend.store import NameTaken, ServiceRecord, Store
+from backend.store import (
+    AddressPoolExhausted,
+    FipTaken,
+    NameTaken,
+    NetworkPoolExhausted,
+    ServiceDeleting,
+    ServiceRecord,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +82,27 @@ class Invalid(Exception):
         self.errors = errors or []
 
 
+def subnet_capacity(subnet: str) -> int:
+    """How many replicas a service network holds: all its addresses but the network, broadcast and
+    gateway ones, its two balancers, and the extra replica of a rolling update."""
+    return ipaddress.ip_network(subnet).num_addresses - 3 - 2 - 1
+
+
 class Backend:
     def __init__(self, settings: Settings, docker_client: docker.DockerClient | None = None) -> None:
         self.settings = settings
-        self.store = Store(settings.state_file, settings.address_pool)
-        self.driver = DockerDriver(self.store.tenant, docker_client)
-        self.hub = EventHub()
-        self.reconciler = Reconciler(self.store, self.driver, self.hub, settings)
+        settings.check_network_pool()
+        self.store = Store(  # takes the data dir's lock
+            settings.state_file, settings.address_pool, settings.network_pool, settings.subnet_prefix
+        )
+        try:
+            limits = ReplicaLimits(settings.pids_limit, settings.log_max_size, settings.log_max_file)
+            self.driver = DockerDriver(self.store.tenant, docker_client, limits)
+            self.hub = EventHub()
+            self.reconciler = Reconciler(self.store, self.driver, self.hub, settings)
+        except BaseException:
+            self.store.close()  # a backend that did not come up holds no lock
+            raise
         self._started = False
         self._lock = threading.Lock()
 
@@ -81,7 +124,7 @@ class Backend:
         self.store.close()
 
     @property
-    def validation_context(self) -> dict:
+    def validation_context(self) -> dict[str, Any]:
         """What the models need to know of this backend's settings."""
         return {"max_replicas": self.settings.max_replicas}
 
@@ -90,6 +133,8 @@ class Backend:
     def create(self, spec: ServiceSpec) -> Service:
         try:
             record = self.store.insert(spec, ServiceStatus.created, "Service is created")
+        except (AddressPoolExhausted, NetworkPoolExhausted) as exc:
+            raise Conflict(str(exc)) from None
         except NameTaken:
             raise Conflict(
                 f"a service named {spec.Name} already exists",
@@ -99,51 +144,68 @@ class Backend:
         self.reconciler.enqueue(record.name)
         return self.service_object(record)
 
-    def list(self) -> list[Service]:
+    def list_services(self) -> list[Service]:
         return [self.service_object(record) for record in self.store.all()]
 
     def get(self, name: str) -> Service:
         return self.service_object(self._record(name))
 
     def update(self, name: str, change: ServiceUpdate) -> Service:
-        record = self._record(name)
-        if record.deleting:
-            raise Conflict(f"service {name} is being deleted")
-        if change.FIP is not None:
-            self._attach_fip(record, change.FIP)
+        """Apply the change in one transaction on the fields it names (nothing else is rewritten)."""
+        before = self._record(name)
+        if change.Replicas is not None and before.subnet and change.Replicas > subnet_capacity(before.subnet):
+            reason = (
+                f"must be at most {subnet_capacity(before.subnet)}: the service's network {before.subnet} was "
+                "sized for the replica limit in force when it was created"
+            )
+            raise Invalid(f"invalid request: Replicas: {reason}", [FieldError(field="Replicas", message=reason)])
+        if change.FIP:
+            self._check_fip_pool(change.FIP)
+        try:
+            record = self.store.apply_update(name, replicas=change.Replicas, image=change.Image, fip=change.FIP)
+        except ServiceDeleting:
+            raise Conflict(f"service {name} is being deleted") from None
+        except FipTaken as exc:
+            reason = f"{change.FIP} is attached to service {exc.holder}; detach it there first"
+            raise Conflict(reason, [FieldError(field="FIP", message=reason)]) from None
+        if record is None:
+            raise NotFound(f"no service named {name}")
+        if change.FIP is not None and before.fip != change.FIP:
+            what = f"Attaching floating IP {change.FIP}" if change.FIP else f"Detaching floating IP {before.fip}"
+            self.reconciler.report(name, ServiceStatus.updating, what)
         if change.Image is not None:
-            record = self.store.change_image(name, change.Image) or record
             self.reconciler.report(name, ServiceStatus.updating, f"Rolling out {change.Image}")
-        if change.Replicas is not None and change.Replicas != record.spec.Replicas:
-            record = self.store.scale(name, change.Replicas) or record
-            if change.Image is None:
-                self.reconciler.report(name, ServiceStatus.scaling, f"Scaling to {change.Replicas} replicas")
+        elif change.Replicas is not None and change.Replicas != before.spec.Replicas:
+            self.reconciler.report(name, ServiceStatus.scaling, f"Scaling to {change.Replicas} replicas")
         self.hub.publish("service", "updated", Name=name)
         self.reconciler.enqueue(name)
         return self.get(name)
 
-    def _attach_fip(self, record: ServiceRecord, fip: str) -> None:
+    def _check_fip_pool(self, fip: str) -> None:
         pool = self.settings.fip_addresses
-        if fip and fip not in pool:
+        if fip not in pool:
             allowed = ", ".join(pool) if pool else "none: set HYPERSERVICE_FIP_POOL"
             reason = f"{fip} is not in the floating IP pool (allowed: {allowed})"
             raise Invalid(f"invalid request: FIP: {reason}", [FieldError(field="FIP", message=reason)])
-        holder = self.store.attach_fip(record.name, fip)
-        if holder is not None:
-            reason = f"{fip} is attached to service {holder}; detach it there first"
-            raise Conflict(reason, [FieldError(field="FIP", message=reason)])
-        if fip != record.fip:
-            what = f"Attaching floating IP {fip}" if fip else f"Detaching floating IP {record.fip}"
-            self.reconciler.report(record.name, ServiceStatus.updating, what)
 
     def floating_ips(self) -> list[dict[str, str]]:
         owners = self.store.fip_owners()
         return [{"Address": address, "Service": owners.get(address, "")} for address in self.settings.fip_addresses]
 
-    def delete(self, name: str, keep: bool = False) -> None:
-        """Mark the service deleted and wait (bounded) for the reconciler to tear it down."""
+    def delete(self, name: str, keep: bool = False, volumes: bool = False) -> None:
+        """Mark the service deleted and wait (bounded) for the reconciler to tear it down.
+
+        Its named volumes stay (the data outlives the service; a service of the same name mounts them
+        again) unless `volumes`; that cannot go with `keep` (the kept replicas still mount them), nor
+        while a container outside this service instance mounts one (e.g. kept by an earlier delete).
+        """
+        if keep and volumes:
+            reason = "cannot remove the volumes while keeping the replicas that mount them (keep=true)"
+            raise Invalid(f"invalid request: volumes: {reason}", [FieldError(field="volumes", message=reason)])
         record = self._record(name)
-        self.store.mark_deleting(name, keep)
+        if volumes:
+            self._check_volumes_free(record)
+        self.store.mark_deleting(name, keep, volumes)
         self.hub.publish("service", "status", Name=name, Status=ServiceStatus.deleting.value, Message="Deleting")
         self.reconciler.enqueue(name)
         deadline = time.monotonic() + DELETE_WAIT
@@ -153,6 +215,42 @@ class Backend:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"service {name} is still being deleted; the backend keeps trying")
+
+    def _check_volumes_free(self, record: ServiceRecord) -> None:
+        for volume in self.driver.service_volumes(record.name):
+            for user in self.driver.volume_users(volume):
+                ours = user.labels.get(LABEL_UID) == record.uid and user.labels.get(LABEL_TENANT) == self.tenant
+                if not ours:
+                    raise Conflict(
+                        f"volume {volume_label(volume)} is still mounted by container {user.name}, which is not "
+                        f"part of service {record.name}; remove that container first, or delete without volumes=true"
+                    )
+
+    def volumes(self, name: str) -> list[VolumeInfo]:
+        """The service's named volumes: those its spec mounts (created or not yet), then any other
+        volume left on the engine for this service name (by an earlier service of that name)."""
+        record = self._record(name)
+        found = {(v.attrs.get("Labels") or {}).get(LABEL_VOLUME, ""): v for v in self.driver.service_volumes(record.name)}
+        result: list[VolumeInfo] = []
+        mounted: set[str] = set()
+        for item in record.spec.Volumes or []:
+            given, target, *mode = item.split(":")
+            volume = found.get(given)
+            mounted.add(given)
+            result.append(VolumeInfo(
+                Name=given,
+                Volume=volume_name(self.tenant, record.name, given),
+                Target=target,
+                ReadOnly=mode == ["ro"],
+                Created=volume.attrs.get("CreatedAt", "") if volume else "",
+            ))
+        for given, volume in sorted(found.items()):
+            if given in mounted:
+                continue
+            result.append(VolumeInfo(
+                Name=given, Volume=volume.name, Target="", ReadOnly=False, Created=volume.attrs.get("CreatedAt", "")
+            ))
+        return result
 
     def containers(self, name: str) -> list[ContainerInfo]:
         record = self._record(name)
@@ -168,14 +266,14 @@ class Backend:
                 result[record.name].append(self._container_info(record, container))
         return result
 
-    def _container_info(self, record: ServiceRecord, container) -> ContainerInfo:
+    def _container_info(self, record: ServiceRecord, container: Container) -> ContainerInfo:
         state = container.attrs.get("State") or {}
         started = state.get("StartedAt", "")
         current = container.labels.get(LABEL_REVISION) == str(record.revision)
-        health = self.reconciler.balancers.health(record.uid, container.labels.get(LABEL_SLOT), container.id)
+        health = self.reconciler.balancers.health(record.uid, container.labels.get(LABEL_SLOT), object_id(container))
         return ContainerInfo(
-            Id=container.id,
-            Name=container.name,
+            Id=object_id(container),
+            Name=object_name(container),
             State=container.status,
             Health=health.health if health else "",
             HealthSince=health.since.isoformat().replace("+00:00", "Z") if health else "",
@@ -191,17 +289,20 @@ class Backend:
         record = self._record(name)
         replicas = self.driver.containers(ServiceRef(record.name, record.uid), ROLE_REPLICA)
         if container:
-            replicas = [c for c in replicas if container in (c.name, c.id) or c.id.startswith(container)]
+            replicas = [c for c in replicas if container in (c.name, c.id) or object_id(c).startswith(container)]
             if not replicas:
                 raise NotFound(f"service {name} has no replica {container}")
-        return [(c.name, c.id) for c in replicas]
+        return [(object_name(c), object_id(c)) for c in replicas]
 
     def logs(self, name: str, container: str | None, tail: int | None) -> str:
         """The replicas' logs, each line labelled with its replica, interleaved by time."""
-        streams = []
+        streams: list[list[tuple[str, str, str]]] = []
         for replica_name, replica_id in self.log_sources(name, container):
             raw = self.driver.logs(replica_id, tail)
-            lines = raw.decode("utf-8", "replace").splitlines() if isinstance(raw, bytes) else []
+            # Split at "\n" only, as the follower does: splitlines() would also cut at CR, FF, VT, NEL...
+            # and mislabel the pieces. Escape sequences stay in their line; showing them is the console's job.
+            decoded = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+            lines = decoded.removesuffix("\n").split("\n") if decoded else []
             streams.append([(line.partition(" ")[0], replica_name, line.partition(" ")[2]) for line in lines])
         merged = heapq.merge(*streams)
         return "".join(f"{when} {who} | {text}\n" for when, who, text in merged)
@@ -243,24 +344,26 @@ class Backend:
             return str(exc)
 
 
-class _Follower:
+_Item = TypeVar("_Item")
+
+
+class _Follower(Generic[_Item]):
     """Reads one blocking Docker stream per replica on threads and hands items to an asyncio loop."""
 
     def __init__(self, driver: DockerDriver, sources: list[tuple[str, str]]) -> None:
         self._driver = driver
         self._sources = sources
-        self._streams: list = []
+        self._streams: list[ClosableStream[_Item]] = []
         self._closed = threading.Event()
 
-    def _open(self, replica_id: str):  # the blocking stream of one replica
+    def _open(self, replica_id: str) -> ClosableStream[_Item]:  # the blocking stream of one replica
         raise NotImplementedError
 
-    def _items(self, replica_name: str, replica_id: str, stream):  # what that stream yields, as text
+    def _items(self, replica_name: str, replica_id: str, stream: Iterable[_Item]) -> Iterator[str]:
+        """What that stream yields, as text."""
         raise NotImplementedError
 
-    async def lines(self):
-        import asyncio
-
+    async def lines(self) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         for replica_name, replica_id in self._sources:
@@ -275,7 +378,9 @@ class _Follower:
                 continue
             yield line
 
-    def _pump(self, loop, queue, replica_name: str, replica_id: str) -> None:
+    def _pump(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None], replica_name: str, replica_id: str
+    ) -> None:
         try:
             stream = self._open(replica_id)
             self._streams.append(stream)
@@ -296,20 +401,26 @@ class _Follower:
                 stream.close()
 
 
-class StatsFollower(_Follower):
+class StatsFollower(_Follower[dict[str, Any]]):
     """One JSON line per replica and sample: {"Id", "Name", "CPUPercent", "MemoryBytes", "MemoryLimit"}."""
 
-    def _open(self, replica_id: str):
+    def _open(self, replica_id: str) -> ClosableStream[dict[str, Any]]:
         return self._driver.stats(replica_id)
 
-    def _items(self, replica_name: str, replica_id: str, stream):
+    def _items(self, replica_name: str, replica_id: str, stream: Iterable[dict[str, Any]]) -> Iterator[str]:
         import json
 
         for sample in stream:
             yield json.dumps({"Id": replica_id, "Name": replica_name, **stats_figures(sample)}) + "\n"
 
 
-def stats_figures(sample: dict) -> dict:
+class StatsFigures(TypedDict):
+    CPUPercent: float  # 100 = one CPU busy
+    MemoryBytes: int  # without the page cache, as `docker stats`
+    MemoryLimit: int
+
+
+def stats_figures(sample: dict[str, Any]) -> StatsFigures:
     """CPU percent (of one CPU, as `docker stats` shows it) and memory from one Docker stats sample."""
     cpu, pre = sample.get("cpu_stats") or {}, sample.get("precpu_stats") or {}
     cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (pre.get("cpu_usage") or {}).get("total_usage", 0)
@@ -326,17 +437,17 @@ def stats_figures(sample: dict) -> dict:
     }
 
 
-class LogFollower(_Follower):
+class LogFollower(_Follower[bytes]):
     """Labelled log lines ("<time> <replica> | <text>") of several replicas as they are written."""
 
     def __init__(self, driver: DockerDriver, sources: list[tuple[str, str]], tail: int | None) -> None:
         super().__init__(driver, sources)
         self._tail = tail if tail is not None else 100
 
-    def _open(self, replica_id: str):
+    def _open(self, replica_id: str) -> ClosableStream[bytes]:
         return self._driver.logs(replica_id, self._tail, follow=True)
 
-    def _items(self, replica_name: str, replica_id: str, stream):
+    def _items(self, replica_name: str, replica_id: str, stream: Iterable[bytes]) -> Iterator[str]:
         pending = b""
         for chunk in stream:
             pending += chunk

@@ -6,12 +6,18 @@ object carries labels naming its service, the service instance (uid), its role a
 installation that owns it (tenant), so a restarted backend finds everything and two backends on one
 engine never touch each other's objects.
 
+Named volumes live in the installation's namespace too: `data` of service `db` is the engine's volume
+`hs-<tenant[:8]>_db_data`, labelled with tenant, service and the name as given; a volume of that name
+that this installation did not create for that service is never mounted. Every replica gets the same
+hardening: a pids limit, rotated json-file logs and no-new-privileges.
+
 The docker SDK is synchronous; callers run it on worker threads, never on an event loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import secrets
 import string
@@ -19,12 +25,15 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import docker
 import docker.errors
 from docker.models.containers import Container
 from docker.models.networks import Network
-from docker.types import Mount
+from docker.models.resource import Model
+from docker.models.volumes import Volume
+from docker.types import CancellableStream, LogConfig, Mount
 
 from backend.models import ServiceSpec
 
@@ -35,20 +44,54 @@ LABEL_UID = "io.hyperservice.uid"  # the service instance (a re-created name get
 LABEL_ROLE = "io.hyperservice.role"  # replica | balancer | network
 LABEL_TENANT = "io.hyperservice.tenant"  # the backend installation that owns the object
 LABEL_REVISION = "io.hyperservice.revision"  # which image revision a replica runs
+LABEL_VOLUME = "io.hyperservice.volume"  # a volume's name as the service's Volumes give it
 
 ROLE_REPLICA = "replica"
 ROLE_BALANCER = "balancer"
 ROLE_NETWORK = "network"
+ROLE_VOLUME = "volume"
 
 STOP_TIMEOUT = 10  # seconds a replica gets to exit after its StopSignal before it is killed
+
+
+_T_co = TypeVar("_T_co", covariant=True)
+
+
+class ClosableStream(Protocol[_T_co]):
+    """A blocking stream from the engine that another thread may close to end it."""
+
+    def __iter__(self) -> Iterator[_T_co]: ...
+
+    def close(self) -> None: ...
 
 
 class EngineUnavailable(Exception):
     """The Docker engine cannot be reached."""
 
 
+class SubnetTaken(Exception):
+    """The engine already has a network overlapping the subnet asked for."""
+
+
 class ImageUnavailable(Exception):
     """The image is not on the engine and could not be pulled."""
+
+
+class VolumeNotOurs(Exception):
+    """A volume with the scoped name exists but was not created by this installation for this service."""
+
+
+class VolumeInUse(Exception):
+    """A volume to remove is still mounted by a container."""
+
+
+@dataclass(frozen=True)
+class ReplicaLimits:
+    """What every replica is limited to, whatever its spec says (see Settings for each field)."""
+
+    pids: int = 1024
+    log_max_size: str = "10m"
+    log_max_file: int = 3
 
 
 @dataclass(frozen=True)
@@ -68,11 +111,20 @@ def network_name(ref: ServiceRef) -> str:
     return f"hs-{ref.name}-{ref.uid[:8]}"
 
 
+def volume_name(tenant: str, service: str, name: str) -> str:
+    """The engine's name of a service's volume. '_' separates the parts: neither the tenant (hex) nor a
+    service name (a DNS label) contains one, so two (service, volume) pairs never share a name."""
+    return f"hs-{tenant[:8]}_{service}_{name}"
+
+
 class DockerDriver:
     """Talks to one Docker engine on behalf of one backend installation (`tenant`)."""
 
-    def __init__(self, tenant: str, client: docker.DockerClient | None = None) -> None:
+    def __init__(
+        self, tenant: str, client: docker.DockerClient | None = None, limits: ReplicaLimits | None = None
+    ) -> None:
         self.tenant = tenant
+        self.limits = limits or ReplicaLimits()
         self._client = client
         self._client_lock = threading.Lock()
         self._ncpu: int | None = None
@@ -120,12 +172,12 @@ class DockerDriver:
     def ensure_image(self, reference: str) -> str:
         """The image's ID, pulling it first when the engine does not have it."""
         try:
-            return self.client.images.get(reference).id
+            return object_id(self.client.images.get(reference))
         except docker.errors.ImageNotFound:
             pass
         log.info("pulling image %s", reference)
         try:
-            return self.client.images.pull(reference).id
+            return object_id(self.client.images.pull(reference))
         except docker.errors.APIError as exc:
             raise ImageUnavailable(f"image {reference} not found ({_short(exc)})") from exc
 
@@ -135,18 +187,41 @@ class DockerDriver:
         found = self.client.networks.list(filters={"label": [f"{LABEL_UID}={ref.uid}", f"{LABEL_TENANT}={self.tenant}"]})
         return found[0] if found else None
 
-    def ensure_network(self, ref: ServiceRef) -> Network:
+    def ensure_network(self, ref: ServiceRef, subnet: str | None = None) -> Network:
+        """The service's bridge network, created on `subnet` (None: Docker picks from its defaults).
+
+        Raises SubnetTaken when the engine already has a network overlapping `subnet`.
+        """
         network = self.find_network(ref)
         if network is not None:
             return network
+        ipam = None
+        if subnet is not None:
+            gateway = str(next(ipaddress.ip_network(subnet).hosts()))
+            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet, gateway=gateway)])
         try:
             return self.client.networks.create(
-                network_name(ref), driver="bridge", check_duplicate=True, labels=self.labels(ref, ROLE_NETWORK)
+                network_name(ref),
+                driver="bridge",
+                check_duplicate=True,
+                labels=self.labels(ref, ROLE_NETWORK),
+                ipam=ipam,
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # created by a concurrent step in the meantime
                 return self.client.networks.get(network_name(ref))
+            if subnet is not None and "overlap" in str(exc.explanation or exc).lower():
+                raise SubnetTaken(subnet) from exc
             raise
+
+    def used_subnets(self) -> list[str]:
+        """Every IPv4 subnet of every network on the engine (anyone's), to allocate around."""
+        subnets = []
+        for network in self.client.api.networks():
+            for config in (network.get("IPAM") or {}).get("Config") or []:
+                if config.get("Subnet") and ":" not in config["Subnet"]:
+                    subnets.append(config["Subnet"])
+        return subnets
 
     # -- replicas -------------------------------------------------------------------------------
 
@@ -196,12 +271,19 @@ class DockerDriver:
                 **(spec.Labels or {}),
                 **self.labels(ref, ROLE_REPLICA, **{LABEL_REVISION: str(revision)}, **extra_labels),
             },
-            mounts=[_mount(volume) for volume in spec.Volumes or []],
+            mounts=[self._mount(ref.name, volume) for volume in spec.Volumes or []],
             mem_limit=spec.memory_bytes(),
             memswap_limit=spec.memory_bytes(),  # no swap on top: the size is the limit
             nano_cpus=cpus * 1_000_000_000,
+            pids_limit=self.limits.pids,
+            log_config=LogConfig(
+                type=LogConfig.types.JSON,
+                config={"max-size": self.limits.log_max_size, "max-file": str(self.limits.log_max_file)},
+            ),
+            security_opt=["no-new-privileges:true"],
             network=network,
-            restart_policy={"Name": "unless-stopped"},
+            # the stubs allow only "always" / "on-failure"; the engine takes "unless-stopped" too
+            restart_policy={"Name": "unless-stopped"},  # type: ignore[arg-type]
             detach=True,
         )
         try:
@@ -238,6 +320,55 @@ class DockerDriver:
         with contextlib.suppress(docker.errors.NotFound):
             network.remove()
 
+    # -- volumes --------------------------------------------------------------------------------
+
+    def _mount(self, service: str, volume: str) -> Mount:
+        parts = volume.split(":")
+        return Mount(
+            target=parts[1],
+            source=self.ensure_volume(service, parts[0]),
+            type="volume",
+            read_only=len(parts) == 3 and parts[2] == "ro",
+        )
+
+    def ensure_volume(self, service: str, name: str) -> str:
+        """The engine's name of the service's volume `name`, created (labelled) on first use."""
+        engine_name = volume_name(self.tenant, service, name)
+        try:
+            volume = self.client.volumes.get(engine_name)
+        except docker.errors.NotFound:
+            labels = {LABEL_TENANT: self.tenant, LABEL_SERVICE: service, LABEL_ROLE: ROLE_VOLUME, LABEL_VOLUME: name}
+            # A concurrent create of the same name (replicas start in parallel) answers the existing volume.
+            volume = self.client.volumes.create(name=engine_name, driver="local", labels=labels)
+        labels = volume.attrs.get("Labels") or {}
+        if (labels.get(LABEL_TENANT), labels.get(LABEL_SERVICE), labels.get(LABEL_VOLUME)) != (self.tenant, service, name):
+            raise VolumeNotOurs(
+                f"volume {engine_name} exists on the engine but was not created by this installation for "
+                f"service {service}'s volume {name}; it is not mounted (remove or rename it on the engine)"
+            )
+        return engine_name
+
+    def service_volumes(self, service: str) -> list[Volume]:
+        """The volumes this installation created for the service (of any of its instances)."""
+        labels = [f"{LABEL_TENANT}={self.tenant}", f"{LABEL_SERVICE}={service}", f"{LABEL_ROLE}={ROLE_VOLUME}"]
+        return self.client.volumes.list(filters={"label": labels})
+
+    def volume_users(self, volume: Volume) -> list[Container]:
+        """The containers (any state) that mount the volume."""
+        return self.client.containers.list(all=True, filters={"volume": volume.name}, ignore_removed=True)
+
+    def remove_service_volumes(self, service: str) -> None:
+        """Remove the service's volumes and their data; VolumeInUse if a container still mounts one."""
+        for volume in self.service_volumes(service):
+            try:
+                volume.remove()
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    raise VolumeInUse(f"volume {volume_label(volume)} is still in use: {_short(exc)}") from exc
+                raise
+
     # -- housekeeping ---------------------------------------------------------------------------
 
     def owned_uids(self) -> dict[str, str]:
@@ -253,23 +384,45 @@ class DockerDriver:
         owned.pop("", None)
         return owned
 
-    def events(self) -> docker.types.daemon.CancellableStream:
+    def events(self) -> CancellableStream[dict[str, Any]]:
         """Docker's event stream, filtered to this installation's objects (blocking generator)."""
         return self.client.events(decode=True, filters={"label": f"{LABEL_TENANT}={self.tenant}"})
 
-    def logs(self, container_id: str, tail: int | None, follow: bool = False) -> Iterator[bytes] | bytes:
+    @overload
+    def logs(self, container_id: str, tail: int | None, follow: Literal[False] = False) -> bytes: ...
+
+    @overload
+    def logs(self, container_id: str, tail: int | None, follow: Literal[True]) -> CancellableStream[bytes]: ...
+
+    def logs(self, container_id: str, tail: int | None, follow: bool = False) -> CancellableStream[bytes] | bytes:
+        """A replica's log with timestamps: all of it so far, or (follow) a stream of what comes."""
         container = self.client.containers.get(container_id)
-        return container.logs(timestamps=True, tail=tail if tail is not None else "all", follow=follow, stream=follow)
+        lines: Literal["all"] | int = tail if tail is not None else "all"
+        if follow:
+            return container.logs(timestamps=True, tail=lines, follow=True, stream=True)
+        return container.logs(timestamps=True, tail=lines, follow=False, stream=False)
 
-
-    def stats(self, container_id: str):
+    def stats(self, container_id: str) -> ClosableStream[dict[str, Any]]:
         """Docker's stats stream of one container: a decoded sample about every second."""
-        return self.client.api.stats(container_id, stream=True, decode=True)
+        stream: ClosableStream[dict[str, Any]] = self.client.api.stats(container_id, stream=True, decode=True)
+        return stream
 
 
-def _mount(volume: str) -> Mount:
-    parts = volume.split(":")
-    return Mount(target=parts[1], source=parts[0], type="volume", read_only=len(parts) == 3 and parts[2] == "ro")
+def object_id(obj: Model) -> str:
+    """The id of an object the engine listed or created. Always set there: the stubs allow None
+    only because a bare Model can be built without attributes."""
+    return obj.id or ""
+
+
+def object_name(obj: Container | Network) -> str:
+    """The name of a container or network the engine listed or created (always set there)."""
+    return obj.name or ""
+
+
+def volume_label(volume: Volume) -> str:
+    """A volume as a person knows it: 'data (hs-1a2b3c4d_db_data)'."""
+    given = (volume.attrs.get("Labels") or {}).get(LABEL_VOLUME, "")
+    return f"{given} ({volume.name})" if given else volume.name
 
 
 def _short(exc: docker.errors.APIError) -> str:

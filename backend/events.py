@@ -8,33 +8,11 @@ loses the oldest events, never blocks a publisher.
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
 from typing import Any
 
 MAX_PENDING = 10_000
-
-
-class Subscription:
-    def __init__(self, hub: EventHub) -> None:
-        self._hub = hub
-        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(MAX_PENDING)
-
-    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def close(self) -> None:
-        self._hub._unsubscribe(self)
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class AsyncSubscription:
@@ -69,13 +47,7 @@ class AsyncSubscription:
 class EventHub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._subscribers: list[Subscription | AsyncSubscription] = []
-
-    def subscribe(self) -> Subscription:
-        subscription = Subscription(self)
-        with self._lock:
-            self._subscribers.append(subscription)
-        return subscription
+        self._subscribers: list[AsyncSubscription] = []
 
     def subscribe_async(self) -> AsyncSubscription:
         subscription = AsyncSubscription(self, asyncio.get_running_loop())
@@ -83,7 +55,7 @@ class EventHub:
             self._subscribers.append(subscription)
         return subscription
 
-    def _unsubscribe(self, subscription: Subscription | AsyncSubscription) -> None:
+    def _unsubscribe(self, subscription: AsyncSubscription) -> None:
         with self._lock:
             if subscription in self._subscribers:
                 self._subscribers.remove(subscription)
@@ -93,14 +65,4 @@ class EventHub:
         with self._lock:
             subscribers = list(self._subscribers)
         for subscription in subscribers:
-            if isinstance(subscription, AsyncSubscription):
-                subscription.deliver(event)
-                continue
-            try:
-                subscription.queue.put_nowait(event)
-            except queue.Full:
-                try:
-                    subscription.queue.get_nowait()  # drop the oldest
-                    subscription.queue.put_nowait(event)
-                except (queue.Empty, queue.Full):
-                    pass
+            subscription.deliver(event)

@@ -664,7 +664,8 @@ def parse_health_line(line: str, backend: str = BACKEND) -> HealthEvent | None:
         if check.group("backend") != backend:
             return None
         detail = f"{check.group('result')}{check.group('detail')}".strip(" ,")
-        return HealthEvent(backend, check.group("slot"), check.group("state"), False, detail, at)  # type: ignore[arg-type]
+        state_after: HealthState = "UP" if check.group("state") == "UP" else "DOWN"  # the pattern allows only these
+        return HealthEvent(backend, check.group("slot"), state_after, False, detail, at)
     server = _SERVER_LINE.match(text)
     if not server or server.group("backend") != backend:
         return None
@@ -673,14 +674,6 @@ def parse_health_line(line: str, backend: str = BACKEND) -> HealthEvent | None:
     if state is None:
         return None
     return HealthEvent(backend, server.group("slot"), state, True, rest, at)
-
-
-def health_events(lines: Iterable[str], backend: str = BACKEND) -> Iterable[HealthEvent]:
-    """The health events among `lines` (e.g. a Docker log stream split into lines)."""
-    for line in lines:
-        event = parse_health_line(line, backend)
-        if event is not None:
-            yield event
 
 
 # --- per-replica health as the product reports it ----------------------------------------------

@@ -27,7 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 DEFAULT_MAX_REPLICAS = 100
 
@@ -107,8 +107,13 @@ VOLUME_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 LABEL_KEY_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
 GROUP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 RESERVED_LABEL_PREFIX = "io.hyperservice."
-# Any control character (newline, carriage return, tab, NUL, escape, ...) in a free-text value.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Label keys other tools act on (compose, swarm stacks, Traefik's routing): refused like our own, so a
+# service can neither pose as another tool's object nor route traffic through a proxy on this engine.
+FOREIGN_LABEL_PREFIXES = ("com.docker.compose.", "com.docker.stack.", "traefik.")
+VOLUME_NAME_MAX = 128  # the engine's name adds a prefix (tenant, service); a directory name has 255 bytes
+# Any control character (newline, carriage return, tab, NUL, escape, ...; DEL and the C1 controls
+# U+0080-U+009F, which some terminals obey like ESC sequences) in a free-text value.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _field_error(field: str, reason: str) -> PydanticCustomError:
@@ -191,7 +196,7 @@ class ServiceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     Name: str = Field(description="Service name: a DNS label, also the prefix of its containers' names")
-    Image: str = Field(description="Image the replicas run, e.g. nginx:1.27 (pulled when missing)")
+    Image: str = Field(description="Image the replicas run, e.g. hyperservice/demo-web:1 (pulled when missing)")
     WorkingDir: str = Field("", description="Working directory inside the replicas: empty or an absolute path")
     ContainerSize: SizeName = Field(
         "s4", description="Memory limit and CPUs of each replica (s1 64 MB/1 CPU ... l3 16 GB/8 CPUs)"
@@ -252,20 +257,21 @@ class ServiceSpec(BaseModel):
     @classmethod
     def _words(cls, value: list[str] | None) -> list[str] | None:
         for word in value or []:
-            if "\x00" in word:
-                raise ValueError("must not contain NUL characters")
+            if _CONTROL.search(word):
+                raise ValueError(f"{word!r} must not contain newlines or other control characters "
+                                 "(a multi-line script: put ';' between its commands)")
         return value or None
 
     @field_validator("Env")
     @classmethod
     def _env(cls, value: list[str] | None) -> list[str] | None:
         for item in value or []:
+            _no_control(item, f"{item!r}")
             name, sep, val = item.partition("=")
             if not sep:
                 raise ValueError(f"{item!r} must be VAR=value (no '=' found)")
             if not ENV_NAME_PATTERN.match(name):
                 raise ValueError(f"{name!r} is not a valid variable name (letters, digits, _; not starting with a digit)")
-            _no_control(val, f"the value of {name}")
         return value
 
     @field_validator("Volumes")
@@ -282,6 +288,8 @@ class ServiceSpec(BaseModel):
                 raise ValueError(f"{item!r} must be volume_name:/container/path or volume_name:/container/path:ro")
             if not VOLUME_NAME_PATTERN.match(source):
                 raise ValueError(f"{source!r} is not a valid volume name (letters, digits, '_', '.', '-')")
+            if len(source) > VOLUME_NAME_MAX:
+                raise ValueError(f"volume name {source[:20]!r}... is longer than {VOLUME_NAME_MAX} characters")
             target = parts[1]
             if not target.startswith("/"):
                 raise ValueError(f"{item!r}: the container path must be absolute")
@@ -294,10 +302,14 @@ class ServiceSpec(BaseModel):
     @classmethod
     def _labels(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         for key, val in (value or {}).items():
+            _no_control(key, f"the label key {key!r}")
             if not LABEL_KEY_PATTERN.match(key):
                 raise ValueError(f"{key!r} is not a valid label key (letters, digits, '.', '_', '/', '-')")
             if key.startswith(RESERVED_LABEL_PREFIX):
                 raise ValueError(f"{key!r}: keys starting with {RESERVED_LABEL_PREFIX} are reserved")
+            foreign = next((p for p in FOREIGN_LABEL_PREFIXES if key.lower().startswith(p)), None)
+            if foreign:
+                raise ValueError(f"{key!r}: keys starting with {foreign} are reserved (other tools act on them)")
             _no_control(val, f"the value of label {key}")
         return value or None
 
@@ -336,11 +348,11 @@ class ServiceSpec(BaseModel):
 
 def check_image(value: str) -> str:
     if not value:
-        raise ValueError("is required: an image reference such as nginx:1.27")
+        raise ValueError("is required: an image reference such as hyperservice/demo-web:1")
     if len(value) > 255 or not (IMAGE_PATTERN.match(value) or IMAGE_ID_PATTERN.match(value)):
         raise ValueError(
             "must be a Docker image reference: [registry/]repository[:tag][@sha256:digest], "
-            "lowercase repository, e.g. nginx:1.27"
+            "lowercase repository, e.g. hyperservice/demo-web:1"
         )
     return value
 
@@ -467,6 +479,16 @@ class ContainerInfo(BaseModel):
     Outdated: bool = False  # still runs an image older than the service's
 
 
+class VolumeInfo(BaseModel):
+    """One named volume of a service as `GET /services/{name}/volumes` reports it."""
+
+    Name: str  # as the service's Volumes give it
+    Volume: str  # the name on the engine: scoped to this installation and service
+    Target: str  # where the replicas mount it; "" when the current spec no longer mounts it
+    ReadOnly: bool
+    Created: str  # when the engine created it, "" when no replica has needed it yet
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------
@@ -484,7 +506,7 @@ class ErrorBody(BaseModel):
     errors: list[FieldError] = []
 
 
-def _friendly(error: dict[str, Any]) -> str:
+def _friendly(error: ErrorDetails) -> str:
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "missing":
         return "is required"
@@ -509,7 +531,7 @@ def _friendly(error: dict[str, Any]) -> str:
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     if kind == "field_error":
-        return ctx["reason"]
+        return str(ctx["reason"])
     return error["msg"]
 
 

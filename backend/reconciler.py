@@ -7,7 +7,9 @@ Controller-style, as in Kubernetes' sample-controller:
   outdated replicas to the new image one at a time (one extra replica at most, never fewer ready
   replicas than asked for), tear a deleted service down;
 - a step that waits for something asks to be looked at again shortly; a step that fails is retried
-  with exponential backoff, and the service shows `error` with the reason meanwhile.
+  with exponential backoff, and the service shows `error` with the reason meanwhile. Events and the
+  resync leave a service alone while it waits out its backoff; an operator's change (`enqueue`)
+  cuts the backoff short. The clock is injectable, so the backoff is tested without waiting.
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import docker.errors
 from docker.models.containers import Container
+from docker.models.networks import Network
+from docker.types import CancellableStream
 
 from backend.balancer import LABEL_SLOT, Balancers, ReplicaHealth
 from backend.docker_driver import (
@@ -34,6 +40,9 @@ from backend.docker_driver import (
     EngineUnavailable,
     ImageUnavailable,
     ServiceRef,
+    SubnetTaken,
+    object_id,
+    object_name,
     replica_address,
 )
 from backend.events import EventHub
@@ -62,26 +71,45 @@ class Outcome:
 
 
 class Reconciler:
-    def __init__(self, store: Store, driver: DockerDriver, hub: EventHub, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        driver: DockerDriver,
+        hub: EventHub,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.driver = driver
         self.hub = hub
         self.resync_seconds = settings.resync_seconds
         self.replace_down_after = settings.replace_down_after
         workers = settings.workers
-        self.balancers = Balancers(driver, settings.lb_image, settings.max_replicas + 1, self._on_health)
+        self.balancers = Balancers(
+            driver,
+            settings.lb_image,
+            settings.max_replicas + 1,
+            self._on_health,
+            fallback_image=settings.lb_fallback_image,
+            on_notice=lambda message: hub.publish("backend", "notice", Message=message),
+        )
         self._owners: dict[str, dict[str, tuple[str, str]]] = {}  # service uid -> slot -> (container id, name)
         # service uid -> replacement container id -> why it was made ("replica X ...; replacing"),
         # until the replacement is ready: the service's message while it heals
         self._healing: dict[str, dict[str, str]] = {}
-        self.queue = WorkQueue()
+        self._clock = clock  # monotonic seconds: backoff deadlines
+        self.queue = WorkQueue(clock)
         self._workers = workers
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._failures: dict[str, int] = {}  # consecutive failed steps per service
         self._retry_at: dict[str, float] = {}  # when a failed service is due again (monotonic)
-        self._events_stream = None
+        self._events_stream: CancellableStream[dict[str, Any]] | None = None
         self.engine_error: str | None = None  # why the engine can't be reached, None when it can
+        self.orphan_grace = settings.orphan_grace_seconds
+        self.clock: Callable[[], float] = time.monotonic  # for the orphan grace period (tests move it)
+        self._unknown_since: dict[str, float] = {}  # uid of objects the store does not know -> first seen
+        self._orphans_lock = threading.Lock()  # the resync loop and a direct call never interleave
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -113,7 +141,7 @@ class Reconciler:
     def mark_dirty(self, name: str) -> None:
         """Something about a service changed (an event, the resync): look at it, unless it is
         waiting out a backoff after a failure (its retry is queued already)."""
-        if self._retry_at.get(name, 0.0) <= time.monotonic():
+        if self._retry_at.get(name, 0.0) <= self._clock():
             self.queue.add(name)
 
     def resync_all(self) -> None:
@@ -142,8 +170,8 @@ class Reconciler:
     def _backoff(self, name: str) -> float:
         failures = self._failures.get(name, 0) + 1
         self._failures[name] = failures
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
-        self._retry_at[name] = time.monotonic() + delay
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (failures - 1))
+        self._retry_at[name] = self._clock() + delay
         return delay
 
     def _watch_events(self) -> None:
@@ -165,7 +193,7 @@ class Reconciler:
             self._stopping.wait(delay)
             delay = min(BACKOFF_MAX / 4, delay * 2)
 
-    def _on_docker_event(self, event: dict) -> None:
+    def _on_docker_event(self, event: dict[str, Any]) -> None:
         attributes = (event.get("Actor") or {}).get("Attributes") or {}
         name = attributes.get(LABEL_SERVICE)
         if not name:
@@ -231,7 +259,7 @@ class Reconciler:
 
     def _converge(self, record: ServiceRecord) -> Outcome:
         spec, ref = record.spec, ServiceRef(record.name, record.uid)
-        network = self.driver.ensure_network(ref)
+        network = self._ensure_network(record)
         if record.status == ServiceStatus.created and not self.driver.has_image(spec.Image):
             self.report(record.name, ServiceStatus.scaling, f"Pulling image {spec.Image}")
         try:
@@ -263,24 +291,26 @@ class Reconciler:
         # The balancers are made (or checked) while the new replicas start, not after them: they start
         # with the staying replicas, and the new ones join through the gate below once they run.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            balancers_ready = pool.submit(self.balancers.ensure, record, network.name, _servers(staying, port))
+            balancers_ready = pool.submit(self.balancers.ensure, record, object_name(network), _servers(staying, port))
             try:
-                created = self._create_replicas(record, network.name, to_create, _free_slots(staying, to_create))
+                created = self._create_replicas(
+                    record, object_name(network), to_create, _free_slots(staying, to_create)
+                )
             except Exception:
                 with contextlib.suppress(Exception):
                     balancers_ready.result()
                 raise
             balancers = balancers_ready.result()
         serving = staying + created
-        self.store.update(record.name, containers=[c.id for c in serving])
-        self._owners[record.uid] = {c.labels.get(LABEL_SLOT, ""): (c.id, c.name) for c in serving}
+        self.store.update(record.name, containers=[object_id(c) for c in serving])
+        self._owners[record.uid] = {c.labels.get(LABEL_SLOT, ""): (object_id(c), object_name(c)) for c in serving}
         healing = self._healing.setdefault(record.uid, {})
-        healing.update({replacement.id: message for replacement, message in zip(created, heals, strict=False)})
+        healing.update({object_id(replacement): message for replacement, message in zip(created, heals, strict=False)})
 
         # The balancers carry exactly the serving replicas, each slot gated for the container now in it
         # (a replacement often gets its predecessor's slot and address); the leaving ones are drained,
         # then stopped.
-        owners = {c.labels[LABEL_SLOT]: c.id for c in serving if c.labels.get(LABEL_SLOT) and c.id}
+        owners = {c.labels[LABEL_SLOT]: object_id(c) for c in serving if c.labels.get(LABEL_SLOT)}
         self.balancers.set_servers(record, balancers, _servers(serving, port), owners)
         if leaving:
             self.balancers.wait_drained(balancers, [c.labels.get(LABEL_SLOT, "") for c in leaving])
@@ -294,9 +324,9 @@ class Reconciler:
         changed = bool(created or leaving or dead)
         # Healing is not scaling: while a replacement is not ready, say what it replaces and why.
         for container in current:
-            if container.id in healing and ready(container):
-                del healing[container.id]
-        for gone in set(healing) - {c.id for c in current + created}:
+            if object_id(container) in healing and ready(container):
+                del healing[object_id(container)]
+        for gone in set(healing) - {object_id(c) for c in current + created}:
             del healing[gone]
         if healing and not outdated:
             return Outcome(ServiceStatus.degraded, "; ".join(dict.fromkeys(healing.values())),
@@ -330,11 +360,12 @@ class Reconciler:
         for index, container in enumerate(dead):
             reason = self._why_dead(record, container)
             replaced = index < replacements
-            message = f"replica {container.name} {reason}; {'replacing' if replaced else 'removing'}"
+            message = f"replica {object_name(container)} {reason}; {'replacing' if replaced else 'removing'}"
             if replaced:
                 messages.append(message)
             self.hub.publish(
-                "service", "heal", Name=record.name, Replica=container.name, Id=container.id, Reason=reason,
+                "service", "heal", Name=record.name, Replica=object_name(container), Id=object_id(container),
+                Reason=reason,
                 Replaced=replaced, Message=message,
             )
         if messages:
@@ -351,12 +382,27 @@ class Reconciler:
             return f"exited (code {state.get('ExitCode')})"
         return f"is {container.status}"
 
+    def _ensure_network(self, record: ServiceRecord) -> Network:
+        """The service's network on its own subnet of the network pool; when someone else on the engine
+        took that subnet meanwhile (another installation, a kept network), move to a free one."""
+        ref = ServiceRef(record.name, record.uid)
+        existing = self.driver.find_network(ref)
+        if existing is not None:
+            return existing
+        subnet = record.subnet or self.store.assign_subnet(record.name)
+        try:
+            return self.driver.ensure_network(ref, subnet)
+        except SubnetTaken:
+            subnet = self.store.assign_subnet(record.name, avoid=self.driver.used_subnets())
+            log.info("service %s: subnet taken on the engine, moving to %s", record.name, subnet)
+            return self.driver.ensure_network(ref, subnet)
+
     def _health(self, record: ServiceRecord, container: Container) -> str:
-        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT), container.id)
+        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT), object_id(container))
         return known.health if known else ""
 
     def _down_too_long(self, record: ServiceRecord, container: Container) -> bool:
-        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT), container.id)
+        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT), object_id(container))
         if known is None or known.health != "DOWN":
             return False
         return (datetime.now(UTC) - known.since).total_seconds() > self.replace_down_after
@@ -381,7 +427,7 @@ class Reconciler:
                 pool.submit(self.driver.create_replica, ref, record.spec, record.revision, network, {LABEL_SLOT: slot})
                 for slot in slots
             ]
-            errors = [f.exception() for f in futures if f.exception() is not None]
+            errors = [error for f in futures if (error := f.exception()) is not None]
             created = [f.result() for f in futures if f.exception() is None]
         if errors:
             self.driver.remove_many(created, graceful=False)  # nothing half-created
@@ -395,22 +441,50 @@ class Reconciler:
         if not record.keep:
             self.driver.remove_many(self.driver.containers(ref))
             self.driver.remove_network(ref)
+            if record.remove_volumes:  # only when the delete asked for it: volumes hold the data
+                self.driver.remove_service_volumes(record.name)
         self._owners.pop(record.uid, None)
         self._healing.pop(record.uid, None)
         self.store.forget(record)
         self.hub.publish("service", "deleted", Name=record.name)
 
     def collect_orphans(self) -> None:
-        """Remove objects of ours whose service is gone (e.g. a backend died half-way through a delete)."""
+        """Remove objects of ours whose service the store does not know, once that is proven.
+
+        An unknown uid is not proof: the state file may be an older copy (restored from a backup) that
+        never saw a service created since. So objects of an unknown uid are first reported (log and an
+        `orphan` event), and removed only after `orphan_grace_seconds` during which the uid stayed
+        unknown; a uid that becomes known meanwhile starts from scratch if it is ever unknown again.
+        Volumes are never collected.
+        """
+        with self._orphans_lock:
+            self._collect_orphans()
+
+    def _collect_orphans(self) -> None:
         owned = self.driver.owned_uids()
         known = self.store.known_uids()
+        now = self.clock()
+        for uid in list(self._unknown_since):
+            if uid in known or uid not in owned:
+                del self._unknown_since[uid]
         for uid, name in owned.items():
             if uid in known:
+                continue
+            if uid not in self._unknown_since:
+                self._unknown_since[uid] = now
+                log.warning(
+                    "objects of service %s (uid %s) are unknown to the state file; removing them in %g s "
+                    "unless the service is known by then", name, uid, self.orphan_grace,
+                )
+                self.hub.publish("orphan", "found", Name=name, Uid=uid, RemoveIn=self.orphan_grace)
+            if now - self._unknown_since[uid] < self.orphan_grace:
                 continue
             log.info("removing orphaned objects of service %s (uid %s)", name, uid)
             ref = ServiceRef(name, uid)
             self.driver.remove_many(self.driver.containers(ref), graceful=False)
             self.driver.remove_network(ref)
+            del self._unknown_since[uid]
+            self.hub.publish("orphan", "removed", Name=name, Uid=uid)
 
     def report(self, name: str, status: str, message: str, generation: int | None = None) -> None:
         if status != ServiceStatus.error:
@@ -430,7 +504,7 @@ def _servers(containers: list[Container], port: int) -> dict[str, str]:
 
 
 def _names(containers: list[Container]) -> str:
-    return ", ".join(c.name for c in containers[:3]) + (" ..." if len(containers) > 3 else "")
+    return ", ".join(object_name(c) for c in containers[:3]) + (" ..." if len(containers) > 3 else "")
 
 
 def _free_slots(staying: list[Container], count: int) -> list[str]:
@@ -440,7 +514,7 @@ def _free_slots(staying: list[Container], count: int) -> list[str]:
     return list(itertools.islice(free, count))
 
 
-def _least_useful(containers: list[Container], is_ready) -> list[Container]:
+def _least_useful(containers: list[Container], is_ready: Callable[[Container], bool]) -> list[Container]:
     """Removal order: not-ready replicas first, then the newest (keep the proven ones)."""
     newest_first = sorted(containers, key=lambda c: c.attrs.get("Created", ""), reverse=True)
     return sorted(newest_first, key=is_ready)  # stable: among equals, newest stays first

@@ -8,8 +8,8 @@ win over the config file (`$HYPERSERVICE_DATA_DIR/config.toml`, or the file name
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import platformdirs
@@ -17,6 +17,13 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 DEFAULT_LB_IMAGE = "haproxy:lts-alpine"
+MAX_SUBNET_PREFIX = 27  # the smallest per-service subnet: 29 usable addresses
+# Built offline by scripts/up (images/build.sh) when the configured balancer image cannot be pulled:
+# Debian's haproxy laid out like the official image.
+FALLBACK_LB_IMAGE = "hyperservice/haproxy:debian"
+# The demo web image scripts/up builds offline (busybox httpd on port 80, answering with its hostname);
+# the console's create form names it as its example.
+DEMO_IMAGE = "hyperservice/demo-web:1"
 
 
 def _config_file() -> Path:
@@ -38,8 +45,16 @@ class Settings(BaseSettings):
     lb_image: str = DEFAULT_LB_IMAGE
     """The HAProxy image each service's load balancer runs (pulled on first use)."""
 
+    lb_fallback_image: str = FALLBACK_LB_IMAGE
+    """The balancer image used while `lb_image` is not on the engine (scripts/up builds it offline)."""
+
     address_pool: str = "127.77.0.0/16"
     """CIDR the per-service addresses (`IP`) are taken from; each service gets its own address."""
+
+    network_pool: str = "10.213.0.0/16"
+    """CIDR the per-service networks are carved from (one subnet per service, sized for
+    `max_replicas` plus a rolling update's extra replica and the balancers). Outside Docker's own
+    default pools, so services never use up the addresses other networks on the engine need."""
 
     fip_pool: str = ""
     """Comma-separated host addresses that may be attached to services as floating IPs."""
@@ -56,11 +71,49 @@ class Settings(BaseSettings):
     workers: int = Field(default=4, ge=1)
     """How many services the reconciler works on at once."""
 
+    pids_limit: int = Field(default=1024, ge=16)
+    """The most processes (and threads) one replica may run: a fork bomb stops there."""
+
+    log_max_size: str = Field(default="10m", pattern=r"^[1-9][0-9]*[kmg]?$")
+    """Size at which a replica's log file (json-file driver) is rotated, as Docker writes it: 10m, 500k."""
+
+    log_max_file: int = Field(default=3, ge=1)
+    """How many rotated log files a replica keeps (so one replica's logs take at most size × files)."""
+
+    orphan_grace_seconds: float = Field(default=3600.0, ge=0)
+    """Seconds objects of this installation that the state file does not know (e.g. after restoring an
+    older state.db) are reported before they are removed; removed only if still unknown by then."""
+
     @field_validator("address_pool")
     @classmethod
     def _valid_pool(cls, value: str) -> str:
         ipaddress.ip_network(value, strict=False)
         return value
+
+    @field_validator("network_pool")
+    @classmethod
+    def _valid_network_pool(cls, value: str) -> str:
+        network = ipaddress.ip_network(value, strict=False)
+        if network.version != 4:
+            raise ValueError("must be an IPv4 CIDR (Docker bridge networks are IPv4 here)")
+        return str(network)
+
+    @property
+    def subnet_prefix(self) -> int:
+        """The prefix length of one service's subnet: room for every replica during a rolling
+        update (max_replicas + 1), both balancers, the gateway, and the network/broadcast addresses;
+        at least a /27, so a limit raised later still fits services made before (up to 25 replicas)."""
+        needed = self.max_replicas + 1 + 2 + 1 + 2
+        return min(MAX_SUBNET_PREFIX, 32 - math.ceil(math.log2(needed)))
+
+    def check_network_pool(self) -> None:
+        """Refuse a pool too small for even one service's subnet (said at start, not at first create)."""
+        pool = ipaddress.ip_network(self.network_pool)
+        if pool.prefixlen > self.subnet_prefix:
+            raise ValueError(
+                f"HYPERSERVICE_NETWORK_POOL {pool} is smaller than one service's subnet "
+                f"(/{self.subnet_prefix} for HYPERSERVICE_MAX_REPLICAS={self.max_replicas})"
+            )
 
     @property
     def fip_addresses(self) -> list[str]:
@@ -80,10 +133,4 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
-
-
-@lru_cache(maxsize=1)
-def current_settings() -> Settings:
-    """The settings from the environment, read once (tests build their own `Settings`)."""
-    return Settings()
 

@@ -4,22 +4,38 @@ Docker holds the observed state (containers, networks, labels); this file holds 
 the spec as the operator asked for it, the address allocated to the service, its revision (bumped by
 every image update, so the reconciler knows which replicas are outdated) and the status it last
 reported. A backend that starts again reads both and carries on.
+
+It also owns the data directory's safety: the directory is private (0700), the database and its
+WAL/SHM files are 0600 from the moment they exist (they hold SSLCert private keys), and one lock file
+(`backend.lock`, holding the holder's pid) keeps a second backend off the same directory. Every write
+is one transaction that either commits or is rolled back: a failed write never leaves the connection
+inside an open transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
+import logging
+import os
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from backend.models import ServiceSpec
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "backend.lock"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,11 +52,17 @@ CREATE TABLE IF NOT EXISTS services (
     created   TEXT NOT NULL,
     containers TEXT,                    -- JSON list of the replicas' ids as last observed; NULL before
     deleting  INTEGER NOT NULL DEFAULT 0,
-    keep      INTEGER NOT NULL DEFAULT 0
+    keep      INTEGER NOT NULL DEFAULT 0,
+    remove_volumes INTEGER NOT NULL DEFAULT 0, -- the delete asked for the service's volumes to go too
+    subnet    TEXT UNIQUE               -- the service network's subnet, from the network pool
 );
 -- service instances deleted with keep=true: their containers are left alone, never collected.
 CREATE TABLE IF NOT EXISTS released (uid TEXT PRIMARY KEY, name TEXT NOT NULL, at TEXT NOT NULL);
 """
+
+
+Column = ServiceSpec | list[str] | str | int | None
+"""A value `Store.update` writes: a spec, the replicas' ids, text, a number or flag (bool is an int)."""
 
 
 class NameTaken(Exception):
@@ -49,6 +71,100 @@ class NameTaken(Exception):
 
 class AddressPoolExhausted(Exception):
     """Every address of the pool is in use."""
+
+
+class NetworkPoolExhausted(Exception):
+    """No subnet of the network pool is free."""
+
+
+class FipTaken(Exception):
+    """The floating IP is attached to another service (`holder`); nothing was changed."""
+
+    def __init__(self, fip: str, holder: str) -> None:
+        super().__init__(f"{fip} is attached to service {holder}")
+        self.holder = holder
+
+
+class ServiceDeleting(Exception):
+    """The service is being deleted: it takes no more changes."""
+
+
+class DataDirInUse(Exception):
+    """Another backend holds the data directory's lock."""
+
+
+class DataDirUnsafe(Exception):
+    """The data directory is open to other users and cannot be made private."""
+
+
+def private_dir(path: Path) -> None:
+    """Make `path` a directory only its owner can enter (0700): created so, or tightened when wider.
+
+    A directory we own is tightened (and the change logged): an upgrade from a version that made it
+    0755 fixes itself. One we cannot tighten, or a shared one (sticky bit, e.g. /tmp), is refused.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & 0o077:
+        return
+    if mode & stat.S_ISVTX:
+        raise DataDirUnsafe(
+            f"data directory {path} is a shared directory (mode {mode:o}); give hyperservice a directory of its own"
+        )
+    try:
+        path.chmod(0o700)
+    except OSError as exc:
+        raise DataDirUnsafe(
+            f"data directory {path} is open to other users (mode {mode:o}) and could not be restricted: {exc}"
+        ) from exc
+    log.warning("data directory %s was open to other users (mode %o); restricted it to its owner (700)", path, mode)
+
+
+def private_file(path: Path) -> None:
+    """Create `path` as a 0600 file if it does not exist (no window with wider modes); tighten it if it does."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+class DataDirLock:
+    """An exclusive flock on `<data dir>/backend.lock`, which holds the holder's pid.
+
+    The kernel drops a flock when its holder dies, so a lock file left by a dead backend (a stale pid)
+    is simply taken over; a live holder makes the second backend refuse to start, naming its pid.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirInUse(
+                f"data directory {path.parent} is in use by another hyperservice backend (pid {holder}); "
+                "stop that one first, or give this one its own HYPERSERVICE_DATA_DIR"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        previous = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if previous and previous != str(os.getpid()):
+            log.info("taking over the lock of %s from pid %s, which no longer holds it", path.parent, previous)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -68,6 +184,8 @@ class ServiceRecord:
     containers: list[str] | None
     deleting: bool
     keep: bool
+    remove_volumes: bool = False
+    subnet: str | None = None
 
 
 def rfc3339_now() -> str:
@@ -79,74 +197,112 @@ def rfc3339_now() -> str:
 class Store:
     """Thread-safe access to the state file. Every method is one short transaction."""
 
-    def __init__(self, path: Path, address_pool: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
-        self._pool = ipaddress.ip_network(address_pool, strict=False)
-        self.tenant = self._meta("tenant", lambda: secrets.token_hex(16))
+    def __init__(
+        self, path: Path, address_pool: str, network_pool: str | None = None, subnet_prefix: int = 27
+    ) -> None:
+        private_dir(path.parent)
+        self._dir_lock = DataDirLock(path.parent / LOCK_FILE)
+        try:
+            # SQLite gives the -wal and -shm files the database file's mode: a 0600 database makes
+            # all three 0600 from their first byte, whatever the umask.
+            private_file(path)
+            for companion in ("-wal", "-shm", "-journal"):
+                extra = path.with_name(path.name + companion)
+                if extra.exists():
+                    private_file(extra)
+            self._lock = threading.Lock()
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(SCHEMA)
+            self._migrate()
+            self._pool = ipaddress.ip_network(address_pool, strict=False)
+            self._network_pool = ipaddress.ip_network(network_pool) if network_pool else None
+            self._subnet_prefix = subnet_prefix
+            self.tenant = self._meta("tenant", lambda: secrets.token_hex(16))
+        except BaseException:
+            self._dir_lock.release()
+            raise
+
+    def _migrate(self) -> None:
+        """Columns added since the first release, for state files written before them."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(services)")}
+        if "remove_volumes" not in columns:
+            self._db.execute("ALTER TABLE services ADD COLUMN remove_volumes INTEGER NOT NULL DEFAULT 0")
+        if "subnet" not in columns:  # before per-service subnets: the networks got Docker's defaults
+            self._db.execute("ALTER TABLE services ADD COLUMN subnet TEXT")
+            self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS services_subnet ON services (subnet)")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self._dir_lock.release()
 
-    def _meta(self, key: str, default) -> str:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back if anything in it (or the
+        commit itself) fails, so the connection never stays inside a half-done transaction."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _meta(self, key: str, default: Callable[[], str]) -> str:
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if row:
-                return row[0]
+                return str(row[0])
             value = default()
-            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
             return value
 
     # -- services -------------------------------------------------------------------------
 
     def insert(self, spec: ServiceSpec, status: str, message: str) -> ServiceRecord:
         """Store a new service with a free address; NameTaken if the name exists (atomic)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if self._db.execute("SELECT 1 FROM services WHERE name = ?", (spec.Name,)).fetchone():
-                    raise NameTaken(spec.Name)
-                ip = self._free_address()
-                record = ServiceRecord(
-                    name=spec.Name,
-                    uid=uuid.uuid4().hex,
-                    spec=spec,
-                    revision=1,
-                    generation=1,
-                    ip=ip,
-                    fip="",
-                    status=status,
-                    message=message,
-                    created=rfc3339_now(),
-                    containers=None,
-                    deleting=False,
-                    keep=False,
-                )
-                self._db.execute(
-                    "INSERT INTO services (name, uid, spec, revision, ip, fip, status, message, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.name,
-                        record.uid,
-                        spec.model_dump_json(),
-                        record.revision,
-                        record.ip,
-                        record.fip,
-                        status,
-                        message,
-                        record.created,
-                    ),
-                )
-                self._db.execute("COMMIT")
-                return record
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM services WHERE name = ?", (spec.Name,)).fetchone():
+                raise NameTaken(spec.Name)
+            ip = self._free_address()
+            subnet = self._free_subnet(set()) if self._network_pool else None
+            record = ServiceRecord(
+                name=spec.Name,
+                uid=uuid.uuid4().hex,
+                spec=spec,
+                revision=1,
+                generation=1,
+                ip=ip,
+                fip="",
+                status=status,
+                message=message,
+                created=rfc3339_now(),
+                containers=None,
+                deleting=False,
+                keep=False,
+                subnet=subnet,
+            )
+            db.execute(
+                "INSERT INTO services (name, uid, spec, revision, ip, fip, status, message, created, subnet)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.name,
+                    record.uid,
+                    spec.model_dump_json(),
+                    record.revision,
+                    record.ip,
+                    record.fip,
+                    status,
+                    message,
+                    record.created,
+                    subnet,
+                ),
+            )
+            return record
 
     def _free_address(self) -> str:
         used = {row[0] for row in self._db.execute("SELECT ip FROM services")}
@@ -154,6 +310,36 @@ class Store:
             if str(address) not in used:
                 return str(address)
         raise AddressPoolExhausted(f"every address of {self._pool} is in use")
+
+    def _free_subnet(self, avoid: set[ipaddress.IPv4Network]) -> str:
+        """The first subnet of the network pool that overlaps none in use here nor any in `avoid`."""
+        assert self._network_pool is not None
+        taken = {
+            ipaddress.ip_network(row[0]) for row in self._db.execute("SELECT subnet FROM services") if row[0]
+        } | avoid
+        for candidate in self._network_pool.subnets(new_prefix=self._subnet_prefix):
+            if not any(candidate.overlaps(other) for other in taken):
+                return str(candidate)
+        size = 2 ** (self._subnet_prefix - self._network_pool.prefixlen)
+        raise NetworkPoolExhausted(
+            f"no free network left in HYPERSERVICE_NETWORK_POOL {self._network_pool} "
+            f"({size} networks of /{self._subnet_prefix}, all in use here or on the engine): "
+            "delete a service or widen the pool"
+        )
+
+    def assign_subnet(self, name: str, avoid: Iterable[str] = ()) -> str | None:
+        """Give the service a (new) subnet from the pool, skipping `avoid` (subnets the engine already
+        has); None without a network pool (Docker then picks from its own defaults)."""
+        if self._network_pool is None:
+            return None
+        blocked = {
+            net for item in avoid if isinstance(net := ipaddress.ip_network(item, strict=False), ipaddress.IPv4Network)
+        }
+        with self._transaction() as db:
+            db.execute("UPDATE services SET subnet = NULL WHERE name = ?", (name,))
+            subnet = self._free_subnet(blocked)
+            db.execute("UPDATE services SET subnet = ? WHERE name = ?", (subnet, name))
+            return subnet
 
     def get(self, name: str) -> ServiceRecord | None:
         with self._lock:
@@ -169,18 +355,25 @@ class Store:
         with self._lock:
             return [row[0] for row in self._db.execute("SELECT name FROM services ORDER BY name")]
 
-    def update(self, name: str, **changes) -> ServiceRecord | None:
-        """Change columns of one service; `spec` is given as a ServiceSpec. None if it is gone."""
+    def update(self, name: str, **changes: Column) -> ServiceRecord | None:
+        """Change bookkeeping columns of one service (one statement). None if it is gone.
+
+        The spec is never rewritten whole here (a spec read earlier would undo a concurrent change):
+        its fields change through `apply_update`.
+        """
         if not changes:
             return self.get(name)
-        columns, values = [], []
-        if {"spec", "fip", "deleting"} & set(changes):
+        if "spec" in changes:
+            raise ValueError("the spec changes field by field: use apply_update")
+        columns: list[str] = []
+        values: list[str | int | None] = []
+        if {"fip", "deleting"} & set(changes):
             columns.append("generation = generation + 1")
         for key, value in changes.items():
-            if key == "spec":
-                value = value.model_dump_json()
-            elif key == "containers":
-                value = None if value is None else json.dumps(value)
+            if isinstance(value, list):  # containers
+                value = json.dumps(value)
+            elif isinstance(value, ServiceSpec):
+                raise ValueError("the spec changes field by field: use apply_update")
             columns.append(f"{key} = ?")
             values.append(value)
         with self._lock:
@@ -194,74 +387,90 @@ class Store:
         a sync that read the spec before an update must not report on the old spec afterwards.
         """
         query = "UPDATE services SET status = ?, message = ? WHERE name = ? AND (status != ? OR message != ?)"
-        values: list = [status, message, name, status, message]
+        values: list[str | int] = [status, message, name, status, message]
         if generation is not None:
             query += " AND generation = ?"
             values.append(generation)
         with self._lock:
             return self._db.execute(query, values).rowcount > 0
 
+    def apply_update(
+        self, name: str, *, replicas: int | None = None, image: str | None = None, fip: str | None = None
+    ) -> ServiceRecord | None:
+        """Change the given fields of one service, and only those, in one transaction.
+
+        Each field is written in place (`json_set` on the stored spec), never by rewriting a spec read
+        earlier, so concurrent updates of different fields never undo each other. A new image is a new
+        revision, even when the reference is the same (a redeploy). `fip` "" detaches. None if the
+        service is gone; ServiceDeleting if it is being deleted; FipTaken if another service holds
+        the floating IP (then nothing changed).
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT deleting FROM services WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return None
+            if row[0]:
+                raise ServiceDeleting(name)
+            spec_expression = "spec"
+            columns: list[str] = []
+            values: list[object] = []
+            if replicas is not None:
+                spec_expression = f"json_set({spec_expression}, '$.Replicas', ?)"
+                values.append(replicas)
+            if image is not None:
+                spec_expression = f"json_set({spec_expression}, '$.Image', ?)"
+                values.append(image)
+                columns.append("revision = revision + 1")
+            if fip is not None:
+                if fip:
+                    holder = db.execute("SELECT name FROM services WHERE fip = ? AND name != ?", (fip, name)).fetchone()
+                    if holder:
+                        raise FipTaken(fip, holder[0])
+                columns.append("fip = ?")
+                values.append(fip)
+            if values:
+                db.execute(
+                    f"UPDATE services SET spec = {spec_expression}, {', '.join(columns + ['generation = generation + 1'])}"
+                    " WHERE name = ?",
+                    (*values, name),
+                )
+            found = db.execute(f"SELECT {_COLUMNS} FROM services WHERE name = ?", (name,)).fetchone()
+        return _record(found)
+
     def scale(self, name: str, replicas: int) -> ServiceRecord | None:
-        record = self.get(name)
-        if record is None:
-            return None
-        return self.update(name, spec=record.spec.model_copy(update={"Replicas": replicas}))
+        return self.apply_update(name, replicas=replicas)
 
     def change_image(self, name: str, image: str) -> ServiceRecord | None:
         """A new image is a new revision, even when the reference is the same (a redeploy)."""
-        with self._lock:
-            row = self._db.execute("SELECT spec, revision FROM services WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                return None
-            spec = json.loads(row[0])
-            spec["Image"] = image
-            self._db.execute(
-                "UPDATE services SET spec = ?, revision = ?, generation = generation + 1 WHERE name = ?",
-                (json.dumps(spec), row[1] + 1, name),
-            )
-        return self.get(name)
+        return self.apply_update(name, image=image)
 
     def attach_fip(self, name: str, fip: str) -> str | None:
         """Attach `fip` ("" detaches) unless another service holds it; answer that service's name."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if fip:
-                    row = self._db.execute(
-                        "SELECT name FROM services WHERE fip = ? AND name != ?", (fip, name)
-                    ).fetchone()
-                    if row:
-                        self._db.execute("ROLLBACK")
-                        return row[0]
-                self._db.execute(
-                    "UPDATE services SET fip = ?, generation = generation + 1 WHERE name = ? AND fip != ?",
-                    (fip, name, fip),
-                )
-                self._db.execute("COMMIT")
-                return None
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        try:
+            self.apply_update(name, fip=fip)
+        except FipTaken as exc:
+            return exc.holder
+        return None
 
     def fip_owners(self) -> dict[str, str]:
         """Floating IP -> the service it is attached to."""
         with self._lock:
             return dict(self._db.execute("SELECT fip, name FROM services WHERE fip != ''").fetchall())
 
-    def mark_deleting(self, name: str, keep: bool) -> ServiceRecord | None:
-        return self.update(name, deleting=1, keep=int(keep), status="deleting", message="Deleting")
+    def mark_deleting(self, name: str, keep: bool, volumes: bool = False) -> ServiceRecord | None:
+        return self.update(
+            name, deleting=1, keep=int(keep), remove_volumes=int(volumes), status="deleting", message="Deleting"
+        )
 
     def forget(self, record: ServiceRecord) -> None:
         """Drop a deleted service; with keep, remember its uid so its containers are left alone."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM services WHERE name = ? AND uid = ?", (record.name, record.uid))
+        with self._transaction() as db:
+            db.execute("DELETE FROM services WHERE name = ? AND uid = ?", (record.name, record.uid))
             if record.keep:
-                self._db.execute(
+                db.execute(
                     "INSERT OR REPLACE INTO released (uid, name, at) VALUES (?, ?, ?)",
                     (record.uid, record.name, rfc3339_now()),
                 )
-            self._db.execute("COMMIT")
 
     def known_uids(self) -> set[str]:
         """Uids whose Docker objects are ours to keep: live services and released ones."""
@@ -270,16 +479,16 @@ class Store:
             released = {row[0] for row in self._db.execute("SELECT uid FROM released")}
         return live | released
 
-    def released_uids(self) -> set[str]:
-        with self._lock:
-            return {row[0] for row in self._db.execute("SELECT uid FROM released")}
+
+_COLUMNS = (
+    "name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep,"
+    " remove_volumes, subnet"
+)
 
 
-_COLUMNS = "name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep"
-
-
-def _record(row: Iterable) -> ServiceRecord:
-    name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep = row
+def _record(row: Sequence[Any]) -> ServiceRecord:
+    (name, uid, spec, revision, generation, ip, fip, status, message, created, containers, deleting, keep, volumes,
+     subnet) = row
     return ServiceRecord(
         name=name,
         uid=uid,
@@ -294,5 +503,7 @@ def _record(row: Iterable) -> ServiceRecord:
         containers=None if containers is None else json.loads(containers),
         deleting=bool(deleting),
         keep=bool(keep),
+        remove_volumes=bool(volumes),
+        subnet=subnet,
     )
 

@@ -3,6 +3,8 @@
 - A name added many times before a worker takes it is worked on once (events only mark it dirty).
 - A name is never worked on by two workers at once; added while in work, it runs again after.
 - `add_after` re-adds a name later (a step that waits for something, or a retry with backoff).
+
+The clock is injectable (monotonic seconds), so the delays can be tested without waiting them out.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import heapq
 import itertools
 import threading
 import time
+from collections.abc import Callable
 
 
 class WorkQueue:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._cond = threading.Condition()
         self._queue: list[str] = []
         self._dirty: set[str] = set()
@@ -37,11 +41,12 @@ class WorkQueue:
             self.add(name)
             return
         with self._cond:
-            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._counter), name))
+            heapq.heappush(self._delayed, (self._clock() + delay, next(self._counter), name))
             self._cond.notify()
 
-    def get(self) -> str | None:
-        """Block until a name is ready; None once the queue is shut down."""
+    def get(self, block: bool = True) -> str | None:
+        """Block until a name is ready; None once the queue is shut down (or, with `block=False`,
+        at once when no name is ready)."""
         with self._cond:
             while True:
                 if self._shutdown:
@@ -52,7 +57,9 @@ class WorkQueue:
                     self._dirty.discard(name)
                     self._processing.add(name)
                     return name
-                timeout = self._delayed[0][0] - time.monotonic() if self._delayed else None
+                if not block:
+                    return None
+                timeout = self._delayed[0][0] - self._clock() if self._delayed else None
                 self._cond.wait(timeout)
 
     def done(self, name: str) -> None:
@@ -68,7 +75,7 @@ class WorkQueue:
             self._cond.notify_all()
 
     def _promote_due(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, name = heapq.heappop(self._delayed)
             if name not in self._dirty:

@@ -43,7 +43,10 @@ from backend.settings import Settings  # noqa: E402
 
 
 class MemoryDriver:
-    """The part of DockerDriver the API's read routes use, over containers kept in memory."""
+    """The part of DockerDriver the API's read routes use, over containers kept in memory.
+
+    Its containers and stats samples have what the backend reads from real ones: held to that by
+    tests/test_bench_stand_in.py against a real container."""
 
     def __init__(self) -> None:
         self.replicas: dict[str, list[SimpleNamespace]] = {}
@@ -101,7 +104,8 @@ class StatsStream:
         return {"cpu_stats": {"cpu_usage": {"total_usage": self.total}, "system_cpu_usage": self.total * 50, "online_cpus": 2},
                 "precpu_stats": {"cpu_usage": {"total_usage": self.total - 10_000_000},
                                  "system_cpu_usage": (self.total - 10_000_000) * 50},
-                "memory_stats": {"usage": 40 * 2**20, "limit": 512 * 2**20}}
+                "memory_stats": {"usage": 40 * 2**20, "limit": 512 * 2**20,  # page cache: cgroup v1 and v2 names
+                                 "stats": {"cache": 4 * 2**20, "inactive_file": 4 * 2**20}}}
 
     def close(self) -> None:
         self.closed = True

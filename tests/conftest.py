@@ -46,6 +46,8 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         # Each backend its own block of loopback addresses: tests (and anyone else on this engine)
         # never compete for one IP:port.
         "address_pool": f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24",
+        # ... and its own network pool (a clash with another backend's subnet is handled anyway).
+        "network_pool": f"10.{random.randint(100, 250)}.0.0/16",
         **overrides,
     }
     return Settings(**values)
@@ -64,6 +66,9 @@ def remove_tenant_objects(client: docker.DockerClient, tenant: str) -> None:
     for network in client.networks.list(filters={"label": label}):
         with contextlib.suppress(docker.errors.NotFound):
             network.remove()
+    for volume in client.volumes.list(filters={"label": label}):
+        with contextlib.suppress(docker.errors.NotFound):
+            volume.remove(force=True)
 
 
 @pytest.fixture
@@ -76,6 +81,23 @@ def backend(settings: Settings, docker_client: docker.DockerClient) -> Iterator[
     finally:
         instance.close()
         remove_tenant_objects(docker_client, tenant)
+
+
+@pytest.fixture
+def backend_factory(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Callable[..., Backend]]:
+    """Started backends with settings of the test's choosing (`backend_factory(max_replicas=2)`)."""
+    made: list[Backend] = []
+
+    def make(**overrides: object) -> Backend:
+        instance = Backend(make_settings(tmp_path / f"data{len(made)}", **overrides))
+        instance.start()
+        made.append(instance)
+        return instance
+
+    yield make
+    for instance in made:
+        instance.close()
+        remove_tenant_objects(docker_client, instance.tenant)
 
 
 def client_for(instance: Backend, token: str | None = None) -> httpx.AsyncClient:
@@ -115,9 +137,19 @@ def web_body(name: str, replicas: int = 2, **extra) -> dict:
     return {"Name": name, "Image": WEB_IMAGE, "ServicePort": 80, "Replicas": replicas, **extra}
 
 
-def pytest_collection_modifyitems(items):
-    # Real-engine tests are marked by using the docker fixtures; keep unit tests first (fast feedback).
-    items.sort(key=lambda item: 0 if "docker_client" not in getattr(item, "fixturenames", ()) else 1)
+def needs_engine(item: pytest.Item) -> bool:
+    """A test needs the real engine when it uses the docker fixtures (`docker_client`, and so `backend`
+    and `api`) or says so with `@pytest.mark.docker` (one that reaches the engine another way)."""
+    return "docker_client" in getattr(item, "fixturenames", ()) or item.get_closest_marker("docker") is not None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every real-engine test carries the `docker` marker, so `-m "not docker"` runs the pure tests
+    # alone, in seconds, with no engine; keep unit tests first in a full run (fast feedback).
+    for item in items:
+        if needs_engine(item) and item.get_closest_marker("docker") is None:
+            item.add_marker(pytest.mark.docker)
+    items.sort(key=lambda item: 1 if needs_engine(item) else 0)
 
 
 os.environ.setdefault("HYPERSERVICE_DATA_DIR", "/tmp/hyperservice-tests-default")

@@ -9,7 +9,7 @@ import docker
 import httpx
 
 from backend.docker_driver import LABEL_TENANT
-from tests.conftest import WEB_IMAGE, wait_status, web_body
+from tests.conftest import WEB_IMAGE, eventually, wait_status, web_body
 from tests.test_models import SEED_REQUEST, seed_example_response
 
 
@@ -70,19 +70,54 @@ async def test_bad_input_answers_400_naming_the_field_and_creates_nothing(api, b
         ({"Volumes": ["/var/run/docker.sock:/sock"]}, "Volumes"),
         ({"Labels": {"k": "v\nbackend evil"}}, "Labels"),
     ]
-    for fields, field in cases:
-        response = await api.post("/services/create", json={**web_body("bad", 1), **fields})
-        assert response.status_code == 400, (fields, response.text)
-        body = response.json()
-        assert field in body["message"]
-        assert [e["field"] for e in body["errors"]] == [field], body
-        assert body["errors"][0]["message"]
-    for raw in (b"not json", b"[1, 2]"):
-        response = await api.post("/services/create", content=raw, headers={"content-type": "application/json"})
-        assert response.status_code == 400 and "JSON" in response.json()["message"]
-    await asyncio.sleep(0.5)  # give a (wrongly) started provisioning the time to show
+    with backend.hub.subscribe() as feed:
+        for fields, field in cases:
+            response = await api.post("/services/create", json={**web_body("bad", 1), **fields})
+            assert response.status_code == 400, (fields, response.text)
+            body = response.json()
+            assert field in body["message"]
+            assert [e["field"] for e in body["errors"]] == [field], body
+            assert body["errors"][0]["message"]
+        for raw in (b"not json", b"[1, 2]"):
+            response = await api.post("/services/create", content=raw, headers={"content-type": "application/json"})
+            assert response.status_code == 400 and "JSON" in response.json()["message"]
+    # A create is announced on the change feed before it is handed to the reconciler: none was.
+    assert feed.get(timeout=0) is None
     assert (await api.get("/services")).json() == []
     assert tenant_objects(docker_client, backend.tenant) == ([], [])
+
+
+async def test_control_characters_answer_400_naming_the_field_and_create_nothing(api, backend, docker_client):
+    cases = [
+        ({"Cmd": ["sh", "-c", "printf done\x1b]52;c;SGVsbG8=\x07"]}, "Cmd"),
+        ({"Entrypoint": "/bin/sh -c 'clear\x1b[2J'"}, "Entrypoint"),
+        ({"Env": ["MODE=prod\rX=1"]}, "Env"),
+        ({"Labels": {"team\x9b": "web"}}, "Labels"),
+    ]
+    for fields, field in cases:
+        response = await api.post("/services/create", json={**web_body("ctl", 1), **fields})
+        assert response.status_code == 400, (fields, response.text)
+        body = response.json()
+        assert [e["field"] for e in body["errors"]] == [field], body
+        assert "control characters" in body["errors"][0]["message"]
+    assert (await api.get("/services")).json() == []
+    assert tenant_objects(docker_client, backend.tenant) == ([], [])
+
+
+async def test_logs_carry_escape_sequences_and_carriage_returns_within_their_line(api: httpx.AsyncClient):
+    # The replica writes a clipboard write (OSC 52), a screen clear and a CR in one line: the backend
+    # passes the line through as it is (labelled, not cut at the CR); showing it safely is the console's job.
+    printf = "printf 'x\\033]52;c;SGVsbG8=\\007y\\033[2Jz\\rw\\n'"
+    response = await api.post("/services/create", json=web_body("esc", 1, Cmd=["sh", "-c", f"{printf}; exec /bin/serve"]))
+    assert response.status_code == 201, response.text
+    await wait_status(api, "esc", "active", 60)
+    replica = (await api.get("/services/esc/containers")).json()[0]["Name"]
+
+    async def logged():
+        return [line for line in (await api.get("/services/esc/logs")).text.split("\n") if "52;c" in line]
+
+    lines = await eventually(logged, 30, what="the line in the logs")
+    assert len(lines) == 1 and lines[0].split(" ", 1)[1] == f"{replica} | x\x1b]52;c;SGVsbG8=\x07y\x1b[2Jz\rw"
 
 
 async def test_unknown_service_answers_404(api: httpx.AsyncClient):

@@ -1,28 +1,23 @@
-"""The layout's promises: the backend is a UI-free core that never imports textual."""
+"""The layout's promises that import-linter can't check (its contracts are in pyproject.toml).
+
+The import rules themselves — the backend never imports tui or textual; backend.models and
+backend.haproxy import nothing of ours above them — are import-linter contracts, run by scripts/test
+(`lint-imports`). What stays here: no third-party package drags textual in at run time, and every
+module says what it owns; the project stands alone (its tests, scripts and benchmarks read nothing
+outside the repository).
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def imported_modules(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module.split(".")[0])
-    return names
-
-
-def test_backend_sources_never_import_the_ui():
-    for path in (ROOT / "backend").rglob("*.py"):
-        assert not {"textual", "tui"} & imported_modules(path), path
 
 
 def test_loading_the_whole_backend_loads_no_textual():
@@ -35,3 +30,60 @@ def test_every_module_says_what_it_owns():
     for path in list((ROOT / "backend").rglob("*.py")) + list((ROOT / "tui").rglob("*.py")):
         if path.stat().st_size:
             assert ast.get_docstring(ast.parse(path.read_text())), f"{path} has no module docstring"
+
+
+# -- the project stands alone: nothing it runs reads files outside the repository ------------------
+
+SELF_CONTAINED = ("tests", "scripts", "images", "bench", ".ci")
+OUTSIDE_NAMES = re.compile(r"\.\./shared|/work/|shared/seed|shared/SPEC")
+
+
+def escapes_the_repository(relative: Path, text: str) -> list[str]:
+    """What in `text` (the file at `relative`, from the root) names a path outside the repository."""
+    found = [match.group(0) for match in OUTSIDE_NAMES.finditer(text)]
+    depth = len(relative.parts) - 1  # how many directories the file sits below the root
+    for match in re.finditer(r"parents\[(\d+)\]", text):  # parents[k]: k + 1 levels up from the file
+        if int(match.group(1)) > depth:
+            found.append(match.group(0))
+    for match in re.finditer(r"__file__\)(?:\.resolve\(\))?((?:\.parent\b)+)", text):
+        if match.group(1).count(".parent") > depth + 1:
+            found.append(match.group(0))
+    for match in re.finditer(r"dirname \"\$0\"\)((?:/\.\.)+)", text):  # shell: the script's directory, then ..
+        if match.group(1).count("..") > depth:
+            found.append(match.group(0))
+    return found
+
+
+def test_nothing_outside_the_repository_is_read():
+    offenders = {}
+    for top in SELF_CONTAINED:
+        for path in (ROOT / top).rglob("*"):
+            if not path.is_file() or "__snapshots__" in path.parts or "__pycache__" in path.parts:
+                continue
+            if path.resolve() == Path(__file__).resolve():
+                continue  # this file names the patterns it looks for
+            try:
+                text = path.read_text()
+            except UnicodeDecodeError:
+                continue
+            if found := escapes_the_repository(path.relative_to(ROOT), text):
+                offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}
+
+
+@pytest.mark.parametrize(
+    ("relative", "text"),
+    [
+        ("tests/test_models.py", 'SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"'),
+        ("tests/tui/x.py", "ROOT = Path(__file__).resolve().parent.parent.parent.parent"),
+        ("scripts/x", 'cd "$(dirname "$0")/../.."'),
+        ("tests/x.py", 'open("/work/shared/seed/services-create.txt")'),
+    ],
+)
+def test_the_check_catches_paths_outside(relative: str, text: str):
+    assert escapes_the_repository(Path(relative), text)
+
+
+def test_the_check_lets_the_repository_be():
+    assert not escapes_the_repository(Path("tests/tui/x.py"), "ROOT = Path(__file__).resolve().parents[2]")
+    assert not escapes_the_repository(Path("tests/images/build.sh"), 'root="$(cd "$(dirname "$0")/../.." && pwd)"')

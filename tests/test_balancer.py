@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import time
 
 import httpx
 import pytest
 import trustme
 
+from backend import haproxy
 from backend.balancer import LABEL_FRONT
 from backend.docker_driver import LABEL_ROLE, LABEL_SERVICE, LABEL_TENANT
 from tests.balancer_helpers import SteadyLoad, echo_replica, get, tls_who, who
@@ -37,12 +37,8 @@ async def create_active(api: httpx.AsyncClient, name: str, replicas: int = 2, ti
     return await wait_status(api, name, "active", timeout=timeout)
 
 
-def spread(host: str, port: int, count: int, headers: dict | None = None, pause: float = 0.0) -> list[str]:
-    answers = []
-    for _ in range(count):
-        answers.append(who(host, port, headers))
-        time.sleep(pause)
-    return answers
+def spread(host: str, port: int, count: int, headers: dict | None = None) -> list[str]:
+    return [who(host, port, headers) for _ in range(count)]
 
 
 async def replicas_by_name(api: httpx.AsyncClient, name: str) -> dict[str, dict]:
@@ -155,16 +151,26 @@ async def test_roundrobin_reaches_every_replica_in_turn(api):
     assert all(seen.count(name) == 3 for name in names)  # in turn: each exactly a third
 
 
-async def test_leastconn_sends_new_connections_to_the_least_busy_replica(api):
+async def test_leastconn_sends_new_connections_to_the_least_busy_replica(api, backend, docker_client):
     service = await create_active(api, "least", 2, Algorithm="leastconn", Protocol="tcp", ServicePort=9002,
                                   **echo_replica())
+    (balancer,) = docker_client.containers.list(filters={"label": [
+        f"{LABEL_TENANT}={backend.tenant}", f"{LABEL_SERVICE}=least", f"{LABEL_ROLE}=balancer"]})
+
+    async def only_the_held_connection() -> bool:
+        # the sessions the balancer has open to the replicas, from its runtime API
+        answer = await asyncio.to_thread(balancer.exec_run, haproxy.runtime_exec_argv(haproxy.SHOW_SERVER_STATS))
+        return sum(haproxy.parse_session_counts(answer.output.decode()).values()) == 1
+
     # Hold one connection open (a request not yet finished): its replica has one connection more.
     held = socket.create_connection((service["IP"], 9002), timeout=5)
     try:
         held.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # headers not finished: stays open
-        await asyncio.sleep(0.3)
-        # (a pause between requests lets the balancer close each one before the next comes)
-        others = await asyncio.to_thread(spread, service["IP"], 9002, 6, None, 0.2)
+        others = []
+        for _ in range(6):
+            # each request once the balancer holds the held connection alone (the last one closed)
+            await eventually(only_the_held_connection, timeout=20, what="the balancer to hold one session")
+            others.append(await asyncio.to_thread(who, service["IP"], 9002))
         held.sendall(b"\r\n")
         held_by = held.recv(4096).decode().partition("\r\n\r\n")[2].split()[0]
     finally:
@@ -204,14 +210,12 @@ async def test_a_failing_replica_goes_down_gets_no_traffic_and_comes_back_up(api
     sick_name, well_name = sorted(replicas)
     sick = docker_client.containers.get(replicas[sick_name]["Id"])
     sick.exec_run(["rm", "/www/index.html"])  # GET / now answers 404: the HTTP check fails
-    broke_at = time.monotonic()
 
     async def health_of(name):
         return (await replicas_by_name(api, "checked"))[name]["Health"]
 
+    # (how soon, Fall × interval, is bench/'s business; here: it goes DOWN, and says so)
     await eventually(lambda: _is(health_of(sick_name), "DOWN"), timeout=10, interval=0.1, what="DOWN")
-    took = time.monotonic() - broke_at
-    assert took <= 2 * 1 + 1.5, took  # Fall (2) intervals of 1 s, reported within one more interval
     down = (await replicas_by_name(api, "checked"))[sick_name]
     assert down["HealthSince"] and down["State"] == "running"
     degraded = (await api.get("/services/checked")).json()
@@ -219,9 +223,7 @@ async def test_a_failing_replica_goes_down_gets_no_traffic_and_comes_back_up(api
     assert set(await asyncio.to_thread(spread, service["IP"], 80, 6)) == {well_name}
 
     sick.exec_run(["sh", "-c", "hostname > /www/index.html"])
-    fixed_at = time.monotonic()
     await eventually(lambda: _is(health_of(sick_name), "UP"), timeout=10, interval=0.1, what="UP again")
-    assert time.monotonic() - fixed_at <= 2 * 1 + 1.5
     await wait_status(api, "checked", "active")
     assert set(await asyncio.to_thread(spread, service["IP"], 80, 6)) == {sick_name, well_name}
     assert set(await replicas_by_name(api, "checked")) == {sick_name, well_name}  # not replaced
@@ -274,15 +276,26 @@ async def test_tcp_services_are_checked_by_connecting(api, docker_client):
 # -- 5. scaling under load --------------------------------------------------------------------------
 
 
+async def load_reaches(api: httpx.AsyncClient, name: str, *loads: SteadyLoad) -> None:
+    """Wait until every replica the service has now answered the (new-connection) load, and every
+    load made some more requests since: the change was really under load."""
+    names = set(await replicas_by_name(api, name))
+    marks = [load.result.ok for load in loads]
+    await eventually(
+        lambda: names <= set(loads[0].result.by_replica) and all(
+            load.result.ok >= mark + 20 for load, mark in zip(loads, marks, strict=True)),
+        timeout=30, what=f"the load to reach every replica of {name}")
+
+
 async def test_scaling_2_5_2_under_steady_load_fails_no_request(api):
     service = await create_active(api, "steady", 2, Protocol="http")
     with SteadyLoad(service["IP"], 80, threads=4) as load, SteadyLoad(service["IP"], 80, threads=2, keepalive=True) as kept:
-        await asyncio.sleep(1)
+        await load_reaches(api, "steady", load, kept)
         for target in (5, 2, 5, 2):
             response = await api.post("/services/steady/update", json={"Replicas": target})
             assert response.status_code == 200
             await wait_status(api, "steady", "active", timeout=60)
-            await asyncio.sleep(0.5)
+            await load_reaches(api, "steady", load, kept)
     for result in (load.result, kept.result):
         assert result.failed == 0, result.errors
         assert result.ok > 100
@@ -295,7 +308,7 @@ async def test_a_rolling_update_under_load_fails_no_request(api):
         response = await api.post("/services/rolling/update", json={"Image": "hyperservice-test/web:2"})
         assert response.status_code == 200
         await wait_status(api, "rolling", "active", timeout=90)
-        await asyncio.sleep(0.5)
+        await load_reaches(api, "rolling", load)
     assert load.result.failed == 0, load.result.errors
     assert all("version 2" in get(service["IP"], 80)[1] for _ in range(4))
 

@@ -123,7 +123,8 @@ async def test_a_replacement_that_starts_slowly_takes_no_traffic_until_it_answer
     victim = sorted(before)[0]
     observed: list[tuple[float, str, str, str]] = []  # (when, replacement's health, service status, message)
     probe: FirstAnswer | None = None
-    with backend.hub.subscribe() as events, PacedLoad(service["IP"], 80, rate=10, timeout=5.0, max_seconds=80) as load:
+    events = backend.hub.subscribe_async()
+    with PacedLoad(service["IP"], 80, rate=10, timeout=5.0, max_seconds=80) as load:
         await asyncio.sleep(1)
         await asyncio.to_thread(docker_client.containers.get(before[victim]["Id"]).kill)
         deadline = time.monotonic() + 60
@@ -160,9 +161,10 @@ async def test_a_replacement_that_starts_slowly_takes_no_traffic_until_it_answer
     # It took no traffic before it answered: nothing failed, though a replica was killed under load.
     assert not load.failed, [f.error for f in load.failed][:5]
     heals = []
-    while (event := events.get(timeout=0.1)) is not None:
+    while (event := await events.get(timeout=0.1)) is not None:
         if event["Type"] == "service" and event["Action"] == "heal":
             heals.append(event)
+    events.close()
     assert [(e["Name"], e["Replica"]) for e in heals] == [("phoenix", victim)], heals
     assert heals[0]["Reason"].startswith("exited") and heals[0]["Replaced"] is True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,25 +12,16 @@ from pydantic import ValidationError
 
 from backend.models import SERVICE_KEYS, Service, ServiceSpec, ServiceUpdate, field_errors
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "services-create.txt"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def seed_example_response() -> dict:
-    text = SEED.read_text() if SEED.exists() else ""
-    start = text.index("Content-Type: application/json", text.index("Example response"))
-    body = text[text.index("{", start) : text.index("Json parameters")]
-    return json.loads(body)
+    """The seed's example response to POST /services/create (copied from the product's seed)."""
+    return json.loads((FIXTURES / "services-create-response.json").read_text())
 
 
-SEED_REQUEST = {
-    "Name": "http",
-    "Image": "nginx",
-    "ContainerPort": 80,
-    "Replicas": 2,
-    "Protocol": "http",
-    "ServicePort": 80,
-    "Labels": {"app": "nginx"},
-}
+# The seed's example request (its image is replaced by an offline one where a test runs it for real).
+SEED_REQUEST = json.loads((FIXTURES / "services-create-request.json").read_text())
 
 
 def errors_of(**fields) -> dict[str, str]:
@@ -94,6 +86,12 @@ def test_container_port_follows_service_port_unless_given():
         ({"HealthCheckRise": 0}, "HealthCheckRise", "at least 1"),
         ({"Labels": {"bad key": "x"}}, "Labels", "not a valid label key"),
         ({"Labels": {"io.hyperservice.role": "x"}}, "Labels", "reserved"),
+        ({"Labels": {"com.docker.compose.project": "x"}}, "Labels", "com.docker.compose. are reserved"),
+        ({"Labels": {"com.docker.stack.namespace": "x"}}, "Labels", "com.docker.stack. are reserved"),
+        ({"Labels": {"traefik.http.routers.x.rule": "Host(`a`)"}}, "Labels", "traefik. are reserved"),
+        ({"Labels": {"Traefik.enable": "true"}}, "Labels", "traefik. are reserved"),
+        ({"Labels": ["traefik.enable=true"]}, "Labels", "traefik. are reserved"),
+        ({"Volumes": ["v" * 129 + ":/data"]}, "Volumes", "longer than 128"),
         ({"Labels": {"k": "v\nserver evil 1.2.3.4:80"}}, "Labels", "control characters"),
         ({"Labels": ["novalue"]}, "Labels", "key=value"),
         ({"SecurityGroups": ["bad group"]}, "SecurityGroups", "not a valid group name"),
@@ -109,6 +107,30 @@ def test_bad_values_name_their_field_and_say_what_is_allowed(fields, field, word
     errors = errors_of(**fields)
     assert field in errors, errors
     assert words in errors[field]
+
+
+# ESC (OSC 52 clipboard write, screen clear), BEL, CR, tab, NUL, DEL and a C1 control (CSI).
+CONTROL_CHARACTERS = ["\x1b]52;c;SGVsbG8=\x07", "\x1b[2J", "\x07", "\r", "\t", "\x00", "\x7f", "\x9b31m"]
+
+
+@pytest.mark.parametrize("control", CONTROL_CHARACTERS, ids=repr)
+@pytest.mark.parametrize(
+    ("field", "make"),
+    [
+        ("Cmd", lambda c: ["echo", f"a{c}b"]),
+        ("Cmd", lambda c: f"echo 'a{c}b'"),  # the shell-like line keeps it inside a word
+        ("Entrypoint", lambda c: ["/bin/sh", f"-c{c}"]),
+        ("Env", lambda c: [f"A=x{c}y"]),
+        ("Env", lambda c: [f"A{c}=x"]),
+        ("Labels", lambda c: {"k": f"v{c}w"}),
+        ("Labels", lambda c: {f"k{c}": "v"}),
+        ("Labels", lambda c: [f"k=v{c}w"]),
+    ],
+)
+def test_control_characters_are_refused_in_cmd_entrypoint_env_and_labels(field, make, control):
+    errors = errors_of(**{field: make(control)})
+    assert "must not contain newlines or other control characters" in errors.get(field, ""), errors
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", errors[field])  # the message shows the value escaped
 
 
 def test_required_fields():

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+
 import docker
 
 from backend.core import Backend
 from backend.docker_driver import LABEL_ROLE, LABEL_SERVICE, LABEL_TENANT, LABEL_UID
+from backend.store import ServiceRecord
 from tests.conftest import client_for, eventually, make_settings, remove_tenant_objects, wait_status, web_body
 
 
@@ -36,6 +40,8 @@ async def test_restart_keeps_everything_and_heals_what_changed_while_down(tmp_pa
 
         second = Backend(settings)
         assert second.tenant == tenant  # the same installation
+        clock = [0.0]
+        second.reconciler.clock = lambda: clock[0]  # the orphan grace period passes when the test says so
         second.start()
         try:
             async with client_for(second) as api:
@@ -54,6 +60,9 @@ async def test_restart_keeps_everything_and_heals_what_changed_while_down(tmp_pa
                 await wait_status(api, "alpha", "active")
 
                 second.reconciler.collect_orphans()  # the periodic resync does this too
+                assert docker_client.containers.get(orphan.id)  # reported first, not removed
+                clock[0] += settings.orphan_grace_seconds
+                second.reconciler.collect_orphans()  # still unknown after the grace period: removed
                 try:
                     docker_client.containers.get(orphan.id)
                     raise AssertionError("the orphan was not collected")
@@ -91,3 +100,69 @@ async def test_two_backends_on_one_engine_never_touch_each_other(tmp_path, docke
         for instance in (one, two):
             instance.close()
             remove_tenant_objects(docker_client, instance.tenant)
+
+
+async def test_a_restored_older_state_file_reports_unknown_services_and_removes_them_only_after_the_grace(
+    tmp_path, docker_client
+):
+    """The state file is restored from a backup older than service `newer`: its containers are not
+    provably orphans. They are reported, kept through the grace period, removed only if still unknown;
+    a uid that becomes known in the meantime (here: released) is never removed."""
+    settings = make_settings(tmp_path / "data", orphan_grace_seconds=600)
+    first = Backend(settings)
+    first.start()
+    tenant = first.tenant
+    backup = tmp_path / "backup.db"
+    try:
+        async with client_for(first) as api:
+            await api.post("/services/create", json=web_body("older", 1))
+            await wait_status(api, "older", "active")
+            with sqlite3.connect(backup) as copy:
+                first.store._db.backup(copy)  # what an operator's backup would hold
+            await api.post("/services/create", json=web_body("newer", 1))
+            newer = await wait_status(api, "newer", "active")
+        first.close()
+        state = settings.state_file
+        for leftover in (state.with_name(state.name + "-wal"), state.with_name(state.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+        shutil.copyfile(backup, state)  # restored
+
+        stray = docker_client.containers.create(
+            "hyperservice-test/web:1", name=f"stray-{tenant[:6]}",
+            labels={LABEL_TENANT: tenant, LABEL_SERVICE: "stray", LABEL_UID: "e" * 32, LABEL_ROLE: "replica"},
+        )
+        second = Backend(settings)  # not started: only the collector acts, when the test calls it
+        now = [1000.0]
+        second.reconciler.clock = lambda: now[0]
+        try:
+            events = second.hub.subscribe_async()
+            try:
+                second.reconciler.collect_orphans()  # publishes from this thread: delivered by the loop
+                found = [await events.get(timeout=5), await events.get(timeout=5)]
+            finally:
+                events.close()
+            newer_uid = docker_client.containers.get(newer["Containers"][0]).labels[LABEL_UID]
+            assert {(e["Type"], e["Action"], e["Name"], e["Uid"]) for e in found} == {
+                ("orphan", "found", "newer", newer_uid), ("orphan", "found", "stray", "e" * 32),
+            }
+            assert running(docker_client, tenant, "newer") == set(newer["Containers"])  # reported, kept
+
+            # The stray's uid becomes known (released: the operator kept it on purpose).
+            second.store.forget(ServiceRecord(
+                name="stray", uid="e" * 32, spec=None, revision=1, generation=1, ip="", fip="", status="",
+                message="", created="", containers=None, deleting=False, keep=True,
+            ))
+            now[0] += 599
+            second.reconciler.collect_orphans()
+            assert running(docker_client, tenant, "newer") == set(newer["Containers"])  # within the grace
+            now[0] += 1
+            second.reconciler.collect_orphans()
+            assert running(docker_client, tenant, "newer") == set()  # still unknown after it: removed
+            assert docker_client.networks.list(filters={"label": f"{LABEL_UID}={newer_uid}"}) == []
+            assert docker_client.containers.get(stray.id)  # known by then: left alone
+            assert second.store.names() == ["older"]
+        finally:
+            second.close()
+    finally:
+        first.close()
+        remove_tenant_objects(docker_client, tenant)

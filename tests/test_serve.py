@@ -31,11 +31,15 @@ def served(tmp_path, docker_client):
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while True:  # a poll with a deadline: the daemon answers, or the fixture fails saying why
         try:
             httpx.get(url + "/openapi.json", headers={"authorization": "Bearer s3cret"}, timeout=1)
             break
         except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                output = process.communicate(timeout=30)[0].decode()
+                pytest.fail(f"`hyperservice serve` did not answer within 30 s:\n{output[-2000:]}")
             time.sleep(0.1)
     try:
         yield url
@@ -75,3 +79,16 @@ def test_serve_refuses_a_bad_listen_address():
     result = subprocess.run([sys.executable, "-m", "tui.cli", "serve", "--listen", "nowhere"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
+
+
+def test_a_second_daemon_on_the_same_data_dir_refuses_to_start_naming_the_first(served, tmp_path):
+    holder = (tmp_path / "data" / "backend.lock").read_text().strip()
+    env = {**os.environ, "HYPERSERVICE_DATA_DIR": str(tmp_path / "data"), "HYPERSERVICE_LB_IMAGE": LB_IMAGE}
+    second = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "serve", "--listen", f"127.0.0.1:{free_port()}"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"in use by another hyperservice backend (pid {holder})" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert httpx.get(served + "/services", headers={"authorization": "Bearer s3cret"}).status_code == 200

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 
 import httpx
 import pytest
 import uvicorn
 
 from backend.api import create_app
-from tests.conftest import wait_status, web_body
+from tests.conftest import eventually, wait_status, web_body
 from tests.test_serve import free_port
 
 
@@ -22,9 +21,7 @@ async def tcp_api(backend):
     server = uvicorn.Server(uvicorn.Config(create_app(backend), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await eventually(lambda: server.started, 10, 0.05, "the API server to start")
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         yield client
     server.should_exit = True

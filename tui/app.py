@@ -9,6 +9,7 @@ the stack what changed (`tui.messages`). No polling: when nothing happens, nothi
 that ages the "age" column. (The service view reads its replicas' stats stream while it is open.)
 
 Every API failure ends in `report_error`: a notification with the server's message, never a traceback.
+Notifications are plain text: never parsed as markup, control characters shown (`notify`).
 """
 
 from __future__ import annotations
@@ -19,19 +20,22 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from backend.models import ContainerInfo, Service
 from tui.catalog import Catalog
-from tui.client import ApiClient, ApiError
+from tui.client import ApiClient, ApiError, ConsoleClient
 from tui.commands import ServiceCommands
+from tui.formatting import plain, visible
 from tui.messages import ConnectionChanged, ContainersChanged, LimitsChanged, ServicesChanged
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,7 @@ class ConsoleApp(App[None]):
     """The hyperservice console. `api_url` None: an in-process backend on the local Docker engine.
 
     Keyword-only extras (tests, benchmarks): `backend` (an in-process `Backend` to use, owned by the
-    caller), `client` (anything with `ApiClient`'s methods), `settings` (for the backend the app
+    caller), `client` (a `ConsoleClient`: an `ApiClient` or a test's fake), `settings` (for the backend the app
     starts itself), `clock` (what "now" is, for ages and uptimes).
     """
 
@@ -87,7 +91,7 @@ class ConsoleApp(App[None]):
         token: str | None = None,
         *,
         backend: Any = None,
-        client: Any = None,
+        client: ConsoleClient | None = None,
         settings: Any = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
@@ -95,7 +99,7 @@ class ConsoleApp(App[None]):
         self.api_url = api_url
         self.token = token
         self.catalog = Catalog()
-        self._client = client
+        self._client: ConsoleClient | None = client
         self._backend = backend
         self._own_backend = False
         self._settings = settings
@@ -109,7 +113,7 @@ class ConsoleApp(App[None]):
     # -- life cycle --------------------------------------------------------------------------
 
     @property
-    def client(self) -> ApiClient:
+    def client(self) -> ConsoleClient:
         assert self._client is not None, "the client is made on mount"
         return self._client
 
@@ -132,9 +136,9 @@ class ConsoleApp(App[None]):
 
     async def on_mount(self) -> None:
         if self.start_error:
-            self.exit(return_code=1, message=self.start_error)
+            self.exit(return_code=1, message=plain(self.start_error, newlines=True))  # printed: never markup
             return
-        self.sub_title = self.target_description()
+        self.sub_title = visible(self.target_description())
         self.follow_events()
 
     def _make_client(self) -> ApiClient:
@@ -207,6 +211,9 @@ class ConsoleApp(App[None]):
             self.broadcast(lambda: ConnectionChanged(self.catalog.problem))
             if action == "up":
                 self.reload()
+            return
+        if kind == "backend" and action == "notice":  # e.g. the balancer runs the offline fallback image
+            self.notify(str(event.get("Message") or ""), title="backend", severity="warning", timeout=20)
             return
         if kind == "service":
             name = str(event.get("Name") or "")
@@ -283,13 +290,16 @@ class ConsoleApp(App[None]):
                         return name, None
                     raise
 
-        found = await asyncio.gather(*(one_service(n) for n in services), *(one_replica_list(n) for n in containers))
+        services_found, replicas_found = await asyncio.gather(  # all requests at once, as many as `limit` lets
+            asyncio.gather(*(one_service(n) for n in services)),
+            asyncio.gather(*(one_replica_list(n) for n in containers)),
+        )
         fetched = self.Fetched()
-        for index, (name, value) in enumerate(found):
-            if index < len(services):
-                fetched.services[name] = value  # type: ignore[assignment]
-            elif value is not None:
-                fetched.containers[name] = value  # type: ignore[assignment]
+        for name, service in services_found:
+            fetched.services[name] = service
+        for name, replicas in replicas_found:
+            if replicas is not None:
+                fetched.containers[name] = replicas
         self.post_message(fetched)
 
     @work(exclusive=True, group="reload", exit_on_error=False)
@@ -347,7 +357,7 @@ class ConsoleApp(App[None]):
             names = frozenset(changed)
             self.broadcast(lambda: ServicesChanged(names))
         for name in message.containers:
-            self.broadcast(lambda name=name: ContainersChanged(name))
+            self.broadcast(partial(ContainersChanged, name))
 
     def broadcast(self, make: Callable[[], Message]) -> None:
         """Tell every screen on the stack (each gets its own message instance)."""
@@ -361,6 +371,17 @@ class ConsoleApp(App[None]):
         self.mark_dirty(containers=[service.Name])
 
     # -- errors ------------------------------------------------------------------------------
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every notification of the console (screens' and widgets' `notify` end here) as plain text.
+
+        Messages carry service names, typed values and the server's or the engine's words, so they are
+        never markup (`markup` is ignored: Textual's `Widget.notify` always passes True) and their control
+        characters are shown, not sent to the terminal.
+        """
+        super().notify(visible(message, newlines=True), title=visible(title), severity=severity, timeout=timeout,
+                       markup=False)
 
     def report_error(self, error: BaseException | None, title: str | None = None) -> None:
         if isinstance(error, ApiError):

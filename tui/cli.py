@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"hyperservice: {exc}", file=sys.stderr)
             return 2
-        serve(args.listen, args.token)
+        from backend.store import DataDirInUse, DataDirUnsafe
+
+        try:
+            serve(args.listen, args.token)
+        except (DataDirInUse, DataDirUnsafe) as exc:  # say it in one line, no traceback
+            print(f"hyperservice: {exc}", file=sys.stderr)
+            return 1
         return 0
 
     from tui.app import ConsoleApp

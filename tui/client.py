@@ -1,5 +1,9 @@
 """The console's one way to the backend: `ApiClient`, typed async methods over httpx.
 
+`ConsoleClient` is what the console needs of it, as a Protocol: the console is typed against that, and
+the tests' fixed-data fake (tests/tui/fakes.py) is one too; tests/tui/test_client_protocol.py holds both
+to its signatures, so they cannot drift apart.
+
 The same client serves both modes: in-process (the FastAPI app of `backend.api` on a `Backend`, reached
 through `StreamingASGITransport`, no port opened) and remote (`hyperservice serve` at a URL, with an
 optional bearer token). Answers come back as the backend's own pydantic models; every failure, from a
@@ -16,7 +20,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -73,6 +77,40 @@ class ApiError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ConsoleClient(Protocol):
+    """Everything the console asks of its way to the backend (`ApiClient`, or a test's fake)."""
+
+    description: str  # where the backend is, for messages
+    backend: Any  # the in-process Backend, None when remote
+
+    async def list_services(self) -> list[Service]: ...
+
+    async def get_service(self, name: str) -> Service: ...
+
+    async def create_service(self, body: dict[str, Any]) -> Service: ...
+
+    async def update_service(self, name: str, **changes: Any) -> Service: ...
+
+    async def delete_service(self, name: str, keep: bool = False) -> None: ...
+
+    async def containers(self, name: str) -> list[ContainerInfo]: ...
+
+    async def all_replicas(self) -> dict[str, list[ContainerInfo]]: ...
+
+    async def floating_ips(self) -> list[FloatingIP]: ...
+
+    async def limits(self) -> Limits: ...
+
+    # streams: async generators, so plain `def`s answering an async iterator
+    def stats(self, name: str) -> AsyncIterator[ReplicaStats]: ...
+
+    def follow_logs(self, name: str, container: str | None = None, tail: int | None = 200) -> AsyncIterator[str]: ...
+
+    def events(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +220,20 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
 # ---------------------------------------------------------------------------------------------
 # The client
 # ---------------------------------------------------------------------------------------------
+
+
+async def _log_lines(response: httpx.Response) -> AsyncIterator[str]:
+    r"""The body's lines, split at "\n" only (and "\r\n"). httpx's `aiter_lines` also splits at a lone
+    CR, FF, VT, \x1c-\x1e, NEL and U+2028, which would cut a log line that carries one into pieces
+    without their label; here such characters stay in their line (the log pane shows them)."""
+    pending = ""
+    async for chunk in response.aiter_text():
+        pending += chunk
+        *complete, pending = pending.split("\n")
+        for line in complete:
+            yield line.removesuffix("\r")
+    if pending:
+        yield pending.removesuffix("\r")
 
 
 def _error_from(response: httpx.Response) -> ApiError:
@@ -316,7 +368,7 @@ class ApiClient:
         if tail is not None:
             params["tail"] = tail
         async with self._stream(f"/services/{name}/logs", params) as response:
-            async for line in response.aiter_lines():
+            async for line in _log_lines(response):
                 yield line
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

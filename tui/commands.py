@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING
 
 from textual.app import SystemCommand
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.markup import escape
 from textual.screen import Screen
+
+from tui.formatting import plain, visible
 
 if TYPE_CHECKING:
     from tui.app import ConsoleApp
@@ -58,16 +61,20 @@ class ServiceCommands(Provider):
         app.push_screen(ServiceScreen(name))
 
     def _names(self) -> list[str]:
-        return sorted(self.app.catalog.services)
+        from tui.app import ConsoleApp
+
+        app = self.app  # typed App[object] by Textual's Provider; the console's app in practice
+        return sorted(app.catalog.services) if isinstance(app, ConsoleApp) else []
 
     async def discover(self) -> Hits:
         for name in self._names():
-            yield DiscoveryHit(f"Open service {name}", partial(self._open, name), help="Its replicas, logs and spec")
+            yield DiscoveryHit(plain(f"Open service {name}"), partial(self._open, name), help="Its replicas, logs and spec")
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for name in self._names():
-            text = f"Open service {name}"
+            text = visible(f"Open service {name}")
             score = matcher.match(text)
-            if score > 0:
-                yield Hit(score, matcher.highlight(text), partial(self._open, name), help="Its replicas, logs and spec")
+            if score > 0:  # highlight() parses its argument as markup: the name is escaped
+                yield Hit(score, matcher.highlight(escape(text)), partial(self._open, name),
+                          help="Its replicas, logs and spec")

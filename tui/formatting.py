@@ -1,6 +1,14 @@
-"""How the console writes values: ages, uptimes, addresses, replica counts and status colours.
+"""How the console writes values: ages, uptimes, addresses, replica counts and status colours — and
+how any string from the backend or the engine reaches the screen (`plain`, `visible`).
 
 Pure functions of their inputs (the time "now" is passed in), so screens and snapshot tests agree.
+
+Terminal safety: names, images, messages, labels, env, commands and log lines are data, never markup
+and never terminal control. Textual parses a `str` given to a Static, Label, DataTable cell or
+notification as markup (`[/]` raises, `[bold]` styles), and Rich passes ESC through to the terminal (a
+log line with `ESC]52;...` would write the operator's clipboard, `ESC[2J` clear the screen). So every such
+string goes through `plain()` (a `Text`, never parsed) or `visible()` (control characters shown as
+stand-ins: ESC as ␛, BEL as ␇, CR as ␍, the C1 control CSI as \\x9b).
 """
 
 from __future__ import annotations
@@ -12,6 +20,18 @@ from rich.text import Text
 from backend.models import ContainerInfo, Service
 
 DASH = "—"
+TAB_SIZE = 8
+
+# C0 controls as their Unicode control pictures (U+2400 + code: ESC → ␛), DEL as ␡, the C1 controls
+# (which some terminals obey like ESC sequences) as \x80..\x9f. Each a printable, one-cell stand-in
+# (C1: four cells), so what a line says is shown and nothing reaches the terminal as a control.
+_STAND_INS: dict[int, str] = {
+    **{code: chr(0x2400 + code) for code in range(0x20)},
+    0x7F: "\u2421",
+    **{code: f"\\x{code:02x}" for code in range(0x80, 0xA0)},
+}
+_VISIBLE = str.maketrans(_STAND_INS)
+_VISIBLE_KEEP_NEWLINES = str.maketrans({code: text for code, text in _STAND_INS.items() if code != 0x0A})
 
 STATUS_STYLE = {
     "active": "bold green",
@@ -24,6 +44,21 @@ STATUS_STYLE = {
 }
 STATE_STYLE = {"running": "green", "restarting": "yellow", "created": "yellow", "exited": "red", "dead": "red"}
 HEALTH_STYLE = {"UP": "bold green", "DOWN": "bold red", "starting": "yellow"}
+
+
+def visible(text: str, *, newlines: bool = False) -> str:
+    """`text` with every control character shown as a visible stand-in (ESC → ␛, BEL → ␇, CR → ␍):
+    what a value says, never what it would make a terminal do. Tabs become spaces; line breaks stay
+    when `newlines` (multi-line text such as a whole message), else they show as ␊."""
+    if "\t" in text:
+        text = text.expandtabs(TAB_SIZE)
+    return text.translate(_VISIBLE_KEEP_NEWLINES if newlines else _VISIBLE)
+
+
+def plain(text: str, style: str = "", *, newlines: bool = False) -> Text:
+    """A string from the backend or the engine, for any widget: a `Text` (never parsed as markup)
+    with its control characters made visible (see `visible`)."""
+    return Text(visible(text, newlines=newlines), style=style)
 
 
 def parse_time(value: str) -> datetime | None:
@@ -95,16 +130,16 @@ def replicas_text(service: Service, containers: list[ContainerInfo] | None) -> T
 
 
 def status_text(status: str) -> Text:
-    return Text(status or DASH, style=STATUS_STYLE.get(status, ""))
+    return plain(status or DASH, STATUS_STYLE.get(status, ""))
 
 
 def state_text(state: str) -> Text:
-    return Text(state or DASH, style=STATE_STYLE.get(state, ""))
+    return plain(state or DASH, STATE_STYLE.get(state, ""))
 
 
 def health_text(health: str, since_value: str = "", now: datetime | None = None) -> Text:
     """UP / DOWN / starting as the balancer sees it, with how long it has been so ("UP 2m")."""
-    text = Text(health or DASH, style=HEALTH_STYLE.get(health, "dim"))
+    text = plain(health or DASH, HEALTH_STYLE.get(health, "dim"))
     if health and since_value and now is not None and parse_time(since_value) is not None:
         text.append(f" {since(since_value, now)}", style="dim")
     return text

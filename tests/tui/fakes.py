@@ -1,12 +1,14 @@
 """A fake backend client with fixed data, for snapshot tests and screenshots (deterministic output).
 
-It has `ApiClient`'s methods; the /events stream says hello and then stays quiet, so the console
+It is a `tui.client.ConsoleClient`, as `ApiClient` is (test_client_protocol.py holds both to it); the
+/events stream says hello and then stays quiet, so the console
 shows exactly the data below. Pilot tests that prove behaviour use the real backend instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,8 +84,8 @@ LOG_LINES = [
 
 
 class FakeClient:
-    description = "fake backend"
-    backend = None
+    description: str = "fake backend"
+    backend: Any = None
 
     def __init__(self, services: list[Service] | None = None) -> None:
         self.services = {s.Name: s for s in (services if services is not None else sample_services())}
@@ -99,7 +101,7 @@ class FakeClient:
     async def floating_ips(self) -> list[FloatingIP]:
         return [FloatingIP(Address=a, Service=s) for a, s in FIP_POOL]
 
-    async def stats(self, name: str):
+    async def stats(self, name: str) -> AsyncIterator[ReplicaStats]:
         for sample in sample_stats(await self.get_service(name)):
             yield sample
         await asyncio.Event().wait()
@@ -128,14 +130,14 @@ class FakeClient:
     async def logs(self, name: str, container: str | None = None, tail: int | None = None) -> str:
         return "\n".join(LOG_LINES) + "\n"
 
-    async def follow_logs(self, name: str, container: str | None = None, tail: int | None = 200):
+    async def follow_logs(self, name: str, container: str | None = None, tail: int | None = 200) -> AsyncIterator[str]:
         for line in LOG_LINES:
             if name in line and (not container or container in line):
                 yield line
         await asyncio.Event().wait()
         yield ""  # never reached
 
-    async def events(self):
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
         yield {"Type": "hello", "Action": "subscribed", "Engine": "ok", "Tenant": TENANT}
         await asyncio.Event().wait()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fakes import NOW, FakeClient, fake_app
 from textual.widgets import DataTable, Input
-from tui_helpers import wait_for
+from tui_helpers import settled, wait_for
 
 from tui.app import ConsoleApp
 from tui.client import ApiError, Limits
@@ -19,7 +19,7 @@ async def test_one_replicas_call_at_start_up_not_one_per_service():
     app = fake_app()
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: app.catalog.containers.keys() == {"api", "cache", "web", "worker"}, 5, "replicas")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: settled(app), 5, "no fetch pending")  # whatever start-up asks, it has asked
         assert app.client.calls == ["all_replicas"]  # type: ignore[attr-defined]
         assert str(app.screen.query_one("#services", DataTable).get_cell("web", "Up")) == "2/3"
 

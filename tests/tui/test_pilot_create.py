@@ -3,8 +3,6 @@ active in the list, live; invalid input is shown on its field and blocks the sub
 
 from __future__ import annotations
 
-import time
-
 from textual.widgets import Input
 from tui_helpers import cell, type_into, wait_for
 
@@ -41,9 +39,7 @@ async def test_form_creates_a_service_that_turns_active_live(backend):
             seen.add(status)
             return status == "active" and cell(pilot, "#services", "formweb", "Up") == "2/2"
 
-        started = time.monotonic()
         await wait_for(pilot, active, 60, "formweb to turn active in the table")
-        assert time.monotonic() - started < 60
         service = backend.get("formweb")
         assert service.Status == "active" and service.Replicas == 2 and service.ContainerPort == 80
         assert "active" in seen
@@ -67,7 +63,7 @@ async def test_invalid_value_shows_on_its_field_and_blocks_submit(backend):
         assert error_of(app, "ServicePort") == "✗ is required"
         summary = str(app.screen.query_one("#form-summary").content)
         assert "Name" in summary and "Replicas" in summary and "Image" in summary
-        assert backend.list() == []
+        assert backend.list_services() == []
         # fixing the fields clears their errors
         await type_into(pilot, "#Name", "good-name")
         assert error_of(app, "Name") == ""

@@ -155,9 +155,8 @@ async def test_a_replica_going_down_shows_in_the_table_with_no_key_pressed(backe
         engine = backend.driver.client
         result = await asyncio.to_thread(engine.containers.get(victim).exec_run, ["rm", "/www/index.html"])
         assert result.exit_code == 0, result.output
-        started = asyncio.get_running_loop().time()
+        # (how soon, fall 2 × interval 1 s plus the event, is bench/'s business)
         await wait_for(pilot, lambda: replica_cells(app, "Health")[victim].startswith("DOWN"), 15, "DOWN shown")
-        assert asyncio.get_running_loop().time() - started < 10  # fall 2 × interval 1 s, plus the event
         assert re.fullmatch(r"DOWN \d+s", replica_cells(app, "Health")[victim])
         assert "1/2 up" in str(app.screen.query_one("#summary").content)
         # and back: the file returns, the balancer sees it UP again
@@ -260,10 +259,7 @@ async def test_a_remote_console_validates_replicas_against_the_backends_limit(ba
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        for _ in range(100):
-            if server.started:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: server.started, 10, 0.05, "the API server to start")
         app = ConsoleApp(api_url=f"http://127.0.0.1:{port}")
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_for(pilot, lambda: app.max_replicas == MAX_REPLICAS, 10, "the backend's limit")

@@ -52,7 +52,7 @@ async def test_scale_and_delete_from_the_service_view(backend, api):
         await pilot.click("#delete")
         await wait_for(pilot, lambda: isinstance(app.screen, ServicesScreen), 60, "back on the list once deleted")
         await wait_for(pilot, lambda: "svc" not in app.screen.query_one("#services").rows, 10, "the row gone")
-        assert backend.list() == []
+        assert backend.list_services() == []
         engine = backend.driver.client
         label = f"io.hyperservice.tenant={backend.tenant}"
         assert engine.containers.list(all=True, filters={"label": label}) == []  # not kept: removed

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from backend.models import Service, ServiceUpdate, field_errors
 from tui.formatting import copyable_address
+from tui.screens.base import ConsoleScreen
 from tui.screens.delete import DeleteDialog
 from tui.screens.prompt import PromptDialog
 
@@ -28,8 +29,8 @@ def update_problem(field: str, value: str, max_replicas: int) -> str | None:
     return None
 
 
-class ServiceActions:
-    """Mixed into a Screen; the screen says which service via `target_service()`."""
+class ServiceActions(ConsoleScreen):
+    """The actions of a screen that has a service at hand; it says which via `target_service()`."""
 
     def target_service(self) -> Service | None:  # pragma: no cover - each screen overrides it
         raise NotImplementedError
@@ -37,20 +38,20 @@ class ServiceActions:
     def _target_or_say(self) -> Service | None:
         service = self.target_service()
         if service is None:
-            self.notify("No service selected", severity="warning")  # type: ignore[attr-defined]
+            self.notify("No service selected", severity="warning")
         return service
 
     def action_scale(self) -> None:
         service = self._target_or_say()
         if service is None:
             return
-        limit = self.app.max_replicas  # type: ignore[attr-defined]
+        limit = self.app.max_replicas
 
         def done(value: str | None) -> None:
             if value is not None and int(value) != service.Replicas:
                 self.run_update(service.Name, f"Scaling {service.Name} to {value}", Replicas=int(value))
 
-        self.app.push_screen(  # type: ignore[attr-defined]
+        self.app.push_screen(
             PromptDialog(
                 f"Scale {service.Name}",
                 "Replicas",
@@ -71,7 +72,7 @@ class ServiceActions:
             if value:
                 self.run_update(service.Name, f"Rolling {service.Name} to {value}", Image=value)
 
-        self.app.push_screen(  # type: ignore[attr-defined]
+        self.app.push_screen(
             PromptDialog(
                 f"Rolling update of {service.Name}",
                 "Image",
@@ -96,7 +97,7 @@ class ServiceActions:
             what = f"Attaching {value} to {service.Name}" if value else f"Detaching {service.FIP} from {service.Name}"
             self.run_update(service.Name, what, FIP=value)
 
-        self.app.push_screen(FloatingIPDialog(service), done)  # type: ignore[attr-defined]
+        self.app.push_screen(FloatingIPDialog(service), done)
 
     def action_delete(self) -> None:
         service = self._target_or_say()
@@ -107,7 +108,7 @@ class ServiceActions:
             if answer and answer[0]:
                 self.run_delete(service.Name, answer[1])
 
-        self.app.push_screen(DeleteDialog(service.Name, service.Replicas), done)  # type: ignore[attr-defined]
+        self.app.push_screen(DeleteDialog(service.Name, service.Replicas), done)
 
     def action_copy_address(self) -> None:
         service = self._target_or_say()
@@ -115,16 +116,16 @@ class ServiceActions:
             return
         text = copyable_address(service)
         if not text:
-            self.notify("The service has no address yet", severity="warning")  # type: ignore[attr-defined]
+            self.notify("The service has no address yet", severity="warning")
             return
-        self.app.copy_to_clipboard(text)  # type: ignore[attr-defined]
-        self.notify(f"Copied {text}", timeout=3)  # type: ignore[attr-defined]
+        self.app.copy_to_clipboard(text)
+        self.notify(f"Copied {text}", timeout=3)
 
     # -- workers -----------------------------------------------------------------------------
 
     def run_update(self, name: str, what: str, **changes: object) -> None:
         """Run on the app, so leaving this screen does not cancel it."""
-        app = self.app  # type: ignore[attr-defined]
+        app = self.app
 
         async def update() -> None:
             app.notify(f"{what}…", timeout=3)
@@ -133,7 +134,7 @@ class ServiceActions:
         app.run_worker(update(), group="action", exit_on_error=False)
 
     def run_delete(self, name: str, keep: bool) -> None:
-        app = self.app  # type: ignore[attr-defined]
+        app = self.app
 
         async def delete() -> None:
             app.notify(f"Deleting {name}{' (keeping its containers)' if keep else ''}…", timeout=3)

@@ -31,7 +31,9 @@ from backend.models import (
     describe_size,
     field_errors,
 )
+from backend.settings import DEMO_IMAGE
 from tui.client import ApiError
+from tui.formatting import plain
 from tui.messages import LimitsChanged
 from tui.screens.base import Banner, ConsoleScreen
 from tui.widgets.form.field_row import FieldRow
@@ -77,7 +79,7 @@ HELP_OVERRIDES = {
 }
 PLACEHOLDERS = {
     "Name": "e.g. web (a DNS label)",
-    "Image": "e.g. nginx:1.27",
+    "Image": f"e.g. {DEMO_IMAGE}",  # the demo image scripts/up builds: it exists on a set-up machine
     "Replicas": "e.g. 2",
     "ServicePort": "e.g. 80",
     "WorkingDir": "e.g. /app (empty: the image's)",
@@ -201,7 +203,7 @@ class CreateServiceScreen(ConsoleScreen):
         for field in FIELD_ORDER:
             control = self.query_one(f"#{field}")
             if field == "SSLCert":
-                path_text = control.value.strip()  # type: ignore[attr-defined]
+                path_text = self.query_one("#SSLCert", Input).value.strip()
                 if self._protocol() == "httpsTerm" and path_text:
                     text, problem = self._read_cert(path_text)
                     if problem:
@@ -271,7 +273,7 @@ class CreateServiceScreen(ConsoleScreen):
         self._summary_text = text
         summary = self.query_one("#form-summary", Static)
         summary.display = bool(text)
-        summary.update(text or "")
+        summary.update(plain(text or ""))
 
     # -- reacting to edits -------------------------------------------------------------------
 
@@ -361,7 +363,7 @@ class CreateServiceScreen(ConsoleScreen):
     @work(exclusive=True, group="create", exit_on_error=False)
     async def create(self, body: dict[str, Any]) -> None:
         try:
-            service = await self.app.client.create_service(body)  # type: ignore[attr-defined]
+            service = await self.app.client.create_service(body)
         except ApiError as exc:
             self.submitting = False
             self._server_said(exc)
@@ -386,7 +388,7 @@ class CreateServiceScreen(ConsoleScreen):
             placed.append("Name")
         self.validate()
         self._summary(f"✗ {exc.message}")
-        self.app.report_error(exc, title="Not created")  # type: ignore[attr-defined]
+        self.app.report_error(exc, title="Not created")
         if placed:
             self._focus_field(next(f for f in FIELD_ORDER if f in placed))
 

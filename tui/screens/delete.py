@@ -9,6 +9,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Label, Static
 
+from tui.formatting import plain
+
 
 class DeleteDialog(ModalScreen[tuple[bool, bool]]):
     """Answers (delete?, keep containers?)."""
@@ -22,7 +24,7 @@ class DeleteDialog(ModalScreen[tuple[bool, bool]]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog danger"):
-            yield Label(f"Delete service {self.service_name}?", classes="dialog-title")
+            yield Label(plain(f"Delete service {self.service_name}?"), classes="dialog-title")
             yield Static(
                 f"Its load balancer and network go away; its {self.replicas} replica(s) are stopped and removed "
                 "unless you keep them.",

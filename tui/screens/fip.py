@@ -10,9 +10,10 @@ it is typed with the backend's `ServiceUpdate` model). `enter` answers the box's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import on, work
+from textual import getters, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -23,7 +24,11 @@ from textual.widgets.option_list import Option
 
 from backend.models import Service
 from tui.client import ApiError, FloatingIP
+from tui.formatting import plain, visible
 from tui.screens.actions import update_problem
+
+if TYPE_CHECKING:
+    from tui.app import ConsoleApp
 
 DETACH = "\0detach"  # the option id of "Detach" (no address looks like it)
 
@@ -39,6 +44,9 @@ class Choices(OptionList, can_focus=False):
 
 
 class FloatingIPDialog(ModalScreen[str | None]):
+    if TYPE_CHECKING:  # the console's own app, for the checker (tui.app imports this module)
+        app = getters.app(ConsoleApp)
+
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
         Binding("down", "walk(1)", "Next address", show=False),
@@ -51,15 +59,16 @@ class FloatingIPDialog(ModalScreen[str | None]):
         self.pool: list[FloatingIP] | None = None
 
     def compose(self) -> ComposeResult:
-        now = f"attached now: [b]{self.service.FIP}[/b]" if self.service.FIP else "none attached now"
+        now = Text.assemble("attached now: ", plain(self.service.FIP, "bold")) if self.service.FIP else "none attached now"
         with Vertical(classes="dialog", id="fip-dialog"):
-            yield Label(f"Floating IP of {self.service.Name}", classes="dialog-title")
-            yield Static(f"The service also answers on FIP:{self.service.ServicePort} — {now}.", classes="help")
+            yield Label(plain(f"Floating IP of {self.service.Name}"), classes="dialog-title")
+            yield Static(Text.assemble(f"The service also answers on FIP:{self.service.ServicePort} — ", now, "."),
+                         classes="help")
             yield Static("Reading the backend's pool…", id="fip-pool-note", classes="help")
             yield Choices(id="fip-choices")
             with Horizontal(id="fip-line"):
                 yield Label("Address ", id="fip-label")
-                yield Input(self.service.FIP, id="FIP", placeholder="a.b.c.d from the pool (empty: detach)",
+                yield Input(visible(self.service.FIP), id="FIP", placeholder="a.b.c.d from the pool (empty: detach)",
                             select_on_focus=True, compact=True)
             yield Static("", classes="help", id="FIP-note")
             yield Static("", classes="error", id="FIP-error")
@@ -78,7 +87,7 @@ class FloatingIPDialog(ModalScreen[str | None]):
     @work(exclusive=True, group="fips", exit_on_error=False)
     async def load_pool(self) -> None:
         try:
-            pool = await self.app.client.floating_ips()  # type: ignore[attr-defined]
+            pool = await self.app.client.floating_ips()
         except ApiError as exc:
             self.post_message(PoolLoaded(None, exc.message))
             return
@@ -89,19 +98,19 @@ class FloatingIPDialog(ModalScreen[str | None]):
         choices = self.query_one(Choices)
         self.pool = message.pool
         if message.pool is None:
-            note.update(f"The backend did not list its pool ({message.problem}); type an address.")
+            note.update(plain(f"The backend did not list its pool ({message.problem}); type an address."))
             return
         options: list[Option] = []
         for fip in message.pool:
             if fip.Service == self.service.Name:
-                options.append(Option(Text.assemble(fip.Address, ("  attached here", "green")), id=fip.Address))
+                options.append(Option(Text.assemble(plain(fip.Address), ("  attached here", "green")), id=fip.Address))
             elif fip.Service:
-                options.append(Option(Text.assemble(fip.Address, (f"  on {fip.Service}", "dim")), id=fip.Address,
-                                      disabled=True))
+                options.append(Option(Text.assemble(plain(fip.Address), plain(f"  on {fip.Service}", "dim")),
+                                      id=fip.Address, disabled=True))
             else:
-                options.append(Option(Text.assemble(fip.Address, ("  free", "dim")), id=fip.Address))
+                options.append(Option(Text.assemble(plain(fip.Address), ("  free", "dim")), id=fip.Address))
         if self.service.FIP:
-            options.append(Option(Text(f"Detach {self.service.FIP} (no floating IP)"), id=DETACH))
+            options.append(Option(plain(f"Detach {self.service.FIP} (no floating IP)"), id=DETACH))
         free = sum(1 for fip in message.pool if not fip.Service)
         if not message.pool:
             note.update("The backend has no floating IP pool (HYPERSERVICE_FIP_POOL is empty); "
@@ -146,9 +155,9 @@ class FloatingIPDialog(ModalScreen[str | None]):
         value = self.query_one(Input).value.strip()
         problem = update_problem("FIP", value, 100)
         error = self.query_one("#FIP-error", Static)
-        error.update(f"✗ {problem}" if problem else "")
+        error.update(plain(f"✗ {problem}") if problem else "")
         error.display = bool(problem)
-        self.query_one("#FIP-note", Static).update(self._note(value) if not problem else "")
+        self.query_one("#FIP-note", Static).update(plain(self._note(value)) if not problem else "")
         return problem
 
     def _note(self, value: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -10,6 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 from backend.models import Service
+from tui.formatting import plain
 
 
 class MessageScreen(ModalScreen[None]):
@@ -24,9 +25,10 @@ class MessageScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
-            yield Label(f"{self.service.Name}: {self.service.Status}", classes="dialog-title")
+            yield Label(plain(f"{self.service.Name}: {self.service.Status}"), classes="dialog-title")
             with VerticalScroll():
-                yield Static(escape(self.service.Message or "(no message)"), id="message-text")
+                message = plain(self.service.Message, newlines=True) if self.service.Message else Text("(no message)")
+                yield Static(message, id="message-text")
             yield Static("[b]c[/b] copy   [b]esc[/b] close", classes="help")
 
     def action_copy(self) -> None:

@@ -1,7 +1,8 @@
 """`PromptDialog`: a small modal asking for one value (scale, new image; the floating IP has its own).
 
 The value is checked as it is typed with the backend's `ServiceUpdate` model (the caller passes the
-check), the problem shown under the input; `enter` answers, `escape` cancels.
+check), the problem shown under the input; `enter` answers, `escape` cancels. Title, help and problem
+are shown as plain text (they carry service names and typed values).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
+
+from tui.formatting import plain, visible
 
 
 class PromptDialog(ModalScreen[str | None]):
@@ -32,9 +35,9 @@ class PromptDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield Input(self.initial, id=self.field, placeholder=self.placeholder, select_on_focus=True, compact=True)
-            yield Static(self.help, classes="help")
+            yield Label(plain(self.title_text), classes="dialog-title")
+            yield Input(visible(self.initial), id=self.field, placeholder=self.placeholder, select_on_focus=True, compact=True)
+            yield Static(plain(self.help), classes="help")
             yield Static("", classes="error", id=f"{self.field}-error")
             with Horizontal(classes="buttons"):
                 yield Button(self.confirm, variant="primary", id="confirm", compact=True)
@@ -46,7 +49,7 @@ class PromptDialog(ModalScreen[str | None]):
     def _problem(self) -> str | None:
         problem = self.check(self.query_one(Input).value)
         error = self.query_one(f"#{self.field}-error", Static)
-        error.update(f"✗ {problem}" if problem else "")
+        error.update(plain(f"✗ {problem}") if problem else "")
         error.display = bool(problem)
         return problem
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -22,7 +21,18 @@ from textual.widgets import DataTable, Footer, Header, ProgressBar, Static, Tabb
 
 from backend.models import SERVICE_KEYS, Service
 from tui.client import ApiError, ReplicaStats
-from tui.formatting import DASH, cpu_text, format_bytes, own_address, replicas_up, shell_line, since, status_text
+from tui.formatting import (
+    DASH,
+    cpu_text,
+    format_bytes,
+    own_address,
+    plain,
+    replicas_up,
+    shell_line,
+    since,
+    status_text,
+    visible,
+)
 from tui.messages import ContainersChanged, ServicesChanged
 from tui.screens.actions import ServiceActions
 from tui.screens.base import Banner, ConsoleScreen
@@ -49,7 +59,12 @@ class StatsEnded(Message):
     problem: str | None = None
 
 
-def spec_value(service: Service, key: str) -> str:
+def spec_value(service: Service, key: str) -> Text:
+    """The Spec tab's cell for `key`: plain text (a str cell would be parsed as markup)."""
+    return plain(_spec_text(service, key))
+
+
+def _spec_text(service: Service, key: str) -> str:
     value = getattr(service, key)
     if key in ("Entrypoint", "Cmd"):
         return shell_line(value) or DASH
@@ -108,39 +123,39 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
 
     def on_mount(self) -> None:
         self.query_one("#banner", Banner).display = False
-        self.sub_title = self.service_name
+        self.sub_title = visible(self.service_name)
         spec = self.query_one("#spec-table", DataTable)
         spec.add_column("Field", key="Field", width=20)
         spec.add_column("Value", key="Value")
         self.redraw()
         self.redraw_replicas()
         self.follow_stats_if_needed()
-        self.app.mark_dirty(services=[self.service_name], containers=[self.service_name])  # type: ignore[attr-defined]
+        self.app.mark_dirty(services=[self.service_name], containers=[self.service_name])
         self.set_interval(15, self._tick)
         self.query_one(ContainersTable).focus()
 
     # -- drawing -----------------------------------------------------------------------------
 
     def target_service(self) -> Service | None:
-        return self.app.catalog.services.get(self.service_name)  # type: ignore[attr-defined]
+        return self.app.catalog.services.get(self.service_name)
 
     def redraw(self, summary_only: bool = False) -> None:
         service = self.target_service()
         summary = self.query_one("#summary", Static)
         progress = self.query_one("#progress", ProgressBar)
         if service is None:
-            summary.update(f"[b]{escape(self.service_name)}[/b]  [dim]not known (yet)…[/dim]")
+            summary.update(Text.assemble(plain(self.service_name, "bold"), ("  not known (yet)…", "dim")))
             progress.display = False
             return
-        replicas = self.app.catalog.containers.get(service.Name)  # type: ignore[attr-defined]
+        replicas = self.app.catalog.containers.get(service.Name)
         up = replicas_up(service, replicas)
         dot = (" · ", "dim")
-        head = Text.assemble((service.Name, "bold"), "  ", status_text(service.Status), f"  {up}/{service.Replicas} up")
-        parts = [Text(own_address(service))]
+        head = Text.assemble(plain(service.Name, "bold"), "  ", status_text(service.Status), f"  {up}/{service.Replicas} up")
+        parts = [plain(own_address(service))]
         if service.FIP:
-            parts.append(Text(f"FIP {service.FIP}"))
-        parts.append(Text(f"age {since(service.Created, self.app.now())}"))  # type: ignore[attr-defined]
-        optional = [Text(f"{service.Protocol}/{service.Algorithm}")]
+            parts.append(plain(f"FIP {service.FIP}"))
+        parts.append(Text(f"age {since(service.Created, self.app.now())}"))
+        optional = [plain(f"{service.Protocol}/{service.Algorithm}")]
         running = {r.Id for r in replicas or [] if r.State == "running"}
         samples = [sample for key, sample in self.stats.items() if key in running]
         if samples:  # the whole service, from the replicas' latest samples
@@ -154,10 +169,10 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         line = head.copy()
         for part in parts:
             line.append_text(Text.assemble(dot, part))
-        summary.update(Text.assemble(line, "\n", (service.Message, "red" if service.Status == "error" else "")))
+        summary.update(Text.assemble(line, "\n", plain(service.Message, "red" if service.Status == "error" else "", newlines=True)))
         if summary_only:  # a stats sample: only the totals in the summary changed
             return
-        self.sub_title = f"{service.Name} · {service.Image}"
+        self.sub_title = visible(f"{service.Name} · {service.Image}")
         self._progress(service, replicas)
         self._spec(service)
 
@@ -194,20 +209,20 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         table.update_cell("Containers", "Value", str(len(service.Containers or [])))
 
     def redraw_replicas(self) -> None:
-        replicas = self.app.catalog.containers.get(self.service_name)  # type: ignore[attr-defined]
+        replicas = self.app.catalog.containers.get(self.service_name)
         if replicas is None:
             return
         ids = {r.Id for r in replicas}
         for gone in [i for i in self.stats if i not in ids]:
             del self.stats[gone]
-        self.query_one(ContainersTable).show(replicas, self.app.now(), self.stats)  # type: ignore[attr-defined]
+        self.query_one(ContainersTable).show(replicas, self.app.now(), self.stats)
         self.query_one(LogPane).set_replicas(replicas)
 
     # -- the stats stream --------------------------------------------------------------------
 
     def follow_stats_if_needed(self) -> None:
         """Open the stats stream, or reopen it when the running replicas are not the ones it covers."""
-        replicas = self.app.catalog.containers.get(self.service_name)  # type: ignore[attr-defined]
+        replicas = self.app.catalog.containers.get(self.service_name)
         if replicas is None or self.gone:
             return
         key = frozenset((r.Id, r.Started) for r in replicas if r.State == "running")
@@ -226,7 +241,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
     async def follow_stats(self, generation: int) -> None:
         problem = None
         try:
-            async for sample in self.app.client.stats(self.service_name):  # type: ignore[attr-defined]
+            async for sample in self.app.client.stats(self.service_name):
                 self._stats_pending[sample.Id] = sample
                 if not self._stats_flush_scheduled:
                     self._stats_flush_scheduled = True
@@ -261,7 +276,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
     def on_services_changed(self, message: ServicesChanged) -> None:
         if message.names is not None and self.service_name not in message.names:
             return
-        if self.target_service() is None and self.app.catalog.loaded:  # type: ignore[attr-defined]
+        if self.target_service() is None and self.app.catalog.loaded:
             self.gone = True
             if self.is_current:
                 self.notify(f"Service {self.service_name} is gone", timeout=4)
@@ -296,7 +311,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         replica = None
         if tabs.active == "replicas":
             selected = self.query_one(ContainersTable).selected_id()
-            replicas = self.app.catalog.containers.get(self.service_name) or []  # type: ignore[attr-defined]
+            replicas = self.app.catalog.containers.get(self.service_name) or []
             replica = next((r.Name for r in replicas if r.Id == selected), None)
         tabs.active = "logs"
         pane.choose(replica or "")

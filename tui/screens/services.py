@@ -6,7 +6,6 @@ service's whole message under the table (`m` opens it in a dialog, to read or co
 
 from __future__ import annotations
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -15,7 +14,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from backend.models import Service
-from tui.formatting import address, own_address, status_text
+from tui.formatting import address, own_address, plain, status_text
 from tui.messages import ContainersChanged, ServicesChanged
 from tui.screens.actions import ServiceActions
 from tui.screens.base import Banner, ConsoleScreen
@@ -66,7 +65,7 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
         return self.query_one(ServicesTable)
 
     def visible_services(self) -> list[Service]:
-        services = self.app.catalog.sorted_services()  # type: ignore[attr-defined]
+        services = self.app.catalog.sorted_services()
         needle = self.filter_text.lower().strip()
         if not needle:
             return services
@@ -76,9 +75,9 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
         ]
 
     def redraw(self, changed: frozenset[str] | None) -> None:
-        catalog = self.app.catalog  # type: ignore[attr-defined]
+        catalog = self.app.catalog
         services = self.visible_services()
-        self.table.show(services, catalog.containers, self.app.now(), changed)  # type: ignore[attr-defined]
+        self.table.show(services, catalog.containers, self.app.now(), changed)
         empty = self.query_one("#empty", Static)
         self.table.display = bool(services)
         if services and self.focused is None and self.is_current:
@@ -90,7 +89,7 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
             if not catalog.loaded:
                 empty.update("Loading services…")
             elif self.filter_text:
-                empty.update(f"No service matches “{escape(self.filter_text)}”.  esc clears the filter.")
+                empty.update(Text.assemble("No service matches “", plain(self.filter_text), "”.  esc clears the filter."))
             else:
                 empty.update("No services yet.\n\nPress [b]n[/b] to create one, [b]?[/b] for help.")
         self._show_detail()
@@ -109,7 +108,7 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
         self.call_after_refresh(self.redraw, None)
 
     def _tick_ages(self) -> None:
-        self.table.refresh_ages(self.app.catalog.services, self.app.now())  # type: ignore[attr-defined]
+        self.table.refresh_ages(self.app.catalog.services, self.app.now())
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self) -> None:
@@ -124,9 +123,9 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
         fip = f" · FIP {service.FIP}" if service.FIP else ""
         detail.update(
             Text.assemble(
-                (service.Name, "bold"), " ", status_text(service.Status),
-                f" · {service.Image} · {own_address(service)}{fip}\n",
-                (service.Message, "red" if service.Status == "error" else ""),
+                plain(service.Name, "bold"), " ", status_text(service.Status),
+                plain(f" · {service.Image} · {own_address(service)}{fip}"), "\n",
+                plain(service.Message, "red" if service.Status == "error" else "", newlines=True),
             )
         )
 
@@ -134,14 +133,14 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
 
     def target_service(self) -> Service | None:
         name = self.table.selected_name()
-        return self.app.catalog.services.get(name) if name else None  # type: ignore[attr-defined]
+        return self.app.catalog.services.get(name) if name else None
 
     def action_new_service(self) -> None:
         from tui.screens.create import CreateServiceScreen
 
         def created(service: Service | None) -> None:
             if service is not None:
-                self.app.remember(service)  # type: ignore[attr-defined]
+                self.app.remember(service)
                 self.redraw(None)
                 self.table.select_name(service.Name)
 
@@ -150,7 +149,7 @@ class ServicesScreen(ServiceActions, ConsoleScreen):
     def action_open(self, name: str | None = None) -> None:
         from tui.screens.service import ServiceScreen
 
-        service = self.app.catalog.services.get(name) if name else self.target_service()  # type: ignore[attr-defined]
+        service = self.app.catalog.services.get(name) if name else self.target_service()
         if service is None:
             self.notify("No service selected", severity="warning")
             return

@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Label, Static, Switch
 
+from tui.formatting import plain
+
 
 class FieldRow(Vertical):
     """Wraps the control whose id is the field's name; `show_error` puts a problem under it."""
@@ -46,7 +48,7 @@ class FieldRow(Vertical):
         if message == self._error:
             return  # nothing to redraw: typing stays cheap
         self._error = message
-        self.query_one(".field-note", Static).update(f"✗ {message}" if message else self.help)
+        self.query_one(".field-note", Static).update(plain(f"✗ {message}") if message else self.help)
         self.set_class(bool(message), "invalid")
 
     @property

@@ -17,7 +17,7 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import RowDoesNotExist
 
 from backend.models import ContainerInfo
-from tui.formatting import DASH, cpu_text, health_text, memory_text, short_id, since, state_text
+from tui.formatting import DASH, cpu_text, health_text, memory_text, plain, short_id, since, state_text, visible
 
 ALL_COLUMNS = ("Id", "Name", "State", "Health", "Address", "Restarts", "Uptime", "CPU", "Memory", "Image")
 # The layouts, richest first: the first whose columns fit the table's width is shown. "wide" layouts
@@ -85,24 +85,24 @@ class ContainersTable(DataTable):
     @staticmethod
     def _plain(column: str, replica: ContainerInfo) -> str:
         if column == "Name":
-            return replica.Name + (" (old image)" if replica.Outdated else "")
+            return visible(replica.Name) + (" (old image)" if replica.Outdated else "")
         if column == "State":
-            return replica.State or DASH
+            return visible(replica.State or DASH)
         if column == "Address":
-            return replica.Address or DASH
+            return visible(replica.Address or DASH)
         if column == "Image":
-            return replica.Image or DASH
+            return visible(replica.Image or DASH)
         return ""
 
     # -- what a row says ---------------------------------------------------------------------
 
-    def _cells(self, replica: ContainerInfo, now: datetime, stats: object | None, wide: bool) -> dict[str, object]:
+    def _cells(self, replica: ContainerInfo, now: datetime, stats: object | None, wide: bool) -> dict[str, str | Text]:
         running = replica.State == "running"
         sample = stats if running else None  # the last sample of a stopped replica is not its state now
-        name = Text(replica.Name)
+        name = plain(replica.Name)
         if replica.Outdated and not wide:
             name.append(" (old image)", style="dim")
-        image = Text(replica.Image or DASH, style="yellow" if replica.Outdated else "")
+        image = plain(replica.Image or DASH, "yellow" if replica.Outdated else "")
         return {
             "Id": short_id(replica.Id),
             "Name": name,
@@ -117,14 +117,14 @@ class ContainersTable(DataTable):
             "Image": image,
         }
 
-    def _row(self, replica: ContainerInfo, now: datetime, stats: Mapping[str, object]) -> list[object]:
+    def _row(self, replica: ContainerInfo, now: datetime, stats: Mapping[str, object]) -> list[Text]:
         cells = self._cells(replica, now, stats.get(replica.Id), self._wide)
         row = []
         for column in self._columns:
             value = cells[column]
             width = self._widths[column]
             if isinstance(value, str):
-                value = Text(value)
+                value = plain(value)
             row.append(_clip(value, width))
         return row
 
@@ -163,7 +163,11 @@ class ContainersTable(DataTable):
 
     def on_resize(self) -> None:
         if self._last is not None:
-            self.call_after_refresh(lambda: self._last is not None and self.show(*self._last))
+            self.call_after_refresh(self._show_last)
+
+    def _show_last(self) -> None:
+        if self._last is not None:
+            self.show(*self._last)
 
     def selected_id(self) -> str | None:
         if not self.row_count:

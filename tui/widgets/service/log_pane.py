@@ -2,21 +2,30 @@
 
 A thin worker reads `logs?follow=true` and hands lines over; the pane keeps the last lines and shows
 the ones matching the search box (matches highlighted). Choosing another replica restarts the stream.
+
+A line is shown as the text it is: escape sequences and other control characters in it (a clipboard
+write `ESC]52;...`, a screen clear `ESC[2J`, BEL, CR) appear as visible stand-ins (␛ ␇ ␍, see
+`tui.formatting.visible`) and never reach the terminal.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import on, work
+from textual import getters, on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, RichLog, Select, Static
 
 from backend.models import ContainerInfo
+from tui.formatting import plain, visible
+
+if TYPE_CHECKING:
+    from tui.app import ConsoleApp
 
 MAX_LINES = 5000
 PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta", "bright_green")
@@ -30,6 +39,9 @@ class LogLines(Message):
 
 
 class LogPane(Vertical):
+    if TYPE_CHECKING:  # the console's own app, for the checker (tui.app imports this module)
+        app = getters.app(ConsoleApp)
+
     def __init__(self, service: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.service = service
@@ -60,9 +72,9 @@ class LogPane(Vertical):
             return
         self._sources = names
         select = self.query_one("#log-source", Select)
-        options = [("All replicas", "")] + [(n, n) for n in names]
+        options: list[tuple[Text | str, str]] = [("All replicas", "")] + [(plain(n), n) for n in names]
         if self.source and self.source not in names:
-            options.append((f"{self.source} (gone)", self.source))
+            options.append((plain(f"{self.source} (gone)"), self.source))
         with self.prevent(Select.Changed):
             select.set_options(options)
             select.value = self.source
@@ -92,7 +104,7 @@ class LogPane(Vertical):
 
     @work(exclusive=True, group="logs", exit_on_error=False)
     async def follow(self, source: str, generation: int) -> None:
-        async for line in self.app.client.follow_logs(self.service, source or None, tail=200):  # type: ignore[attr-defined]
+        async for line in self.app.client.follow_logs(self.service, source or None, tail=200):
             self._pending.append(line)
             if not self._flush_scheduled:  # lines come in bursts: draw them together
                 self._flush_scheduled = True
@@ -136,22 +148,23 @@ class LogPane(Vertical):
             self._empty(None if shown else f"No line matches “{self.search}”.")
 
     def _matches(self, line: str) -> bool:
-        return not self.search or self.search.lower() in line.lower()
+        return not self.search or self.search.lower() in visible(line).lower()  # as shown: ␛ finds ESC
 
     def _empty(self, text: str | None) -> None:
         empty = self.query_one("#log-empty", Static)
         empty.display = bool(text)
         if text:
-            empty.update(text)
+            empty.update(plain(text))  # it may quote the search or a replica's name
 
     def _styled(self, line: str) -> Text:
         when, _, rest = line.partition(" ")
         who, sep, text = rest.partition(" | ")
         if not sep:
-            return Text(line)
-        color = self._colors.setdefault(who, PALETTE[len(self._colors) % len(PALETTE)])
-        clock = when[11:19] if len(when) >= 19 else when
-        rendered = Text.assemble((clock + " ", "dim"), (who, color), (" │ ", "dim"), text)
+            rendered = plain(line)
+        else:
+            color = self._colors.setdefault(who, PALETTE[len(self._colors) % len(PALETTE)])
+            clock = when[11:19] if len(when) >= 19 else when
+            rendered = Text.assemble((visible(clock) + " ", "dim"), (visible(who), color), (" │ ", "dim"), visible(text))
         if self.search:
             rendered.highlight_words([self.search], style="reverse", case_sensitive=False)
         return rendered

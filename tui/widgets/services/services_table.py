@@ -14,7 +14,7 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import RowDoesNotExist
 
 from backend.models import ContainerInfo, Service
-from tui.formatting import address, replicas_text, since, status_text
+from tui.formatting import address, plain, replicas_text, since, status_text, visible
 
 COLUMNS = ("Name", "Image", "Status", "Up", "Protocol", "Address", "Age", "Message")
 # Below NARROW columns the Protocol goes (the detail line under the table says it) and long values
@@ -43,18 +43,16 @@ class ServicesTable(DataTable):
     # -- what a row says ---------------------------------------------------------------------
 
     def _cells(self, service: Service, containers: list[ContainerInfo] | None, now: datetime) -> dict[str, object]:
-        message = service.Message
-        if service.Status == "error":
-            message = Text(message, style="red")
+        # Values from the backend as Text: a str cell would be parsed as markup.
         return {
-            "Name": service.Name,
-            "Image": service.Image,
+            "Name": plain(service.Name),
+            "Image": plain(service.Image),
             "Status": status_text(service.Status),
             "Up": replicas_text(service, containers),
-            "Protocol": service.Protocol,
-            "Address": address(service),
+            "Protocol": plain(service.Protocol),
+            "Address": plain(address(service)),
             "Age": since(service.Created, now),
-            "Message": message,
+            "Message": plain(service.Message, "red" if service.Status == "error" else ""),
         }
 
     def _natural_widths(self, services: list[Service]) -> dict[str, int]:
@@ -76,7 +74,7 @@ class ServicesTable(DataTable):
             if column in widths:
                 widths[column] = max(least, widths[column] - excess)
         used = sum(widths.values())
-        longest_message = max([len(s.Message) for s in services] + [len("Message")])
+        longest_message = max([len(visible(s.Message)) for s in services] + [len("Message")])
         widths["Message"] = max(MESSAGE_MIN, min(longest_message, available - used))
         return widths
 
@@ -85,11 +83,11 @@ class ServicesTable(DataTable):
         if column == "Up":
             return f"{service.Replicas}/{service.Replicas}"
         if column == "Address":
-            return address(service)
+            return visible(address(service))
         if column == "Age":
             return "00h00m"
         if column in ("Name", "Image", "Status", "Protocol"):
-            return str(getattr(service, column))
+            return visible(str(getattr(service, column)))
         return ""
 
     # -- showing -----------------------------------------------------------------------------

@@ -1,0 +1,148 @@
+"""The first run on a fresh offline machine, on the real engine: which image the balancers run when
+the configured one is missing (the offline fallback, said once; neither: an error naming the fix),
+scripts/up's image stage (images/ensure) building the fallback for real when the pull fails, and
+ensure-docker's word to a user who can neither reach nor start an engine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from backend.balancer import Balancers
+from backend.core import Backend
+from backend.docker_driver import LABEL_ROLE, LABEL_TENANT, DockerDriver, ImageUnavailable
+from backend.settings import DEMO_IMAGE
+from tests.balancer_helpers import who
+from tests.conftest import LB_IMAGE, client_for, eventually, make_settings, remove_tenant_objects, wait_status, web_body
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def missing_image() -> str:
+    """An image on a registry at a closed loopback port: its pull fails at once, and stays local."""
+    return f"127.0.0.1:9/hyperservice-test/absent-{uuid.uuid4().hex[:8]}:1"
+
+
+@pytest.fixture
+def fallback_tag(docker_client: docker.DockerClient) -> Iterator[str]:
+    """A name of our own for an offline fallback image; whatever is tagged with it is untagged after."""
+    tag = f"hyperservice-test/fallback-{uuid.uuid4().hex[:8]}:debian"
+    yield tag
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        docker_client.images.remove(tag)
+
+
+def balancers_for(configured: str, fallback: str, notices: list[str]) -> Balancers:
+    return Balancers(DockerDriver("hbx-test-resolve"), configured, 2, lambda *_: None, fallback, notices.append)
+
+
+def test_the_configured_image_wins_when_the_engine_has_it(docker_client, fallback_tag):
+    docker_client.images.get(LB_IMAGE).tag(fallback_tag)
+    notices: list[str] = []
+    assert balancers_for(LB_IMAGE, fallback_tag, notices).resolve_image() == LB_IMAGE
+    assert notices == []
+
+
+def test_a_missing_configured_image_gives_way_to_the_fallback_said_once(docker_client, fallback_tag):
+    docker_client.images.get(LB_IMAGE).tag(fallback_tag)
+    configured = missing_image()
+    notices: list[str] = []
+    balancers = balancers_for(configured, fallback_tag, notices)
+    assert balancers.resolve_image() == fallback_tag
+    assert balancers.resolve_image() == fallback_tag
+    (notice,) = notices
+    assert configured in notice and fallback_tag in notice and f"docker pull {configured}" in notice
+
+
+def test_neither_image_is_an_error_naming_the_fix(docker_client):
+    configured, fallback = missing_image(), missing_image()
+    notices: list[str] = []
+    with pytest.raises(ImageUnavailable) as caught:
+        balancers_for(configured, fallback, notices).resolve_image()
+    message = str(caught.value)
+    assert configured in message and fallback in message and "run scripts/up" in message
+    assert notices == []
+
+
+async def test_a_service_without_any_balancer_image_shows_the_fix(docker_client, tmp_path):
+    settings = make_settings(tmp_path / "data", lb_image=missing_image(), lb_fallback_image=missing_image())
+    backend = Backend(settings)
+    backend.start()
+    try:
+        async with client_for(backend) as api:
+            assert (await api.post("/services/create", json=web_body("nolb", 1))).status_code == 201
+            service = await wait_status(api, "nolb", "error", timeout=60)
+            assert "run scripts/up" in service["Message"] and settings.lb_image in service["Message"]
+    finally:
+        backend.close()
+        remove_tenant_objects(docker_client, backend.tenant)
+
+
+def run_image_stage(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ROOT / "images" / "ensure")], env={**os.environ, **env}, capture_output=True, text=True, timeout=600
+    )
+
+
+async def test_the_image_stage_builds_the_fallback_when_the_pull_fails_and_the_backend_runs_it(
+    docker_client, fallback_tag, tmp_path
+):
+    configured = missing_image()
+    env = {
+        "HYPERSERVICE_DATA_DIR": str(tmp_path / "data"),  # no config file of anyone else's
+        "HYPERSERVICE_LB_IMAGE": configured,
+        "HYPERSERVICE_LB_FALLBACK_IMAGE": fallback_tag,
+        "HYPERSERVICE_PULL_TIMEOUT": "60",
+    }
+    first = run_image_stage(env)
+    assert first.returncode == 0, first.stderr
+    assert f"balancer image {configured}: cannot be pulled" in first.stderr
+    assert f"built {fallback_tag}" in first.stderr and "HAProxy version" in first.stderr
+    image = docker_client.images.get(fallback_tag)
+    config = image.attrs["Config"]
+    assert config["User"] == "haproxy"  # laid out like the official image
+    assert config["Cmd"] == ["haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]
+    assert f"demo image {DEMO_IMAGE}" in first.stderr
+
+    again = run_image_stage(env)  # a second run keeps what the first one built
+    assert again.returncode == 0, again.stderr
+    assert f"using {fallback_tag}, built earlier" in again.stderr
+    assert docker_client.images.get(fallback_tag).id == image.id
+
+    # the backend, with the same settings and nothing else, runs the image the stage built
+    backend = Backend(make_settings(tmp_path / "backend", lb_image=configured, lb_fallback_image=fallback_tag))
+    backend.start()
+    try:
+        async with client_for(backend) as api:
+            created = await api.post("/services/create", json=web_body("fallback", 1))
+            assert created.status_code == 201, created.text
+            service = await wait_status(api, "fallback", "active", timeout=90)
+            tenant = f"{LABEL_TENANT}={backend.tenant}"
+            (balancer,) = docker_client.containers.list(filters={"label": [tenant, f"{LABEL_ROLE}=balancer"]})
+            assert balancer.image.id == image.id
+            (replica,) = docker_client.containers.list(filters={"label": [tenant, f"{LABEL_ROLE}=replica"]})
+            hostname = replica.attrs["Config"]["Hostname"]
+            assert await eventually(lambda: who(service["IP"], 80) == hostname, 30, what="the service address")
+    finally:
+        backend.close()
+        remove_tenant_objects(docker_client, backend.tenant)
+
+
+def test_ensure_docker_tells_a_user_without_an_engine_what_to_do():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the script as an unprivileged user")
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(ROOT / "scripts" / "ensure-docker")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "no Docker engine answers" in result.stderr and "DOCKER_HOST" in result.stderr
