@@ -342,7 +342,7 @@ class Backend:
         state = container.attrs.get("State") or {}
         started = state.get("StartedAt", "")
         current = container.labels.get(LABEL_REVISION) == str(record.revision)
-        health = self.reconciler.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
+        health = self.reconciler.balancers.health(record.uid, container.labels.get(LABEL_SLOT), object_id(container))
         return ContainerInfo(
             Id=object_id(container),
             Name=object_name(container),

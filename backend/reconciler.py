@@ -110,6 +110,9 @@ class Reconciler:
             on_notice=lambda message: hub.publish("backend", "notice", Message=message),
         )
         self._owners: dict[str, dict[str, tuple[str, str]]] = {}  # service uid -> slot -> (container id, name)
+        # service uid -> replacement container id -> why it was made ("replica X ...; replacing"),
+        # until the replacement is ready: the service's message while it heals
+        self._healing: dict[str, dict[str, str]] = {}
         self._clock = clock  # monotonic seconds: backoff deadlines
         self.queue = WorkQueue(clock)
         self._workers = workers
@@ -359,19 +362,32 @@ class Reconciler:
         leaving = _least_useful(outdated, ready)[:excess_outdated] + _least_useful(current, ready)[:excess_current]
 
         staying = [c for c in alive if c not in leaving]
-        created = self._create_replicas(record, object_name(network), to_create, _free_slots(staying, to_create))
+        port = spec.ContainerPort or spec.ServicePort
+        heals = self._heal(record, dead, to_create) if dead else []
+        # The balancers are made (or checked) while the new replicas start, not after them: they start
+        # with the staying replicas, and the new ones join through the gate below once they run.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            balancers_ready = pool.submit(self.balancers.ensure, record, object_name(network), _servers(staying, port))
+            try:
+                created = self._create_replicas(
+                    record, object_name(network), to_create, _free_slots(staying, to_create)
+                )
+            except Exception:
+                with contextlib.suppress(Exception):
+                    balancers_ready.result()
+                raise
+            balancers = balancers_ready.result()
         serving = staying + created
         self.store.update(record.name, containers=[object_id(c) for c in serving])
         self._owners[record.uid] = {c.labels.get(LABEL_SLOT, ""): (object_id(c), object_name(c)) for c in serving}
+        healing = self._healing.setdefault(record.uid, {})
+        healing.update({object_id(replacement): message for replacement, message in zip(created, heals, strict=False)})
 
-        # The balancers carry exactly the serving replicas; the leaving ones are drained, then stopped.
-        servers = {
-            c.labels[LABEL_SLOT]: address
-            for c in serving
-            if c.labels.get(LABEL_SLOT) and (address := replica_address(c, spec.ContainerPort or spec.ServicePort))
-        }
-        balancers = self.balancers.ensure(record, object_name(network), servers)
-        self.balancers.set_servers(record, balancers, servers)
+        # The balancers carry exactly the serving replicas, each slot gated for the container now in it
+        # (a replacement often gets its predecessor's slot and address); the leaving ones are drained,
+        # then stopped.
+        owners = {c.labels[LABEL_SLOT]: object_id(c) for c in serving if c.labels.get(LABEL_SLOT)}
+        self.balancers.set_servers(record, balancers, _servers(serving, port), owners)
         if leaving:
             self.balancers.wait_drained(balancers, [c.labels.get(LABEL_SLOT, "") for c in leaving])
         if dead or leaving:
@@ -382,15 +398,29 @@ class Reconciler:
         crashing = [c for c in current if _crash_looping(c)]
         if crashing:
             return Outcome(ServiceStatus.error, describe_crash(crashing[0]), again_in=self._backoff(record.name))
-        if created or leaving or dead:
+        changed = bool(created or leaving or dead)
+        # Healing is not scaling: while a replacement is not ready, say what it replaces and why.
+        for container in current:
+            if object_id(container) in healing and ready(container):
+                del healing[object_id(container)]
+        for gone in set(healing) - {object_id(c) for c in current + created}:
+            del healing[gone]
+        if healing and not outdated:
+            return Outcome(ServiceStatus.degraded, "; ".join(dict.fromkeys(healing.values())),
+                           again_in=SOON if changed else WAIT_FOR_HEALTH)
+        if changed:
             return self._progress(record, len(ready_now), outdated, again_in=SOON)
-        down = [c for c in current if self._health(record, c) == "DOWN"]
-        if not outdated and len(current) == desired and down:
-            names = ", ".join(object_name(c) for c in down[:3]) + (" ..." if len(down) > 3 else "")
+        paused = [c for c in current if c.status == "paused"]
+        down = [c for c in current if self._health(record, c) == "DOWN" and c not in paused]
+        if not outdated and len(current) == desired and (down or paused):
+            problems = []
+            if paused:
+                problems.append(f"{_names(paused)} paused (not answering)")
+            if down:
+                problems.append(f"{len(down)} of {desired} replicas DOWN (failing their health check: {_names(down)})")
             return Outcome(
                 ServiceStatus.degraded,
-                f"{len(down)} of {desired} replicas DOWN (failing their health check: {names}); "
-                f"replaced if still DOWN after {self.replace_down_after:g} s",
+                "; ".join(problems) + f"; replaced if still DOWN after {self.replace_down_after:g} s",
                 again_in=WAIT_FOR_HEALTH,
             )
         if not outdated and len(current) == desired and record.status == ServiceStatus.active:
@@ -441,6 +471,37 @@ class Reconciler:
                 message=f"removed {object_name(container)} ({why})",
             )
 
+    def _heal(self, record: ServiceRecord, dead: list[Container], replacements: int) -> list[str]:
+        """Replicas that died or stopped answering are replaced (the first `replacements` of them):
+        one event each, and the service says so at once, before the replacements are even created.
+        Answers the message of each replaced one, in order (the service's message until its
+        replacement is ready)."""
+        messages = []
+        for index, container in enumerate(dead):
+            reason = self._why_dead(record, container)
+            replaced = index < replacements
+            message = f"replica {object_name(container)} {reason}; {'replacing' if replaced else 'removing'}"
+            if replaced:
+                messages.append(message)
+            self.hub.publish(
+                "service", "heal", Name=record.name, Replica=object_name(container), Id=object_id(container),
+                Reason=reason,
+                Replaced=replaced, Message=message,
+            )
+        if messages:
+            self.report(record.name, ServiceStatus.degraded, "; ".join(messages))
+        return messages
+
+    def _why_dead(self, record: ServiceRecord, container: Container) -> str:
+        if self._down_too_long(record, container):
+            return "not answering health checks"
+        state = container.attrs.get("State") or {}
+        if state.get("OOMKilled"):
+            return "ran out of memory"
+        if container.status in ("exited", "dead"):
+            return f"exited (code {state.get('ExitCode')})"
+        return f"is {container.status}"
+
     def _ensure_network(self, record: ServiceRecord) -> Network:
         """The service's network on its own subnet of the network pool; when someone else on the engine
         took that subnet meanwhile (another installation, a kept network), move to a free one."""
@@ -457,11 +518,11 @@ class Reconciler:
             return self.driver.ensure_network(ref, subnet)
 
     def _health(self, record: ServiceRecord, container: Container) -> str:
-        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
+        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT), object_id(container))
         return known.health if known else ""
 
     def _down_too_long(self, record: ServiceRecord, container: Container) -> bool:
-        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
+        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT), object_id(container))
         if known is None or known.health != "DOWN":
             return False
         return (datetime.now(UTC) - known.since).total_seconds() > self.replace_down_after
@@ -547,6 +608,7 @@ class Reconciler:
             if record.remove_volumes:  # only when the delete asked for it: volumes hold the data
                 self.driver.remove_service_volumes(record.name)
         self._owners.pop(record.uid, None)
+        self._healing.pop(record.uid, None)
         self.store.forget(record)
         self.hub.publish("service", "deleted", Name=record.name)
 
@@ -600,6 +662,19 @@ class Reconciler:
 def engine_note(message: str, since: str) -> str:
     """A service's last known message while the engine is away."""
     return f"{message} (Docker engine unreachable since {since}; waiting for it)"
+
+
+def _servers(containers: list[Container], port: int) -> dict[str, str]:
+    """slot -> ip:port of the replicas that have both (a replica just created has both)."""
+    return {
+        c.labels[LABEL_SLOT]: address
+        for c in containers
+        if c.labels.get(LABEL_SLOT) and (address := replica_address(c, port))
+    }
+
+
+def _names(containers: list[Container]) -> str:
+    return ", ".join(object_name(c) for c in containers[:3]) + (" ..." if len(containers) > 3 else "")
 
 
 def _free_slots(staying: list[Container], count: int) -> list[str]:
