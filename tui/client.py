@@ -321,6 +321,27 @@ class ApiClient:
     async def delete_service(self, name: str, keep: bool = False) -> None:
         await self._request("DELETE", f"/services/{name}", params={"keep": "true" if keep else "false"})
 
+    async def remove_service(self, name: str, keep: bool = False, volumes: bool = False) -> bool:
+        """DELETE with both options (the scriptable CLI's `rm`): True when the service is gone (204),
+        False while the backend tears it down (202: GET answers 404 once it is gone)."""
+        params = {"keep": "true" if keep else "false"}
+        if volumes:
+            params["volumes"] = "true"
+        response = await self._request("DELETE", f"/services/{name}", params=params)
+        return response.status_code == 204
+
+    async def rollback(self, name: str, revision: int | None = None) -> Service:
+        """Back to the previous revision (or `revision`): `POST /services/{name}/rollback`."""
+        body: dict[str, Any] = {"Revision": revision} if revision is not None else {}
+        response = await self._request("POST", f"/services/{name}/rollback", json=body)
+        return Service.model_validate(response.json())
+
+    async def service_events(self, name: str, limit: int | None = None) -> Any:
+        """The service's history (`GET /services/{name}/events`), as the backend's JSON."""
+        params = {"limit": limit} if limit is not None else None
+        response = await self._request("GET", f"/services/{name}/events", params=params)
+        return response.json()
+
     async def containers(self, name: str) -> list[ContainerInfo]:
         response = await self._request("GET", f"/services/{name}/containers")
         return [Replica.model_validate(item) for item in response.json()]
