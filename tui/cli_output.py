@@ -82,7 +82,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, width: int |
     column is cut to fit; `colour_column`'s cells are coloured by their value when `colour`."""
     body = [list(row) for row in rows]
     widths = [max([cell_len(h), *(cell_len(r[i]) for r in body)]) for i, h in enumerate(headers)]
-    room = None if width is None else max(1, width - sum(widths[:-1]) - len(GAP) * (len(widths) - 1))
+    # never narrower than its header: too narrow a terminal wraps rather than shows nothing
+    room = None if width is None else max(cell_len(headers[-1]), width - sum(widths[:-1]) - len(GAP) * (len(widths) - 1))
 
     def line(row: list[str], painted: bool) -> str:
         parts = []
@@ -207,15 +208,17 @@ class Progress:
         self.tty = is_tty(stream) if tty is None else tty
         self.width = width
         self._last = ""
+        self._written = ""  # the line on the terminal now
         self._shown = False
 
     def show(self, text: str, elapsed: str = "") -> None:
         if self.tty:
             width = self.width or shutil.get_terminal_size((100, 24)).columns
-            line = f"{text} ({elapsed})" if elapsed else text
-            self.stream.write("\r" + clip(line, max(10, width - 1)) + "\x1b[K")
-            self.stream.flush()
-            self._shown = True
+            line = clip(f"{text} ({elapsed})" if elapsed else text, max(10, width - 1))
+            if line != self._written or not self._shown:
+                self.stream.write("\r" + line + "\x1b[K")
+                self.stream.flush()
+                self._written, self._shown = line, True
         elif text != self._last:
             self.stream.write(text + "\n")
             self.stream.flush()

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
+from pydantic import ValidationError
+
 from backend.models import ContainerInfo, Service
 from tui.cli_output import (
     Progress,
@@ -270,6 +272,8 @@ class EventWatch:
             self._queue.put_nowait(ApiError(0, f"the event stream from {self.client.description} ended"))
         except ApiError as exc:
             self._queue.put_nowait(exc)
+        except Exception as exc:  # whatever broke the stream ends the wait with it, never silently
+            self._queue.put_nowait(ApiError(0, f"the event stream from {self.client.description} failed: {exc}"))
 
     async def __aenter__(self) -> EventWatch:
         self._task = asyncio.create_task(self._pump(), name="hyperservice events")
@@ -380,6 +384,12 @@ async def settle(client: ApiClient, name: str, watch: EventWatch, out: Out, time
 # ---------------------------------------------------------------------------------------------
 # The verbs
 # ---------------------------------------------------------------------------------------------
+
+
+def _addressable(name: str) -> bool:
+    """Whether `name` can go into a route's path as one segment (no '/', '?', '#', '%', no '.' or '..'):
+    a service name never has those, and the request must not reach another route."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/?#%\\") and name.isprintable()
 
 
 def _create_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -508,7 +518,8 @@ async def verb_logs(client: ApiClient, args: argparse.Namespace, out: Out) -> in
 
 async def verb_events(client: ApiClient, args: argparse.Namespace, out: Out) -> int:
     try:
-        history = await client.service_events(args.name, args.limit)
+        history = await client.get_json(f"/services/{args.name}/events",
+                                        None if args.limit is None else {"limit": args.limit})
     except ApiError as exc:
         raise await _older_backend(client, args.name, exc, "service events (GET /services/{name}/events)") from None
     out.print(dump_json(history) if args.json else any_table(history, width=out.width))
@@ -580,6 +591,8 @@ async def _run(args: argparse.Namespace, token: str | None, out: Out) -> int:
     try:
         if args.command == "create":
             args.body = _create_body(args)
+        elif "name" in args and not _addressable(args.name):
+            raise CliUsageError(f"{args.name!r} is not a service name")
         async with open_client(args.api, token) as client:
             return await handler(client, args, out)
     except ApiError as exc:
@@ -588,8 +601,12 @@ async def _run(args: argparse.Namespace, token: str | None, out: Out) -> int:
         out.error(str(exc))
         return EXIT_FAILED
     except CliUsageError as exc:
-        out.error(str(exc))
+        out.error(visible(str(exc)))
         return EXIT_USAGE
+    except ValidationError as exc:  # an answer this client cannot read (a backend of another version)
+        out.error(f"the backend's answer is not what this command expects: {exc.error_count()} problem(s), "
+                  f"first: {visible(str(exc.errors()[0]['msg']))}")
+        return EXIT_FAILED
 
 
 def run_verb(args: argparse.Namespace, token: str | None) -> int:

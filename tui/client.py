@@ -336,10 +336,10 @@ class ApiClient:
         response = await self._request("POST", f"/services/{name}/rollback", json=body)
         return Service.model_validate(response.json())
 
-    async def service_events(self, name: str, limit: int | None = None) -> Any:
-        """The service's history (`GET /services/{name}/events`), as the backend's JSON."""
-        params = {"limit": limit} if limit is not None else None
-        response = await self._request("GET", f"/services/{name}/events", params=params)
+    async def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """A GET route's answer as the backend's JSON, unparsed (for a route this client has no typed
+        method for, shown as it comes: e.g. the scriptable CLI's `events`)."""
+        response = await self._request("GET", path, params=params)
         return response.json()
 
     async def containers(self, name: str) -> list[ContainerInfo]:
