@@ -10,6 +10,7 @@ them, one that predates them), and on the real backend once it offers them (skip
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -19,14 +20,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from backend.api import create_app
 from backend.core import Backend
@@ -191,21 +192,29 @@ def route_offered(path: str) -> bool:
         backend.close()
 
 
-def test_events_and_rollback_on_the_real_backend(cli, in_process_env: str):
-    missing = [p for p in ("/services/{name}/events", "/services/{name}/rollback") if not route_offered(p)]
-    if missing:
-        pytest.skip(f"this backend has no {', '.join(missing)} yet (the stand-in tests cover the verbs)")
+def test_events_on_the_real_backend(cli, in_process_env: str):
+    if not route_offered("/services/{name}/events"):
+        pytest.skip("this backend has no GET /services/{name}/events yet (the stand-in tests cover the verb)")
     assert cli("create", "hist", "--image", WEB_IMAGE, "--replicas", "1", "--port", "80", "--wait").code == 0
-    assert cli("rolling-update", "hist", "--image", WEB_IMAGE_2, "--wait").code == 0
-    back = cli("rollback", "hist", "--wait", "--json")
-    assert back.code == 0, back
-    assert back.json()["Image"] == WEB_IMAGE and back.json()["Status"] == "active"
-    events = cli("events", "hist", "--json")
-    assert events.code == 0, events
-    assert json.dumps(events.json())  # the backend's own JSON, passed through
-    shown = cli("events", "hist")
-    assert shown.code == 0 and shown.out.strip()
+    assert cli("scale", "hist", "2", "--wait").code == 0
+    history = cli("events", "hist", "--json")
+    assert history.code == 0, history
+    found = json.dumps(history.json())  # the backend's own JSON, passed through
+    assert "hist" in found and "scal" in found  # the scale is in the history, whatever its shape
+    shown = cli("events", "hist", "--limit", "3")
+    assert shown.code == 0 and shown.out.strip(), shown
     assert cli("rm", "hist", "--wait").code == 0
+
+
+def test_rollback_on_the_real_backend(cli, in_process_env: str):
+    if not route_offered("/services/{name}/rollback"):
+        pytest.skip("this backend has no POST /services/{name}/rollback yet (the stand-in tests cover the verb)")
+    assert cli("create", "back", "--image", WEB_IMAGE, "--replicas", "1", "--port", "80", "--wait").code == 0
+    assert cli("rolling-update", "back", "--image", WEB_IMAGE_2, "--wait").code == 0
+    rolled_back = cli("rollback", "back", "--wait", "--json")
+    assert rolled_back.code == 0, rolled_back
+    assert rolled_back.json()["Image"] == WEB_IMAGE and rolled_back.json()["Status"] == "active"
+    assert cli("rm", "back", "--wait").code == 0
 
 
 # --- the real engine, over TCP -----------------------------------------------------------------
@@ -306,19 +315,45 @@ def stand_in_app(newer: bool, asked: list[Any]) -> FastAPI:
     own error handler: {"message": "Not Found"})."""
     app = FastAPI()
     missing = JSONResponse({"message": "Not Found", "errors": []}, status_code=404)
+    deleting: set[str] = set()
+    gone: set[str] = set()
+    changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     @app.get("/services/{name}")
     def get(name: str) -> Any:
-        if name not in ("new", "old"):
+        if name not in ("new", "old") or name in gone:
             return JSONResponse({"message": f"no service named {name}", "errors": []}, status_code=404)
-        return stand_in_service(name)
+        return stand_in_service(name, status="deleting" if name in deleting else "active")
+
+    @app.delete("/services/{name}")
+    async def delete(name: str) -> Any:
+        """202: the teardown goes on; the service is gone a moment later (a `deleted` event says so)."""
+        asked.append(("delete", name))
+        deleting.add(name)
+
+        async def teardown() -> None:
+            await asyncio.sleep(0.5)
+            gone.add(name)
+            changes.put_nowait({"Type": "service", "Action": "deleted", "Name": name})
+
+        asyncio.get_running_loop().create_task(teardown())
+        return Response(status_code=202)
+
+    @app.get("/events")
+    async def events_stream() -> StreamingResponse:
+        async def lines() -> AsyncIterator[str]:
+            yield json.dumps({"Type": "hello", "Action": "subscribed"}) + "\n"
+            while True:
+                yield json.dumps(await changes.get()) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     @app.get("/services/{name}/containers")
     def containers(name: str) -> Any:
         return []
 
     @app.get("/services/{name}/events")
-    def events(name: str, request: Request) -> Any:
+    def service_events(name: str, request: Request) -> Any:
         asked.append(("events", name, dict(request.query_params)))
         return HISTORY if newer else missing
 
@@ -365,6 +400,17 @@ def test_events_and_rollback_on_a_backend_that_has_them(cli):
         plain = cli("rollback", "new", "--api", url)
         assert plain.code == 0 and table_rows(plain.out)[1][:2] == ["new", "updating"]
         assert ("rollback", "new", {"Revision": 3}) in asked and ("rollback", "new", {}) in asked
+
+
+def test_rm_on_a_backend_that_deletes_in_the_background(cli):
+    """DELETE answered 202 (teardown under way): `rm` says so; `rm --wait` waits for GET to answer 404."""
+    with stand_in(newer=True) as (url, asked):
+        waited = cli("rm", "new", "--api", url, "--wait")
+        assert waited.code == 0 and waited.out == "deleted new\n", waited
+        assert "new: deleting" in waited.err and ("delete", "new") in asked  # it waited through the teardown
+    with stand_in(newer=True) as (url, _):
+        at_once = cli("rm", "old", "--api", url)
+        assert at_once.code == 0 and at_once.out == "deleting old (the backend tears it down)\n"
 
 
 def test_events_and_rollback_on_an_older_backend_say_so(cli):
