@@ -328,6 +328,27 @@ class ApiClient:
         response = await self._request("DELETE", f"/services/{name}", params={"keep": "true" if keep else "false"})
         return response.status_code == 204
 
+    async def remove_service(self, name: str, keep: bool = False, volumes: bool = False) -> bool:
+        """DELETE with both options (the scriptable CLI's `rm`): True when the service is gone (204),
+        False while the backend tears it down (202: GET answers 404 once it is gone)."""
+        params = {"keep": "true" if keep else "false"}
+        if volumes:
+            params["volumes"] = "true"
+        response = await self._request("DELETE", f"/services/{name}", params=params)
+        return response.status_code == 204
+
+    async def rollback(self, name: str, revision: int | None = None) -> Service:
+        """Back to the previous revision (or `revision`): `POST /services/{name}/rollback`."""
+        body: dict[str, Any] = {"Revision": revision} if revision is not None else {}
+        response = await self._request("POST", f"/services/{name}/rollback", json=body)
+        return Service.model_validate(response.json())
+
+    async def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """A GET route's answer as the backend's JSON, unparsed (for a route this client has no typed
+        method for, shown as it comes: e.g. the scriptable CLI's `events`)."""
+        response = await self._request("GET", path, params=params)
+        return response.json()
+
     async def containers(self, name: str) -> list[ContainerInfo]:
         response = await self._request("GET", f"/services/{name}/containers")
         return [Replica.model_validate(item) for item in response.json()]
