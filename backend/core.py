@@ -363,9 +363,17 @@ class Backend:
     def balancer(self, name: str) -> BalancerView:
         """What the service's balancers count: per front and per replica (HAProxy's runtime stats)."""
         record = self._record(name)
+        ref = ServiceRef(record.name, record.uid)
+        owners = self.reconciler.slot_owners(record.uid)
         with engine_calls():
-            answers = self.reconciler.balancers.traffic(ServiceRef(record.name, record.uid))
-        return balancer_view(record.name, record.spec.ServicePort, answers, self.reconciler.slot_owners(record.uid))
+            answers = self.reconciler.balancers.traffic(ref)
+            if not owners:  # not reconciled yet since this backend started: the replicas' slot labels say
+                owners = {
+                    c.labels[LABEL_SLOT]: object_name(c)
+                    for c in self.driver.containers(ref, ROLE_REPLICA)
+                    if c.status == "running" and c.labels.get(LABEL_SLOT)
+                }
+        return balancer_view(record.name, record.spec.ServicePort, answers, owners)
 
     def images(self, prefix: str = "", limit: int = MAX_IMAGE_TAGS) -> list[str]:
         """The image references (repository:tag) on the engine starting with `prefix`, sorted, at most `limit`."""

@@ -13,7 +13,11 @@ from backend import haproxy as hx
 from backend.balancer import LABEL_FRONT
 from backend.core import balancer_view
 from backend.docker_driver import ServiceRef
-from tests.conftest import eventually, wait_status, web_body
+from backend.models import BalancerFront, BalancerReplica, BalancerView
+from tests.conftest import WEB_IMAGE, eventually, wait_status, web_body
+from tests.test_cli_verbs import cli, in_process_env  # noqa: F401  (fixtures)
+from tui.cli_output import balancer_table
+from tui.formatting import traffic_bar
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -136,3 +140,43 @@ async def test_round_robin_shares_a_third_each(api, backend):
 async def test_balancer_view_unknown_service_is_404(api):
     answer = await api.get("/services/nope/balancer")
     assert answer.status_code == 404
+
+
+# --- the CLI verb ----------------------------------------------------------------------------------
+
+
+def test_balancer_table_draws_fronts_replicas_and_bars():
+    view = BalancerView(Name="web", Fronts=[
+        BalancerFront(Front="ip", Address="127.0.0.9:80", Sessions=1, Total=400, Rate=3, Http5xx=2, BytesIn=2048, BytesOut=0),
+    ], Replicas=[
+        BalancerReplica(Slot="s1", Replica="web-a", State="UP", Check="L7OK 200", CheckMs=1, Sessions=1, Total=300,
+                        Rate=2, Share=0.75, Http5xx=0, BytesIn=1024, BytesOut=0),
+        BalancerReplica(Slot="s2", Replica="web-\x1b[2J", State="DOWN", Check="", CheckMs=0, Sessions=0, Total=100,
+                        Rate=0, Share=0.25, Http5xx=2, BytesIn=0, BytesOut=0),
+    ])
+    text = balancer_table(view)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["FRONT", "ADDRESS", "SESSIONS"]
+    assert lines[1].split()[:4] == ["ip", "127.0.0.9:80", "1", "400"] and "2.0 KiB" in lines[1]
+    s1 = next(line for line in lines if line.startswith("s1 "))
+    s2 = next(line for line in lines if line.startswith("s2 "))
+    assert "L7OK 200 (1 ms)" in s1 and "75.0%" in s1 and s1.endswith(traffic_bar(0.75, 20))
+    assert traffic_bar(0.75, 20).count("\u2588") == 15 and traffic_bar(0.25, 20).count("\u2588") == 5
+    assert "\x1b" not in text and "\u241b[2J" in s2  # a control character shows, never acts
+    assert traffic_bar(0.001, 10).count("\u2588") == 1 and traffic_bar(0, 10).count("\u2588") == 0
+    assert "(no replica in the balancer)" in balancer_table(BalancerView(Name="x", Fronts=[], Replicas=[]))
+
+
+def test_balancer_verb_on_the_real_backend(cli, in_process_env: str):  # noqa: F811  (the fixtures)
+    assert cli("create", "lbcli", "--image", WEB_IMAGE, "--replicas", "2", "--port", "80", "--wait").code == 0
+    shown = cli("balancer", "lbcli", "--json")
+    assert shown.code == 0, shown
+    answer = shown.json()
+    assert answer["Name"] == "lbcli" and [f["Front"] for f in answer["Fronts"]] == ["ip"]
+    assert len(answer["Replicas"]) == 2 and all(r["Replica"].startswith("lbcli") for r in answer["Replicas"])
+    table_text = cli("balancer", "lbcli")
+    assert table_text.code == 0 and "FRONT" in table_text.out and "TRAFFIC" in table_text.out, table_text
+    assert all(r["Replica"] in table_text.out for r in answer["Replicas"])
+    missing = cli("balancer", "ghost")
+    assert missing.code == 1 and "no service named ghost" in missing.err
+    assert cli("rm", "lbcli", "--wait").code == 0
