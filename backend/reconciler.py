@@ -275,7 +275,7 @@ class Reconciler:
             for c in serving
             if c.labels.get(LABEL_SLOT) and (address := replica_address(c, spec.ContainerPort or spec.ServicePort))
         }
-        balancers = self.balancers.ensure(record, network.name, servers)
+        balancers = self.balancers.ensure(record, servers)
         self.balancers.set_servers(record, balancers, servers)
         if leaving:
             self.balancers.wait_drained(balancers, [c.labels.get(LABEL_SLOT, "") for c in leaving])
