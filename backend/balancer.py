@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypedDict
 
 import docker.errors
 from docker.models.containers import Container
@@ -46,13 +47,23 @@ from backend.store import ServiceRecord
 log = logging.getLogger(__name__)
 
 LABEL_SLOT = "io.hyperservice.slot"  # on a replica: the balancer slot it occupies (s1, s2, ...)
-LABEL_ADDRESS = "io.hyperservice.address"  # on a balancer: the host address it is published on
+LABEL_ADDRESS = "io.hyperservice.address"  # on a balancer: the host address it listens on
 LABEL_FRONT = "io.hyperservice.front"  # on a balancer: "ip" (the service's own) or "fip"
 LABEL_ADMIN_PORT = "io.hyperservice.admin-port"  # on a balancer: its runtime API's port on the host's loopback
 FILE_OWNER_UID = 0  # files copied in belong to root: the master process reads them, holding no DAC capability
+
+
+class ContainerOptions(TypedDict):
+    network_mode: str
+    user: str
+    cap_drop: list[str]
+    cap_add: list[str]
+    security_opt: list[str]
+
+
 # How every balancer container runs (see the module docstring); bench/lb_throughput.py runs its
 # "HAProxy alone" the same way.
-CONTAINER_OPTIONS: dict[str, object] = {
+CONTAINER_OPTIONS: ContainerOptions = {
     "network_mode": "host",
     "user": "0",
     "cap_drop": ["ALL"],
