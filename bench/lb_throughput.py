@@ -489,9 +489,10 @@ class Run:
     load: float  # 1-minute load average just before the run
     time_wait: int  # sockets in TIME_WAIT just before the run
     cpu_us: dict[str, float] = field(default_factory=dict)  # CPU-us per request, per component
+    rep: int = 0  # the repetition it belongs to (its paths ran back to back)
 
 
-def measure(wrk: Wrk, targets: Targets, protocol: str, replicas: int, path: str) -> Run:
+def measure(wrk: Wrk, targets: Targets, protocol: str, replicas: int, path: str, rep: int = 0) -> Run:
     time_wait = drain_time_wait()
     load = load_average()
     groups = {"proxy": targets.proxy_pids, "lb": targets.lb_pids, "alone": targets.alone_pids,
@@ -502,7 +503,7 @@ def measure(wrk: Wrk, targets: Targets, protocol: str, replicas: int, path: str)
     per_request = 1e6 / max(result.requests, 1)
     cpu = {"wrk": wrk_cpu * per_request, **{key: (after[key] - before[key]) * per_request for key in groups}}
     run = Run(protocol, replicas, path, result.rps, result.p50_ms, result.p99_ms, result.requests, result.errors,
-              wrk.connections, wrk.threads, load, time_wait, {k: round(v, 1) for k, v in cpu.items()})
+              wrk.connections, wrk.threads, load, time_wait, {k: round(v, 1) for k, v in cpu.items()}, rep)
     say(
         f"    {protocol:4} x{replicas} c{wrk.connections:<3} {path:7} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
         f"p99 {result.p99_ms:6.2f} ms  errors {result.errors}  load {load:.2f}  "
@@ -520,7 +521,7 @@ def measure_case(loads: list[Wrk], targets: Targets, protocol: str, replicas: in
         order = PATHS if rep % 2 == 0 else tuple(reversed(PATHS))  # no path always first
         for wrk in loads:
             for path in order:
-                runs.append(measure(wrk, targets, protocol, replicas, path))
+                runs.append(measure(wrk, targets, protocol, replicas, path, rep))
     return runs
 
 
@@ -538,8 +539,11 @@ class Row:
     p50_added_ms: float | None
     errors: int
     cpu_us: dict[str, float]
-    vs_alone: float | None = None  # service rps / HAProxy-alone rps
-    p50_vs_alone_ms: float | None = None  # service p50 - HAProxy-alone p50
+    # service against HAProxy alone: the median over repetitions of each repetition's ratio (rps)
+    # and difference (p50). The two always run back to back, so a shared machine's load, which
+    # drifts over seconds, weighs on both alike; medians of whole columns would mix that drift in.
+    vs_alone: float | None = None
+    p50_vs_alone_ms: float | None = None
 
 
 def summarise(runs: list[Run]) -> list[Row]:
@@ -566,15 +570,23 @@ def summarise(runs: list[Run]) -> list[Row]:
                 errors=sum(r.errors for r in mine),
                 cpu={k: round(median([r.cpu_us.get(k) for r in mine]) or 0.0, 1) for k in components},
             )
-        direct, alone = medians.get("direct"), medians.get("alone")
+        direct = medians.get("direct")
+        case = [r for r in runs if (r.protocol, r.replicas, r.threads, r.connections) == (protocol, replicas, threads, connections)]
+        pairs = [
+            (service, alone)
+            for service in case if service.path == "service"
+            for alone in case if alone.path == "alone" and alone.rep == service.rep
+        ]
+        vs_alone = median([s.rps / a.rps for s, a in pairs if a.rps])
+        p50_vs_alone = median([s.p50_ms - a.p50_ms for s, a in pairs])
         for path, m in medians.items():
             rows.append(Row(
                 protocol, replicas, path, connections, threads, m["rps"], m["p50"], m["p99"],
                 m["rps"] / direct["rps"] if direct and path != "direct" else None,
                 m["p50"] - direct["p50"] if direct and path != "direct" else None,
                 m["errors"], m["cpu"],
-                m["rps"] / alone["rps"] if alone and path == "service" else None,
-                m["p50"] - alone["p50"] if alone and path == "service" else None,
+                vs_alone if path == "service" else None,
+                p50_vs_alone if path == "service" else None,
             ))
     return rows
 
