@@ -226,3 +226,20 @@ async def test_a_taken_runtime_api_port_is_replaced_by_another(api, backend, doc
         (balancer,) = balancers_of(docker_client, backend.tenant, "moved")
         assert balancer.labels[LABEL_ADMIN_PORT] == str(free)
         assert await asyncio.to_thread(who, service["IP"], 80) in await replica_names(api, "moved")
+
+
+async def test_a_floating_ip_that_is_no_address_of_this_host_is_reported(backend_factory, docker_client):
+    from tests.conftest import client_for
+
+    # 192.0.2.0/24 is TEST-NET-1: never an address of this host. HAProxy only tries to bind it.
+    instance = backend_factory(fip_pool="192.0.2.77")
+    async with client_for(instance) as api:
+        service = await create_active(api, "faraway", 1)
+        assert (await api.post("/services/faraway/update", json={"FIP": "192.0.2.77"})).status_code == 200
+        failed = await wait_status(api, "faraway", "error", timeout=60)
+        assert "cannot listen on 192.0.2.77:80: Cannot assign requested address" in failed["Message"]
+        # the service's own address is not disturbed, and nothing is left crash-looping
+        assert await asyncio.to_thread(who, service["IP"], 80) in await replica_names(api, "faraway")
+        assert [b.labels[LABEL_FRONT] for b in balancers_of(docker_client, instance.tenant)] == ["ip"]
+        assert (await api.post("/services/faraway/update", json={"FIP": ""})).status_code == 200
+        await wait_status(api, "faraway", "active", timeout=60)
