@@ -79,7 +79,11 @@ class BalancerError(Exception):
     """The balancer refused a runtime command, or could not be reached."""
 
 
-class AdminPortTaken(BalancerError):
+class StartFailed(BalancerError):
+    """HAProxy exited at start (e.g. an address it binds is taken): the container is of no use."""
+
+
+class AdminPortTaken(StartFailed):
     """The runtime-API port chosen for a new balancer is taken on the host: choose another."""
 
 
@@ -233,8 +237,12 @@ class Balancers:
             container.start()
             container.reload()
             self._wait_listening(container)
-        except Exception:
+        except StartFailed:
             container.remove(force=True)
+            raise
+        except Exception:
+            if container.status != "running":  # otherwise slow to answer: it stays, checked again next time
+                container.remove(force=True)
             raise
         with self._lock:
             self._applied[container.id] = dict(servers)
@@ -295,12 +303,12 @@ class Balancers:
         failure = haproxy.parse_bind_failure(text)
         if failure is None:
             alerts = [line for line in text.splitlines() if "[ALERT]" in line]
-            raise BalancerError(f"the balancer {container.name} exited: {(alerts or ['no reason logged'])[-1][:200]}")
+            raise StartFailed(f"the balancer {container.name} exited: {(alerts or ['no reason logged'])[-1][:200]}")
         if failure.address == f"127.0.0.1:{container.labels.get(LABEL_ADMIN_PORT)}":
             raise AdminPortTaken(f"runtime-API port {failure.address} of {container.name} is taken: choosing another")
         if failure.in_use:
-            raise BalancerError(f"address {failure.address} already in use")
-        raise BalancerError(f"cannot listen on {failure.address}: {failure.reason}")
+            raise StartFailed(f"address {failure.address} already in use")
+        raise StartFailed(f"cannot listen on {failure.address}: {failure.reason}")
 
     def _copy_files(
         self, container: Container, record: ServiceRecord, servers: dict[str, str], admin_secret: str | None = None
