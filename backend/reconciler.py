@@ -371,7 +371,7 @@ class Reconciler:
         # The balancers are made (or checked) while the new replicas start, not after them: they start
         # with the staying replicas, and the new ones join through the gate below once they run.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            balancers_ready = pool.submit(self.balancers.ensure, record, object_name(network), _servers(staying, port))
+            balancers_ready = pool.submit(self.balancers.ensure, record, _servers(staying, port))
             try:
                 created = self._create_replicas(
                     record, object_name(network), to_create, _free_slots(staying, to_create)
