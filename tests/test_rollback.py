@@ -3,6 +3,7 @@ itself, under load, with no failed request; a rollback by hand; the API's refusa
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterator
 
@@ -22,10 +23,8 @@ def bad_image(docker_client: docker.DockerClient) -> Iterator[str]:
     dockerfile = f'FROM {WEB_IMAGE}\nCMD ["sh", "-c", "exit 1"]\n'
     docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=BAD_IMAGE, rm=True)
     yield BAD_IMAGE
-    try:
+    with contextlib.suppress(docker.errors.APIError):  # still used by a container left behind: harmless
         docker_client.images.remove(BAD_IMAGE)
-    except docker.errors.APIError:
-        pass  # still used by a container another test left; harmless
 
 
 async def revisions(api, name: str) -> list[dict]:
