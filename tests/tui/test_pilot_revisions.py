@@ -25,7 +25,7 @@ async def test_revisions_tab_lists_them_and_r_rolls_back_after_confirming():
         await pilot.pause()
         assert isinstance(app.screen, ServiceScreen)
         service = app.screen
-        await pilot.press("5")
+        await pilot.press("6")
         assert service.query_one(TabbedContent).active == "revisions"
         await wait_for(pilot, lambda: len(rows(app)) == 4, 10, "four revisions listed")
         assert app.focused is service.query_one("#revisions-table")
