@@ -59,7 +59,7 @@ from backend.docker_driver import (
 from backend.events import EventHub
 from backend.haproxy import slot_name
 from backend.history import History, exit_reason
-from backend.models import ServiceStatus
+from backend.models import RevisionOutcome, ServiceStatus
 from backend.settings import Settings
 from backend.store import ServiceRecord, Store, rfc3339_now
 from backend.workqueue import WorkQueue
@@ -73,6 +73,7 @@ RECONNECT_FIRST, RECONNECT_MAX = 0.05, 0.5  # seconds between pings while the en
 TEARDOWN_WORKERS = 16  # deleted services torn down at once (mostly waiting out a stop grace)
 TEARDOWN_WAIT_ON_STOP = 15.0  # seconds a stopping backend waits for the teardowns under way
 CRASH_LOOP_RESTARTS = 3  # a replica restarted this often without staying up is reported
+START_GRACE = 10.0  # seconds a new replica gets to start, on top of its health checks, in a rollout
 ALIVE_STATES = ("running", "restarting", "created", "paused")
 
 
@@ -132,6 +133,8 @@ class Reconciler:
         self.clock: Callable[[], float] = time.monotonic  # for the orphan grace period (tests move it)
         self._unknown_since: dict[str, float] = {}  # uid of objects the store does not know -> first seen
         self._orphans_lock = threading.Lock()  # the resync loop and a direct call never interleave
+        # service uid -> (revision rolled back to, why): the service's message once it is active again
+        self._rolled_back: dict[str, tuple[int, str]] = {}
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -336,6 +339,11 @@ class Reconciler:
             self._start_teardown(record)
             return None
         outcome = self._converge(record)
+        if outcome.status == ServiceStatus.active:
+            self.store.revision_ready(record.uid, record.revision)
+            note = self._rolled_back.get(record.uid)
+            if note and note[0] == record.revision:
+                outcome.message = note[1]
         self.report(name, outcome.status, outcome.message, record.generation)
         return outcome.again_in
 
@@ -357,6 +365,9 @@ class Reconciler:
         outdated = [c for c in alive if c.labels.get(LABEL_REVISION) != str(record.revision)]
         ready_now = [c for c in current if ready(c)]
         desired = spec.Replicas
+        rolled_back = self._check_rollout(record, current, dead, ready)
+        if rolled_back is not None:
+            return rolled_back
 
         # Roll: at most one replica above `desired`, never fewer ready replicas than `desired`.
         limit = desired + 1 if outdated else desired
@@ -435,6 +446,38 @@ class Reconciler:
             # Waiting for health checks: the balancer's health events wake us sooner.
             return self._progress(record, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
         return Outcome(ServiceStatus.active, "Scaling complete")
+
+    def _check_rollout(
+        self, record: ServiceRecord, current: list[Container], dead: list[Container], ready: Callable[[Container], bool]
+    ) -> Outcome | None:
+        """A rollout whose new replicas fail is rolled back to the last revision that was ever ready:
+        when a replica of the revision being rolled out keeps exiting, or is not ready within
+        `rollout_deadline`. The store makes that revision current again, with its image; its replicas,
+        which a rolling update never removes before a new one is ready, serve on, and the failed ones
+        are outdated now and go. None when there is nothing to roll back."""
+        ours = [c for c in current + dead if c.labels.get(LABEL_REVISION) == str(record.revision)]
+        if not ours:
+            return None  # nothing of this revision runs yet (e.g. its image is being pulled)
+        revision = self.store.revision(record.uid, record.revision)
+        if revision is None or revision.Outcome != RevisionOutcome.rolling:
+            return None
+        reason = rollout_failure(record, ours, ready, rollout_deadline(record))
+        if reason is None:
+            return None
+        good = self.store.last_good(record.uid, record.revision)
+        if good is None:
+            return None  # nothing to go back to: the replicas are healed, the service says why
+        why = f"revision {record.revision}'s {reason}"
+        if self.store.roll_back(record.uid, record.revision, good.Number, why) is None:
+            return None  # the service changed meanwhile: the next look sees it
+        message = f"rolled back to revision {good.Number} ({good.Image}): {why}"
+        log.warning("service %s: %s", record.name, message)
+        self._rolled_back[record.uid] = (good.Number, message)
+        self.history.record(name=record.name, type="action", action="rollback", by="auto", message=message)
+        self.hub.publish("service", "updated", Name=record.name)
+        # said now: the sync's own report is for the generation before the rollback, so it is dropped
+        self.report(record.name, ServiceStatus.updating, f"Rolling back to revision {good.Number} ({good.Image}): {why}")
+        return Outcome(ServiceStatus.updating, message, again_in=SOON)  # converge on the revision rolled back to
 
     def _pulling(self, record: ServiceRecord, progress: PullProgress) -> None:
         """A pull of the service's image got further: say so in its status message and as a `pull`
@@ -699,6 +742,44 @@ def _crash_looping(container: Container) -> bool:
     return container.status == "restarting" or (
         container.attrs.get("RestartCount", 0) >= CRASH_LOOP_RESTARTS and state.get("Status") != "running"
     )
+
+
+def rollout_deadline(record: ServiceRecord) -> float:
+    """Seconds a replica of a new revision gets to be ready: its health checks' rise, a fall's worth
+    more and two intervals of slack, after START_GRACE."""
+    spec = record.spec
+    return (spec.HealthCheckRise + spec.HealthCheckFall + 2) * spec.HealthCheckInterval + START_GRACE
+
+
+def rollout_failure(
+    record: ServiceRecord, replicas: list[Container], ready: Callable[[Container], bool], deadline: float,
+    now: datetime | None = None,
+) -> str | None:
+    """Why the replicas of a revision being rolled out failed ("replicas kept exiting (code 1)"),
+    or None while they may still come up."""
+    now = now or datetime.now(UTC)
+    for container in replicas:
+        state = container.attrs.get("State") or {}
+        exited = container.status in ("exited", "dead") and state.get("ExitCode") not in (None, 0)
+        if state.get("OOMKilled") and (exited or _crash_looping(container)):
+            return "replicas ran out of memory"
+        if exited or _crash_looping(container):
+            return f"replicas kept exiting (code {state.get('ExitCode')})"
+    for container in replicas:
+        created = docker_time(container.attrs.get("Created", ""))
+        overdue = created is not None and (now - created).total_seconds() > deadline
+        if container.status == "running" and overdue and not ready(container):
+            return f"replica {object_name(container)} was not UP within {deadline:g} s"
+    return None
+
+
+def docker_time(text: str) -> datetime | None:
+    """Docker's RFC 3339 time with nanoseconds ('2024-05-01T12:00:00.123456789Z') as a datetime."""
+    found = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6})\d*)?(Z|[+-]\d\d:\d\d)$", text or "")
+    if not found:
+        return None
+    seconds, fraction, zone = found.groups()
+    return datetime.fromisoformat(f"{seconds}.{(fraction or '0').ljust(6, '0')}{'+00:00' if zone == 'Z' else zone}")
 
 
 def describe_crash(container: Container) -> str:
