@@ -211,15 +211,38 @@ LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE)]
 ShellWords = Annotated[list[Word] | None, BeforeValidator(_shell_words)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+class RequestBody(BaseModel):
+    """A request body: unknown fields are refused, and a whole number is a JSON number.
+
+    Pydantic's lax mode would take `true` or `"3"` for an int field; the API documents integers, so
+    anything else is an error here rather than a silent `1` (found by the schema fuzzer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name is None or not isinstance(value, bool | str):
+            return value
+        kinds = _kinds(cls.model_fields[info.field_name].annotation)
+        if int in kinds and type(value) not in kinds:
+            raise PydanticCustomError("int_type", "must be a whole number")
+        return value
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The plain types a field admits: {int, NoneType} for `int | None`."""
+    args = get_args(annotation)
+    return {annotation} if not args else {kind for arg in args for kind in _kinds(arg)}
+
+
 # ---------------------------------------------------------------------------------------------
 # The create request
 # ---------------------------------------------------------------------------------------------
 
 
-class ServiceSpec(BaseModel):
+class ServiceSpec(RequestBody):
     """The body of `POST /services/create`: what the operator asks for. Stored as the desired state."""
-
-    model_config = ConfigDict(extra="forbid")
 
     Name: str = Field(
         description="Service name: a DNS label, also the prefix of its containers' names",
@@ -415,10 +438,8 @@ def check_replicas(value: int, info: ValidationInfo | None = None) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-class ServiceUpdate(BaseModel):
+class ServiceUpdate(RequestBody):
     """The body of `POST /services/{name}/update`: any of Replicas, Image, FIP ("" detaches)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     Replicas: int | None = Field(None, description="New number of replicas")
     Image: str | None = Field(None, description="New image: replicas are replaced one at a time",
@@ -622,11 +643,9 @@ class Revision(BaseModel):
     Reason: str = ""
 
 
-class RollbackRequest(BaseModel):
+class RollbackRequest(RequestBody):
     """The body of `POST /services/{name}/rollback` (optional): the revision to go back to; without
     it, the last revision that was ever fully ready before the current one."""
-
-    model_config = ConfigDict(extra="forbid")
 
     Revision: int | None = Field(None, ge=1, description="The revision to go back to")
 

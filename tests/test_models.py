@@ -10,7 +10,7 @@ import pytest
 import trustme
 from pydantic import ValidationError
 
-from backend.models import SERVICE_KEYS, Service, ServiceSpec, ServiceUpdate, field_errors
+from backend.models import SERVICE_KEYS, RollbackRequest, Service, ServiceSpec, ServiceUpdate, field_errors
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -196,3 +196,24 @@ def test_update_request():
         assert field in {e.field for e in field_errors(caught.value)}
     with pytest.raises(ValidationError, match="at least one of"):
         ServiceUpdate.model_validate({})
+
+
+@pytest.mark.parametrize("model, body, field", [
+    (ServiceSpec, {"Name": "web", "Image": "busybox", "Replicas": True, "ServicePort": 80}, "Replicas"),
+    (ServiceSpec, {"Name": "web", "Image": "busybox", "Replicas": 1, "ServicePort": "80"}, "ServicePort"),
+    (ServiceUpdate, {"Replicas": False}, "Replicas"),
+    (RollbackRequest, {"Revision": True}, "Revision"),
+    (RollbackRequest, {"Revision": "2"}, "Revision"),
+])
+def test_a_whole_number_is_a_json_number_not_a_boolean_or_text(model, body, field):
+    # Lax pydantic read `true` as 1: the fuzzer's `{"Revision": true}` rolled a service back.
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(body)
+    assert [e.field for e in field_errors(caught.value)] == [field]
+
+
+def test_whole_numbers_and_flags_still_pass():
+    assert RollbackRequest.model_validate({"Revision": 2}).Revision == 2
+    spec = ServiceSpec.model_validate({"Name": "web", "Image": "busybox", "Replicas": 2, "ServicePort": 80,
+                                       "Tty": True, "StopSignal": 9})
+    assert (spec.Replicas, spec.Tty, spec.StopSignal) == (2, True, "9")
