@@ -15,14 +15,12 @@ Controller-style, as in Kubernetes' sample-controller:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,32 +41,17 @@ from backend.docker_driver import (
     SubnetTaken,
     object_id,
     object_name,
-    replica_address,
 )
 from backend.events import EventHub
-from backend.haproxy import slot_name
 from backend.models import ServiceStatus
+from backend.planner import Desired, Outcome, Replica, ReplicaView, plan
 from backend.settings import Settings
 from backend.store import ServiceRecord, Store
 from backend.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
-SOON = 0.25  # seconds before looking again at a service whose step is still under way
-WAIT_FOR_HEALTH = 2.0  # ... whose replicas wait for their health checks (health events come sooner)
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
-CRASH_LOOP_RESTARTS = 3  # a replica restarted this often without staying up is reported
-ALIVE_STATES = ("running", "restarting", "created", "paused")
-
-
-@dataclass
-class Outcome:
-    """What one sync found: the status to report, and when to look again (None: when told)."""
-
-    status: str
-    message: str
-    again_in: float | None = None
-
 
 class Reconciler:
     def __init__(
@@ -252,9 +235,10 @@ class Reconciler:
             return None
         outcome = self._converge(record)
         self.report(name, outcome.status, outcome.message, record.generation)
-        return outcome.again_in
+        return self._backoff(name) if outcome.backoff else outcome.again_in
 
     def _converge(self, record: ServiceRecord) -> Outcome:
+        """Observe the service's replicas, plan the next step (backend.planner: pure), apply it."""
         spec, ref = record.spec, ServiceRef(record.name, record.uid)
         network = self._ensure_network(record)
         if record.status == ServiceStatus.created and not self.driver.has_image(spec.Image):
@@ -262,64 +246,41 @@ class Reconciler:
         try:
             self.driver.ensure_image(spec.Image)
         except ImageUnavailable as exc:
-            return Outcome(ServiceStatus.error, str(exc), again_in=self._backoff(record.name))
+            return Outcome(ServiceStatus.error, str(exc), backoff=True)
 
-        def ready(container: Container) -> bool:
-            return container.status == "running" and self._health(record, container) == "UP"
-
-        replicas = self.driver.containers(ref, ROLE_REPLICA)
-        alive = [c for c in replicas if c.status in ALIVE_STATES and not self._down_too_long(record, c)]
-        dead = [c for c in replicas if c not in alive]  # exited, stopped by hand, or DOWN for too long
-        current = [c for c in alive if c.labels.get(LABEL_REVISION) == str(record.revision)]
-        outdated = [c for c in alive if c.labels.get(LABEL_REVISION) != str(record.revision)]
-        ready_now = [c for c in current if ready(c)]
-        desired = spec.Replicas
-
-        # Roll: at most one replica above `desired`, never fewer ready replicas than `desired`.
-        limit = desired + 1 if outdated else desired
-        to_create = max(0, min(desired - len(current), limit - len(current) - len(outdated)))
-        excess_outdated = max(0, len(ready_now) + len(outdated) - desired) if outdated else 0
-        excess_current = max(0, len(current) - desired)
-        leaving = _least_useful(outdated, ready)[:excess_outdated] + _least_useful(current, ready)[:excess_current]
-
-        staying = [c for c in alive if c not in leaving]
-        created = self._create_replicas(record, object_name(network), to_create, _free_slots(staying, to_create))
-        serving = staying + created
-        self.store.update(record.name, containers=[object_id(c) for c in serving])
-        self._owners[record.uid] = {c.labels.get(LABEL_SLOT, ""): (object_id(c), object_name(c)) for c in serving}
+        # Observe: the engine's replicas, with what their balancer knows of them.
+        containers = {object_id(c): c for c in self.driver.containers(ref, ROLE_REPLICA)}
+        observed = [self._observe(record, c) for c in containers.values()]
+        # Plan: pure, from the desired spec and what was observed.
+        step = plan(Desired(spec.Image, spec.Replicas, record.revision, self.replace_down_after), observed)
+        # Apply.
+        dead = [containers[r.id] for r in step.replace]
+        leaving = [containers[r.id] for r in step.drain]
+        created = self._create_replicas(record, object_name(network), list(step.create_in))
+        serving = [*step.serving, *(replica_of(c) for c in created)]
+        self.store.update(record.name, containers=[r.id for r in serving])
+        self._owners[record.uid] = {r.slot: (r.id, r.name) for r in serving}
 
         # The balancers carry exactly the serving replicas; the leaving ones are drained, then stopped.
-        servers = {
-            c.labels[LABEL_SLOT]: address
-            for c in serving
-            if c.labels.get(LABEL_SLOT) and (address := replica_address(c, spec.ContainerPort or spec.ServicePort))
-        }
+        port = spec.ContainerPort or spec.ServicePort
+        servers = {r.slot: f"{r.ip}:{port}" for r in serving if r.slot and r.ip}
         balancers = self.balancers.ensure(record, object_name(network), servers)
         self.balancers.set_servers(record, balancers, servers)
         if leaving:
-            self.balancers.wait_drained(balancers, [c.labels.get(LABEL_SLOT, "") for c in leaving])
+            self.balancers.wait_drained(balancers, [r.slot for r in step.drain])
         if dead or leaving:
             self.driver.remove_many(dead, graceful=False)
             self.driver.remove_many(leaving)
+        return step.outcome
 
-        crashing = [c for c in current if _crash_looping(c)]
-        if crashing:
-            return Outcome(ServiceStatus.error, describe_crash(crashing[0]), again_in=self._backoff(record.name))
-        if created or leaving or dead:
-            return self._progress(record, len(ready_now), outdated, again_in=SOON)
-        down = [c for c in current if self._health(record, c) == "DOWN"]
-        if not outdated and len(current) == desired and down:
-            names = ", ".join(object_name(c) for c in down[:3]) + (" ..." if len(down) > 3 else "")
-            return Outcome(
-                ServiceStatus.degraded,
-                f"{len(down)} of {desired} replicas DOWN (failing their health check: {names}); "
-                f"replaced if still DOWN after {self.replace_down_after:g} s",
-                again_in=WAIT_FOR_HEALTH,
-            )
-        if outdated or len(ready_now) < desired:
-            # Waiting for health checks: the balancer's health events wake us sooner.
-            return self._progress(record, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
-        return Outcome(ServiceStatus.active, "Scaling complete")
+    def _observe(self, record: ServiceRecord, container: Container) -> ReplicaView:
+        """One replica as the planner sees it: the engine's facts and its health at the balancer."""
+        replica = replica_of(container)
+        known = self.balancers.health(record.uid, replica.slot)
+        if known is None:
+            return ReplicaView(replica)
+        down_for = (datetime.now(UTC) - known.since).total_seconds() if known.health == "DOWN" else 0.0
+        return ReplicaView(replica, health=known.health, down_for=down_for)
 
     def _ensure_network(self, record: ServiceRecord) -> Network:
         """The service's network on its own subnet of the network pool; when someone else on the engine
@@ -336,32 +297,12 @@ class Reconciler:
             log.info("service %s: subnet taken on the engine, moving to %s", record.name, subnet)
             return self.driver.ensure_network(ref, subnet)
 
-    def _health(self, record: ServiceRecord, container: Container) -> str:
-        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
-        return known.health if known else ""
-
-    def _down_too_long(self, record: ServiceRecord, container: Container) -> bool:
-        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
-        if known is None or known.health != "DOWN":
-            return False
-        return (datetime.now(UTC) - known.since).total_seconds() > self.replace_down_after
-
-    def _progress(self, record: ServiceRecord, ready: int, outdated: list[Container], again_in: float) -> Outcome:
-        desired = record.spec.Replicas
-        if outdated:
-            return Outcome(
-                ServiceStatus.updating,
-                f"Rolling out {record.spec.Image}: {len(outdated)} of {desired} replicas still on the old image",
-                again_in,
-            )
-        return Outcome(ServiceStatus.scaling, f"Scaling to {desired} replicas ({ready} ready)", again_in)
-
-    def _create_replicas(self, record: ServiceRecord, network: str, count: int, slots: list[str]) -> list[Container]:
-        """Create and start `count` replicas at once, each in its own balancer slot."""
-        if not count:
+    def _create_replicas(self, record: ServiceRecord, network: str, slots: list[str]) -> list[Container]:
+        """Create and start a replica in each of `slots`, all at once."""
+        if not slots:
             return []
         ref = ServiceRef(record.name, record.uid)
-        with ThreadPoolExecutor(max_workers=min(16, count)) as pool:
+        with ThreadPoolExecutor(max_workers=min(16, len(slots))) as pool:
             futures = [
                 pool.submit(self.driver.create_replica, ref, record.spec, record.revision, network, {LABEL_SLOT: slot})
                 for slot in slots
@@ -432,31 +373,22 @@ class Reconciler:
             self.hub.publish("service", "status", Name=name, Status=str(status), Message=message)
 
 
-def _free_slots(staying: list[Container], count: int) -> list[str]:
-    """The lowest `count` balancer slots no staying replica occupies."""
-    used = {c.labels.get(LABEL_SLOT) for c in staying}
-    free = (slot_name(index) for index in itertools.count(1) if slot_name(index) not in used)
-    return list(itertools.islice(free, count))
-
-
-def _least_useful(containers: list[Container], is_ready: Callable[[Container], bool]) -> list[Container]:
-    """Removal order: not-ready replicas first, then the newest (keep the proven ones)."""
-    newest_first = sorted(containers, key=lambda c: c.attrs.get("Created", ""), reverse=True)
-    return sorted(newest_first, key=is_ready)  # stable: among equals, newest stays first
-
-
-def _crash_looping(container: Container) -> bool:
+def replica_of(container: Container) -> Replica:
+    """A replica container as the planner sees it."""
     state = container.attrs.get("State") or {}
-    return container.status == "restarting" or (
-        container.attrs.get("RestartCount", 0) >= CRASH_LOOP_RESTARTS and state.get("Status") != "running"
-    )
-
-
-def describe_crash(container: Container) -> str:
-    state = container.attrs.get("State") or {}
-    return (
-        f"replica {container.name} keeps exiting (exit code {state.get('ExitCode')}, "
-        f"{container.attrs.get('RestartCount', 0)} restarts); see its logs"
+    networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    ip = next((settings["IPAddress"] for settings in networks.values() if settings.get("IPAddress")), "")
+    return Replica(
+        id=object_id(container),
+        name=object_name(container),
+        slot=container.labels.get(LABEL_SLOT, ""),
+        revision=container.labels.get(LABEL_REVISION, ""),
+        state=container.status,
+        created=container.attrs.get("Created", ""),
+        ip=ip,
+        restarts=int(container.attrs.get("RestartCount") or 0),
+        exit_code=state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
     )
 
 

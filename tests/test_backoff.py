@@ -19,7 +19,8 @@ from backend.balancer import ReplicaHealth
 from backend.docker_driver import LABEL_SERVICE, DockerDriver, EngineUnavailable
 from backend.events import EventHub
 from backend.models import ServiceSpec, ServiceStatus
-from backend.reconciler import BACKOFF_FIRST, BACKOFF_MAX, SOON, Outcome, Reconciler
+from backend.planner import SOON, Outcome
+from backend.reconciler import BACKOFF_FIRST, BACKOFF_MAX, Reconciler
 from backend.store import ServiceRecord, Store
 from tests.conftest import make_settings
 from tests.test_workqueue import FakeClock
