@@ -284,17 +284,14 @@ class Balancers:
             self._applied.pop(object_id(container), None)
         return haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
 
-    def wait_drained(self, balancers: list[Container], slots: list[str], timeout: float = DRAIN_WAIT) -> None:
-        """Wait (bounded) until no balancer has a session open on `slots`."""
-        if not slots:
-            return
-        deadline = time.monotonic() + timeout
+    def busy_slots(self, balancers: list[Container], slots: list[str]) -> set[str]:
+        """Which of `slots` some balancer still has a session open on (one question each, no waiting:
+        the reconciler asks again on its next step, until DRAIN_WAIT is over)."""
+        busy: set[str] = set()
         for container in balancers:
-            while time.monotonic() < deadline:
-                counts = haproxy.parse_session_counts(self._ask(container, haproxy.SHOW_SERVER_STATS))
-                if all(counts.get(slot, 0) == 0 for slot in slots):
-                    break
-                time.sleep(0.2)
+            counts = haproxy.parse_session_counts(self._ask(container, haproxy.SHOW_SERVER_STATS))
+            busy |= {slot for slot in slots if counts.get(slot, 0)}
+        return busy
 
     def _ask(self, container: Container, command: str) -> str:
         code, output = container.exec_run(haproxy.runtime_exec_argv(command))

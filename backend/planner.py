@@ -34,6 +34,7 @@ from enum import StrEnum
 from backend.models import ServiceStatus
 
 SOON = 0.25  # seconds before looking again at a service whose step is still under way
+DRAIN_CHECK = 0.5  # ... whose only business is replicas leaving (a stop's end wakes it sooner)
 WAIT_FOR_HEALTH = 2.0  # ... whose replicas wait for their health checks (health events come sooner)
 CRASH_LOOP_RESTARTS = 3  # a replica restarted this often without staying up is reported
 ALIVE_STATES = ("running", "restarting", "created", "paused")
@@ -139,7 +140,8 @@ def plan(desired: Desired, observed: Sequence[ReplicaView]) -> Plan:
     stop = [v for v in leaving if v.leaving == Leaving.DRAINED]
     crashing = [v for v in current if _crash_looping(v.replica)]
 
-    under_way = bool(create_in or dead or drain or leaving)
+    changes = bool(create_in or dead or drain or stop)
+    under_way = SOON if changes else DRAIN_CHECK if leaving else None
     return Plan(
         outcome=_assess(desired, current, outdated, ready_now, crashing, under_way),
         create_in=tuple(create_in),
@@ -157,14 +159,15 @@ def _assess(
     outdated: list[ReplicaView],
     ready_now: list[ReplicaView],
     crashing: list[ReplicaView],
-    under_way: bool,
+    under_way: float | None,
 ) -> Outcome:
-    """What to report once the step is taken."""
+    """What to report once the step is taken (`under_way`: when to look again at the changes
+    under way, None when there are none)."""
     wanted = desired.replicas
     if crashing:
         return Outcome(ServiceStatus.error, describe_crash(crashing[0].replica), backoff=True)
-    if under_way:
-        return _progress(desired, len(ready_now), outdated, again_in=SOON)
+    if under_way is not None:
+        return _progress(desired, len(ready_now), outdated, again_in=under_way)
     down = [v for v in current if v.health == "DOWN"]
     if not outdated and len(current) == wanted and down:
         names = ", ".join(v.replica.name for v in down[:3]) + (" ..." if len(down) > 3 else "")

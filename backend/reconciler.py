@@ -6,6 +6,10 @@ Controller-style, as in Kubernetes' sample-controller:
   idempotent step: create the network, pull the image, replace dead replicas, scale up or down, roll
   outdated replicas to the new image one at a time (one extra replica at most, never fewer ready
   replicas than asked for), tear a deleted service down;
+- a step never waits: a replica taken out of the balancers is left to drain and stopped by a later
+  step (once no request is left on it, or after DRAIN_WAIT), on the stop pool; a missing image is
+  pulled on the pull pool; meanwhile the service is looked at again, so the workers stay free for
+  the other services;
 - a step that waits for something asks to be looked at again shortly; a step that fails is retried
   with exponential backoff, and the service shows `error` with the reason meanwhile. Events and the
   resync leave a service alone while it waits out its backoff; an operator's change (`enqueue`)
@@ -20,7 +24,8 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +34,7 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.types import CancellableStream
 
-from backend.balancer import LABEL_SLOT, Balancers, ReplicaHealth
+from backend.balancer import DRAIN_WAIT, LABEL_SLOT, BalancerError, Balancers, ReplicaHealth
 from backend.docker_driver import (
     LABEL_REVISION,
     LABEL_SERVICE,
@@ -44,7 +49,7 @@ from backend.docker_driver import (
 )
 from backend.events import EventHub
 from backend.models import ServiceStatus
-from backend.planner import Desired, Outcome, Replica, ReplicaView, plan
+from backend.planner import Desired, Leaving, Outcome, Replica, ReplicaView, plan
 from backend.settings import Settings
 from backend.store import ServiceRecord, Store
 from backend.workqueue import WorkQueue
@@ -52,6 +57,24 @@ from backend.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
+PULL_WORKERS = 2  # images pulled at once (a pull may take minutes: never on a worker)
+STOP_WORKERS = 8  # drained replicas stopped at once (a stop may take STOP_TIMEOUT: never on a worker)
+
+
+@dataclass
+class Departure:
+    """A replica taken out of the balancers, on its way out."""
+
+    deadline: float  # (reconciler clock) when it is stopped even with requests still on it
+    stopping: Future[None] | None = None  # its graceful stop and removal, once under way
+
+
+@dataclass
+class Pull:
+    """An image pull under way (or done) for one service."""
+
+    image: str
+    done: Future[str]
 
 class Reconciler:
     def __init__(
@@ -77,6 +100,10 @@ class Reconciler:
             on_notice=lambda message: hub.publish("backend", "notice", Message=message),
         )
         self._owners: dict[str, dict[str, tuple[str, str]]] = {}  # service uid -> slot -> (container id, name)
+        self._departures: dict[str, dict[str, Departure]] = {}  # service uid -> leaving replica id -> ...
+        self._pulls: dict[str, Pull] = {}  # service name -> the pull of its image
+        self._pull_pool = ThreadPoolExecutor(max_workers=PULL_WORKERS, thread_name_prefix="reconciler-pull")
+        self._stop_pool = ThreadPoolExecutor(max_workers=STOP_WORKERS, thread_name_prefix="reconciler-stop")
         self._clock = clock  # monotonic seconds: backoff deadlines
         self.queue = WorkQueue(clock)
         self._workers = workers
@@ -104,6 +131,8 @@ class Reconciler:
         self._stopping.set()
         self.balancers.stop()
         self.queue.shutdown()
+        for pool in (self._pull_pool, self._stop_pool):
+            pool.shutdown(wait=False, cancel_futures=True)  # a pull or stop under way finishes on its own
         stream = self._events_stream
         if stream is not None:
             # closing a half-dead HTTP stream may fail in several ways; it's closed either way
@@ -241,46 +270,108 @@ class Reconciler:
         """Observe the service's replicas, plan the next step (backend.planner: pure), apply it."""
         spec, ref = record.spec, ServiceRef(record.name, record.uid)
         network = self._ensure_network(record)
-        if record.status == ServiceStatus.created and not self.driver.has_image(spec.Image):
-            self.report(record.name, ServiceStatus.scaling, f"Pulling image {spec.Image}")
-        try:
-            self.driver.ensure_image(spec.Image)
-        except ImageUnavailable as exc:
-            return Outcome(ServiceStatus.error, str(exc), backoff=True)
+        pulling = self._pull(record)
+        if pulling is not None:
+            return pulling
 
-        # Observe: the engine's replicas, with what their balancer knows of them.
+        # Observe: the engine's replicas, with what their balancer knows of them and which are leaving.
         containers = {object_id(c): c for c in self.driver.containers(ref, ROLE_REPLICA)}
-        observed = [self._observe(record, c) for c in containers.values()]
+        observed = self._observe(record, containers)
         # Plan: pure, from the desired spec and what was observed.
         step = plan(Desired(spec.Image, spec.Replicas, record.revision, self.replace_down_after), observed)
         # Apply.
-        dead = [containers[r.id] for r in step.replace]
-        leaving = [containers[r.id] for r in step.drain]
         created = self._create_replicas(record, object_name(network), list(step.create_in))
         serving = [*step.serving, *(replica_of(c) for c in created)]
         self.store.update(record.name, containers=[r.id for r in serving])
         self._owners[record.uid] = {r.slot: (r.id, r.name) for r in serving}
-
-        # The balancers carry exactly the serving replicas; the leaving ones are drained, then stopped.
+        # The balancers carry exactly the serving replicas; the leaving ones drain there (a later
+        # step stops them); the dead ones serve nothing and go at once.
         port = spec.ContainerPort or spec.ServicePort
         servers = {r.slot: f"{r.ip}:{port}" for r in serving if r.slot and r.ip}
         balancers = self.balancers.ensure(record, object_name(network), servers)
         self.balancers.set_servers(record, balancers, servers)
-        if leaving:
-            self.balancers.wait_drained(balancers, [r.slot for r in step.drain])
-        if dead or leaving:
-            self.driver.remove_many(dead, graceful=False)
-            self.driver.remove_many(leaving)
+        departures = self._departures.setdefault(record.uid, {})
+        for replica in step.drain:
+            departures[replica.id] = Departure(deadline=self._clock() + DRAIN_WAIT)
+        for replica in step.stop:
+            departures[replica.id].stopping = self._stop_later(record.name, containers[replica.id])
+        self.driver.remove_many([containers[r.id] for r in step.replace], graceful=False)
         return step.outcome
 
-    def _observe(self, record: ServiceRecord, container: Container) -> ReplicaView:
-        """One replica as the planner sees it: the engine's facts and its health at the balancer."""
-        replica = replica_of(container)
-        known = self.balancers.health(record.uid, replica.slot)
-        if known is None:
-            return ReplicaView(replica)
-        down_for = (datetime.now(UTC) - known.since).total_seconds() if known.health == "DOWN" else 0.0
-        return ReplicaView(replica, health=known.health, down_for=down_for)
+    def _observe(self, record: ServiceRecord, containers: dict[str, Container]) -> list[ReplicaView]:
+        """Each replica as the planner sees it: the engine's facts, its health at the balancer and,
+        for one taken out of the balancers, how far it is on its way out."""
+        departures = self._departures.setdefault(record.uid, {})
+        for gone in set(departures) - set(containers):
+            del departures[gone]
+        busy = self._busy_slots(record, [containers[i] for i, d in departures.items() if d.stopping is None])
+        now, views = datetime.now(UTC), []
+        for container in containers.values():
+            replica = replica_of(container)
+            known = self.balancers.health(record.uid, replica.slot)
+            health = known.health if known else ""
+            down_for = (now - known.since).total_seconds() if known and known.health == "DOWN" else 0.0
+            leaving = Leaving.NO
+            if (departure := departures.get(replica.id)) is not None:
+                leaving = self._leaving(departure, replica, busy)
+            views.append(ReplicaView(replica, health=health, down_for=down_for, leaving=leaving))
+        return views
+
+    def _leaving(self, departure: Departure, replica: Replica, busy: set[str]) -> Leaving:
+        stopping = departure.stopping
+        if stopping is None:
+            drained = replica.state != "running" or replica.slot not in busy or self._clock() >= departure.deadline
+            return Leaving.DRAINED if drained else Leaving.DRAINING
+        if stopping.done() and (error := stopping.exception()) is not None:
+            departure.stopping = None  # the next step tries again (after the backoff)
+            raise error
+        return Leaving.STOPPING
+
+    def _busy_slots(self, record: ServiceRecord, draining: list[Container]) -> set[str]:
+        """The slots of `draining` replicas some balancer still has a request on (one question to
+        each balancer; a balancer that does not answer counts as busy: the drain deadline holds)."""
+        slots = [container.labels.get(LABEL_SLOT, "") for container in draining]
+        if not slots:
+            return set()
+        balancers = self.balancers.containers(ServiceRef(record.name, record.uid))
+        try:
+            return self.balancers.busy_slots([b for b in balancers if b.status == "running"], slots)
+        except (BalancerError, docker.errors.APIError) as exc:
+            log.info("service %s: drain not checked: %s", record.name, exc)
+            return set(slots)
+
+    def _stop_later(self, name: str, container: Container) -> Future[None]:
+        """Stop (StopSignal, then kill after STOP_TIMEOUT) and remove a drained replica on the stop
+        pool; the service is looked at again once that is done."""
+        stopping = self._stop_pool.submit(self.driver.remove, container)
+        stopping.add_done_callback(lambda _: self.queue.add(name))
+        return stopping
+
+    def _pull(self, record: ServiceRecord) -> Outcome | None:
+        """None when the engine has the service's image. Otherwise the pull runs on the pull pool
+        (the service is looked at again when it ends) and the answer says so; a failed pull is an
+        error, retried with backoff."""
+        image, pull = record.spec.Image, self._pulls.get(record.name)
+        if pull is not None and pull.image == image and pull.done.done():
+            del self._pulls[record.name]
+            error = pull.done.exception()
+            if isinstance(error, ImageUnavailable):
+                return Outcome(ServiceStatus.error, str(error), backoff=True)
+            if error is not None:
+                raise error
+            return None
+        if pull is None or pull.image != image:  # (a pull of an image no longer wanted just ends)
+            if self.driver.has_image(image):
+                return None
+            pull = Pull(image, self._pull_pool.submit(self.driver.ensure_image, image))
+            self._pulls[record.name] = pull
+            pull.done.add_done_callback(lambda _: self.queue.add(record.name))
+        if record.status == ServiceStatus.error:
+            # Retrying after a failed pull: the service says why until this one is done (and its
+            # backoff keeps counting: a report of progress would start it afresh).
+            return Outcome(ServiceStatus.error, record.message)
+        status = ServiceStatus.updating if record.status == ServiceStatus.updating else ServiceStatus.scaling
+        return Outcome(status, f"Pulling image {image}")
 
     def _ensure_network(self, record: ServiceRecord) -> Network:
         """The service's network on its own subnet of the network pool; when someone else on the engine
@@ -324,6 +415,8 @@ class Reconciler:
             if record.remove_volumes:  # only when the delete asked for it: volumes hold the data
                 self.driver.remove_service_volumes(record.name)
         self._owners.pop(record.uid, None)
+        self._departures.pop(record.uid, None)
+        self._pulls.pop(record.name, None)
         self.store.forget(record)
         self.hub.publish("service", "deleted", Name=record.name)
 

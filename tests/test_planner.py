@@ -17,6 +17,7 @@ from backend.haproxy import slot_name
 from backend.models import ServiceStatus
 from backend.planner import (
     CRASH_LOOP_RESTARTS,
+    DRAIN_CHECK,
     SOON,
     WAIT_FOR_HEALTH,
     Desired,
@@ -193,7 +194,9 @@ def test_degraded_names_the_down_replicas_and_when_they_are_replaced():
     [
         pytest.param([rep("s1", health="starting")], WAIT_FOR_HEALTH, id="health-events-wake-it-sooner"),
         pytest.param([], SOON, id="creating"),
-        pytest.param([rep("s1"), rep("s2", leaving=Leaving.DRAINING)], SOON, id="draining"),
+        pytest.param([rep("s1"), rep("s2", leaving=Leaving.DRAINING)], DRAIN_CHECK, id="draining"),
+        pytest.param([rep("s1"), rep("s2", leaving=Leaving.STOPPING)], DRAIN_CHECK, id="stopping"),
+        pytest.param([rep("s1"), rep("s2", leaving=Leaving.DRAINED)], SOON, id="drained-stopped-now"),
         pytest.param([rep("s1")], None, id="done"),
     ],
 )
