@@ -1,10 +1,11 @@
-"""The balancers on Docker: the HAProxy containers in front of each service, and what they see.
+"""The balancers: the HAProxy containers in front of each service, and what they see.
 
 Each service has one balancer container published on `IP:ServicePort` and, while a floating IP is
 attached, a second one published on `FIP:ServicePort` (so attaching or detaching never disturbs the
 service's own address). Both sit on the service's network and carry the same server set.
 
-This module owns the Docker side of that (backend/haproxy.py owns the HAProxy text):
+This module owns the container side of that (backend/haproxy.py owns the HAProxy text); every call
+on a container goes through the engine (backend/engine.py):
 - creating a balancer: render the config, copy it in (put_archive, no bind mounts: a remote
   DOCKER_HOST works too), start it;
 - changing its server set through the runtime API (`docker exec … busybox nc`), never a reload:
@@ -33,7 +34,8 @@ from docker.models.containers import Container
 from docker.types import LogConfig
 
 from backend import haproxy
-from backend.docker_driver import ROLE_BALANCER, DockerDriver, ImageUnavailable, ServiceRef, object_id
+from backend.docker_driver import ROLE_BALANCER, ImageUnavailable, ServiceRef, object_id
+from backend.engine import Engine
 from backend.store import ServiceRecord
 
 log = logging.getLogger(__name__)
@@ -88,14 +90,14 @@ class Balancers:
 
     def __init__(
         self,
-        driver: DockerDriver,
+        engine: Engine,
         image: str,
         slots: int,
         on_health: Callable[[str, str, ReplicaHealth], None],
         fallback_image: str = "",
         on_notice: Callable[[str], None] | None = None,
     ) -> None:
-        self.driver = driver
+        self.engine = engine
         self.image = image  # the configured image
         self.fallback_image = fallback_image
         self._on_notice = on_notice  # (a sentence for the operator)
@@ -115,7 +117,7 @@ class Balancers:
     # -- containers --------------------------------------------------------------------------
 
     def containers(self, ref: ServiceRef) -> list[Container]:
-        return self.driver.containers(ref, ROLE_BALANCER)
+        return self.engine.balancers(ref)
 
     def ensure(self, record: ServiceRecord, network: str, servers: dict[str, str]) -> list[Container]:
         """Balancers for the service's address (and FIP) exist and run; extra ones are removed.
@@ -131,7 +133,7 @@ class Balancers:
             front = container.labels.get(LABEL_FRONT, "")
             if wanted.get(front) != container.labels.get(LABEL_ADDRESS) or container.status in ("exited", "dead"):
                 self.forget(object_id(container))
-                self.driver.remove(container, graceful=False)
+                self.engine.remove(container, graceful=False)
         existing = self.containers(ref)
         fronts = {c.labels.get(LABEL_FRONT): c for c in existing}
         for front, address in wanted.items():
@@ -139,8 +141,7 @@ class Balancers:
             if balancer is None:
                 balancer = self._create(record, network, servers, front, address)
             elif balancer.status != "running":
-                balancer.start()
-                balancer.reload()
+                self.engine.start(balancer)
                 self.forget(object_id(balancer))
             result.append(balancer)
         primary = next(c for c in result if c.labels.get(LABEL_FRONT) == "ip")
@@ -150,25 +151,22 @@ class Balancers:
     def _create(self, record: ServiceRecord, network: str, servers: dict[str, str], front: str, address: str) -> Container:
         ref = ServiceRef(record.name, record.uid)
         image = self.resolve_image()
-        labels = self.driver.labels(ref, ROLE_BALANCER, **{LABEL_FRONT: front, LABEL_ADDRESS: address})
-        container = self.driver.client.containers.create(
+        labels = self.engine.labels(ref, ROLE_BALANCER, **{LABEL_FRONT: front, LABEL_ADDRESS: address})
+        container = self.engine.create_container(
             image=image,
             name=f"{record.name}-{'lb' if front == 'ip' else 'fip'}-{record.uid[:5]}",
             labels=labels,
             network=network,
             ports={f"{haproxy.LISTEN_PORT}/tcp": (address, record.spec.ServicePort)},
-            # the stubs allow only "always" / "on-failure"; the engine takes "unless-stopped" too
-            restart_policy={"Name": "unless-stopped"},  # type: ignore[arg-type]
+            restart_policy={"Name": "unless-stopped"},
             log_config=LogConfig(type=LogConfig.types.JSON, config=LOG_OPTIONS),
-            detach=True,
         )
         try:
             self._copy_files(container, record, servers)
-            container.start()
+            self.engine.start(container)
         except Exception:
-            container.remove(force=True)
+            self.engine.remove(container, graceful=False)
             raise
-        container.reload()
         self._wait_listening(container)
         with self._lock:
             self._applied[object_id(container)] = dict(servers)
@@ -183,10 +181,10 @@ class Balancers:
         Otherwise the configured image, pulled; if that fails, the error names the fix.
         """
         with self._image_lock:
-            if self.driver.has_image(self.image):
+            if self.engine.has_image(self.image):
                 return self.image
             fallback = self.fallback_image
-            if fallback and fallback != self.image and self.driver.has_image(fallback):
+            if fallback and fallback != self.image and self.engine.has_image(fallback):
                 if not self._noticed_fallback:
                     self._noticed_fallback = True
                     notice = (
@@ -198,7 +196,7 @@ class Balancers:
                         self._on_notice(notice)
                 return fallback
             try:
-                self.driver.ensure_image(self.image)
+                self.engine.ensure_image(self.image)
             except ImageUnavailable as exc:
                 if not fallback or fallback == self.image:
                     raise
@@ -223,14 +221,15 @@ class Balancers:
     def _copy_files(self, container: Container, record: ServiceRecord, servers: dict[str, str]) -> None:
         config = balancer_config(record, servers, self.slots)
         files = haproxy.balancer_files(config, record.spec.SSLCert or None)
-        if not container.put_archive("/", _archive(files)):
+        if not self.engine.copy_in(container, "/", _archive(files)):
             raise BalancerError(f"could not copy the configuration into {container.name}")
 
     def remove_all(self, ref: ServiceRef) -> None:
         containers = self.containers(ref)
         for container in containers:
             self.forget(object_id(container))
-        self.driver.remove_many(containers, graceful=False)
+        for container in containers:
+            self.engine.remove(container, graceful=False)
         with self._lock:
             self._boards.pop(ref.uid, None)
 
@@ -276,9 +275,9 @@ class Balancers:
         carried = {slot: snap.address for slot, snap in current.items() if snap.state != "MAINT"}
         log.info("balancer %s: growing from %d to %d server slots", container.name, len(current), self.slots)
         self._copy_files(container, record, carried)
-        code, output = container.exec_run(haproxy.reload_exec_argv())
+        code, output = self.engine.exec(container, haproxy.reload_exec_argv())
         if code != 0:
-            text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+            text = output.decode("utf-8", "replace")
             raise BalancerError(f"the balancer {container.name} did not reload with more slots: {text[:200]}")
         with self._lock:
             self._applied.pop(object_id(container), None)
@@ -294,8 +293,8 @@ class Balancers:
         return busy
 
     def _ask(self, container: Container, command: str) -> str:
-        code, output = container.exec_run(haproxy.runtime_exec_argv(command))
-        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+        code, output = self.engine.exec(container, haproxy.runtime_exec_argv(command))
+        text = output.decode("utf-8", "replace")
         if code != 0:
             raise BalancerError(f"the balancer {container.name} did not answer its runtime API: {text.strip()[:200]}")
         return text
@@ -364,9 +363,7 @@ class Balancers:
     def _read_health(self, name: str, uid: str, primary: Container, since: float) -> None:
         board = self.board(uid)
         try:
-            stream = self.driver.client.api.logs(
-                object_id(primary), stream=True, follow=True, stdout=True, stderr=False, timestamps=True, since=int(since)
-            )
+            stream = self.engine.follow_log(primary, since)
             pending = b""
             for chunk in stream:
                 if self._stopping.is_set():

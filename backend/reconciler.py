@@ -1,15 +1,19 @@
-"""The reconciler: drives what runs on Docker towards what the store says each service should be.
+"""The reconciler: drives what runs on the engine towards what the store says each service should be.
 
 Controller-style, as in Kubernetes' sample-controller:
-- Docker events, API calls and a periodic resync only mark a service dirty (add its name to a queue);
-- `sync(name)` compares the desired state (store) with the observed one (Docker) and takes the next
-  idempotent step: create the network, pull the image, replace dead replicas, scale up or down, roll
-  outdated replicas to the new image one at a time (one extra replica at most, never fewer ready
-  replicas than asked for), tear a deleted service down;
-- a step never waits: a replica taken out of the balancers is left to drain and stopped by a later
-  step (once no request is left on it, or after DRAIN_WAIT), on the stop pool; a missing image is
-  pulled on the pull pool; meanwhile the service is looked at again, so the workers stay free for
-  the other services;
+- engine events, API calls and a periodic resync only mark a service dirty (add its name to a queue);
+- `sync(name)` takes the next idempotent step for one service, read top to bottom as
+    observe (`_observe`): the engine's replicas, each with its health at the balancer and, for one
+      taken out of the balancers, how far it is on its way out;
+    plan (`backend.planner.plan`, pure): which replicas to create in which slots, which to replace,
+      drain, stop, and what to report (scale, replace dead or too-long-DOWN replicas, roll outdated
+      ones with one extra at most and never fewer ready than asked for, report a crash loop);
+    apply (`_apply`): through the engine (backend/engine.py) and the balancers;
+    report (`report`): the service's status and message, as a `service`/`status` event too;
+  before that it makes sure of the service's network and image, and a deleted service is torn down;
+- a step never waits: a replica taken out of the balancers drains while the service is looked at
+  again, and is stopped by a later step (once no request is left on it, or after DRAIN_WAIT) on the
+  stop pool; a missing image is pulled on the pull pool; so the workers stay free for the others;
 - a step that waits for something asks to be looked at again shortly; a step that fails is retried
   with exponential backoff, and the service shows `error` with the reason meanwhile. Events and the
   resync leave a service alone while it waits out its backoff; an operator's change (`enqueue`)
@@ -30,26 +34,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import docker.errors
-from docker.models.containers import Container
 from docker.models.networks import Network
-from docker.types import CancellableStream
 
-from backend.balancer import DRAIN_WAIT, LABEL_SLOT, BalancerError, Balancers, ReplicaHealth
+from backend.balancer import DRAIN_WAIT, BalancerError, Balancers, ReplicaHealth
 from backend.docker_driver import (
-    LABEL_REVISION,
     LABEL_SERVICE,
-    ROLE_REPLICA,
-    DockerDriver,
+    ClosableStream,
     EngineUnavailable,
     ImageUnavailable,
     ServiceRef,
     SubnetTaken,
-    object_id,
     object_name,
 )
+from backend.engine import Engine
 from backend.events import EventHub
 from backend.models import ServiceStatus
-from backend.planner import Desired, Leaving, Outcome, Replica, ReplicaView, plan
+from backend.planner import Desired, Leaving, Outcome, Plan, Replica, ReplicaView, plan
 from backend.settings import Settings
 from backend.store import ServiceRecord, Store
 from backend.workqueue import WorkQueue
@@ -80,19 +80,19 @@ class Reconciler:
     def __init__(
         self,
         store: Store,
-        driver: DockerDriver,
+        engine: Engine,
         hub: EventHub,
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self.driver = driver
+        self.engine = engine
         self.hub = hub
         self.resync_seconds = settings.resync_seconds
         self.replace_down_after = settings.replace_down_after
         workers = settings.workers
         self.balancers = Balancers(
-            driver,
+            engine,
             settings.lb_image,
             settings.max_replicas + 1,
             self._on_health,
@@ -111,7 +111,7 @@ class Reconciler:
         self._stopping = threading.Event()
         self._failures: dict[str, int] = {}  # consecutive failed steps per service
         self._retry_at: dict[str, float] = {}  # when a failed service is due again (monotonic)
-        self._events_stream: CancellableStream[dict[str, Any]] | None = None
+        self._events_stream: ClosableStream[dict[str, Any]] | None = None
         self.engine_error: str | None = None  # why the engine can't be reached, None when it can
         self.orphan_grace = settings.orphan_grace_seconds
         self.clock: Callable[[], float] = time.monotonic  # for the orphan grace period (tests move it)
@@ -188,8 +188,8 @@ class Reconciler:
         delay = BACKOFF_FIRST
         while not self._stopping.is_set():
             try:
-                self.driver.ping()
-                self._events_stream = self.driver.events()
+                self.engine.ping()
+                self._events_stream = self.engine.events()
                 self._engine_up()
                 delay = BACKOFF_FIRST
                 self.resync_all()  # whatever happened while we were not listening
@@ -267,47 +267,28 @@ class Reconciler:
         return self._backoff(name) if outcome.backoff else outcome.again_in
 
     def _converge(self, record: ServiceRecord) -> Outcome:
-        """Observe the service's replicas, plan the next step (backend.planner: pure), apply it."""
-        spec, ref = record.spec, ServiceRef(record.name, record.uid)
+        """One step for a live service: observe -> plan (backend.planner: pure) -> apply (through the
+        engine); `sync` reports the outcome."""
         network = self._ensure_network(record)
         pulling = self._pull(record)
         if pulling is not None:
             return pulling
-
-        # Observe: the engine's replicas, with what their balancer knows of them and which are leaving.
-        containers = {object_id(c): c for c in self.driver.containers(ref, ROLE_REPLICA)}
-        observed = self._observe(record, containers)
-        # Plan: pure, from the desired spec and what was observed.
-        step = plan(Desired(spec.Image, spec.Replicas, record.revision, self.replace_down_after), observed)
-        # Apply.
-        created = self._create_replicas(record, object_name(network), list(step.create_in))
-        serving = [*step.serving, *(replica_of(c) for c in created)]
-        self.store.update(record.name, containers=[r.id for r in serving])
-        self._owners[record.uid] = {r.slot: (r.id, r.name) for r in serving}
-        # The balancers carry exactly the serving replicas; the leaving ones drain there (a later
-        # step stops them); the dead ones serve nothing and go at once.
-        port = spec.ContainerPort or spec.ServicePort
-        servers = {r.slot: f"{r.ip}:{port}" for r in serving if r.slot and r.ip}
-        balancers = self.balancers.ensure(record, object_name(network), servers)
-        self.balancers.set_servers(record, balancers, servers)
-        departures = self._departures.setdefault(record.uid, {})
-        for replica in step.drain:
-            departures[replica.id] = Departure(deadline=self._clock() + DRAIN_WAIT)
-        for replica in step.stop:
-            departures[replica.id].stopping = self._stop_later(record.name, containers[replica.id])
-        self.driver.remove_many([containers[r.id] for r in step.replace], graceful=False)
+        observed = self._observe(record)
+        desired = Desired(record.spec.Image, record.spec.Replicas, record.revision, self.replace_down_after)
+        step = plan(desired, observed)
+        self._apply(record, object_name(network), step)
         return step.outcome
 
-    def _observe(self, record: ServiceRecord, containers: dict[str, Container]) -> list[ReplicaView]:
+    def _observe(self, record: ServiceRecord) -> list[ReplicaView]:
         """Each replica as the planner sees it: the engine's facts, its health at the balancer and,
         for one taken out of the balancers, how far it is on its way out."""
+        replicas = {replica.id: replica for replica in self.engine.replicas(ServiceRef(record.name, record.uid))}
         departures = self._departures.setdefault(record.uid, {})
-        for gone in set(departures) - set(containers):
+        for gone in set(departures) - set(replicas):
             del departures[gone]
-        busy = self._busy_slots(record, [containers[i] for i, d in departures.items() if d.stopping is None])
+        busy = self._busy_slots(record, [replicas[i].slot for i, d in departures.items() if d.stopping is None])
         now, views = datetime.now(UTC), []
-        for container in containers.values():
-            replica = replica_of(container)
+        for replica in replicas.values():
             known = self.balancers.health(record.uid, replica.slot)
             health = known.health if known else ""
             down_for = (now - known.since).total_seconds() if known and known.health == "DOWN" else 0.0
@@ -316,6 +297,25 @@ class Reconciler:
                 leaving = self._leaving(departure, replica, busy)
             views.append(ReplicaView(replica, health=health, down_for=down_for, leaving=leaving))
         return views
+
+    def _apply(self, record: ServiceRecord, network: str, step: Plan) -> None:
+        """Take the planned step; nothing here waits for a drain, a stop or a pull."""
+        created = self._create_replicas(record, network, list(step.create_in))
+        serving = [*step.serving, *created]
+        self.store.update(record.name, containers=[r.id for r in serving])
+        self._owners[record.uid] = {r.slot: (r.id, r.name) for r in serving}
+        # The balancers carry exactly the serving replicas; the ones taken out drain there until a
+        # later step stops them; the dead ones serve nothing and go at once.
+        port = record.spec.ContainerPort or record.spec.ServicePort
+        servers = {r.slot: f"{r.ip}:{port}" for r in serving if r.slot and r.ip}
+        balancers = self.balancers.ensure(record, network, servers)
+        self.balancers.set_servers(record, balancers, servers)
+        departures = self._departures.setdefault(record.uid, {})
+        for replica in step.drain:
+            departures[replica.id] = Departure(deadline=self._clock() + DRAIN_WAIT)
+        for replica in step.stop:
+            departures[replica.id].stopping = self._stop_later(record.name, replica)
+        self.engine.remove_replicas(step.replace, graceful=False)
 
     def _leaving(self, departure: Departure, replica: Replica, busy: set[str]) -> Leaving:
         stopping = departure.stopping
@@ -327,10 +327,9 @@ class Reconciler:
             raise error
         return Leaving.STOPPING
 
-    def _busy_slots(self, record: ServiceRecord, draining: list[Container]) -> set[str]:
-        """The slots of `draining` replicas some balancer still has a request on (one question to
-        each balancer; a balancer that does not answer counts as busy: the drain deadline holds)."""
-        slots = [container.labels.get(LABEL_SLOT, "") for container in draining]
+    def _busy_slots(self, record: ServiceRecord, slots: list[str]) -> set[str]:
+        """Which of the draining replicas' `slots` some balancer still has a request on (one question
+        to each balancer; one that does not answer counts as busy: the drain deadline holds)."""
         if not slots:
             return set()
         balancers = self.balancers.containers(ServiceRef(record.name, record.uid))
@@ -340,10 +339,10 @@ class Reconciler:
             log.info("service %s: drain not checked: %s", record.name, exc)
             return set(slots)
 
-    def _stop_later(self, name: str, container: Container) -> Future[None]:
-        """Stop (StopSignal, then kill after STOP_TIMEOUT) and remove a drained replica on the stop
-        pool; the service is looked at again once that is done."""
-        stopping = self._stop_pool.submit(self.driver.remove, container)
+    def _stop_later(self, name: str, replica: Replica) -> Future[None]:
+        """Stop (StopSignal, then kill after the stop timeout) and remove a drained replica on the
+        stop pool; the service is looked at again once that is done."""
+        stopping = self._stop_pool.submit(self.engine.remove_replicas, [replica])
         stopping.add_done_callback(lambda _: self.queue.add(name))
         return stopping
 
@@ -361,9 +360,9 @@ class Reconciler:
                 raise error
             return None
         if pull is None or pull.image != image:  # (a pull of an image no longer wanted just ends)
-            if self.driver.has_image(image):
+            if self.engine.has_image(image):
                 return None
-            pull = Pull(image, self._pull_pool.submit(self.driver.ensure_image, image))
+            pull = Pull(image, self._pull_pool.submit(self.engine.ensure_image, image))
             self._pulls[record.name] = pull
             pull.done.add_done_callback(lambda _: self.queue.add(record.name))
         if record.status == ServiceStatus.error:
@@ -377,31 +376,31 @@ class Reconciler:
         """The service's network on its own subnet of the network pool; when someone else on the engine
         took that subnet meanwhile (another installation, a kept network), move to a free one."""
         ref = ServiceRef(record.name, record.uid)
-        existing = self.driver.find_network(ref)
+        existing = self.engine.find_network(ref)
         if existing is not None:
             return existing
         subnet = record.subnet or self.store.assign_subnet(record.name)
         try:
-            return self.driver.ensure_network(ref, subnet)
+            return self.engine.ensure_network(ref, subnet)
         except SubnetTaken:
-            subnet = self.store.assign_subnet(record.name, avoid=self.driver.used_subnets())
+            subnet = self.store.assign_subnet(record.name, avoid=self.engine.used_subnets())
             log.info("service %s: subnet taken on the engine, moving to %s", record.name, subnet)
-            return self.driver.ensure_network(ref, subnet)
+            return self.engine.ensure_network(ref, subnet)
 
-    def _create_replicas(self, record: ServiceRecord, network: str, slots: list[str]) -> list[Container]:
+    def _create_replicas(self, record: ServiceRecord, network: str, slots: list[str]) -> list[Replica]:
         """Create and start a replica in each of `slots`, all at once."""
         if not slots:
             return []
         ref = ServiceRef(record.name, record.uid)
         with ThreadPoolExecutor(max_workers=min(16, len(slots))) as pool:
             futures = [
-                pool.submit(self.driver.create_replica, ref, record.spec, record.revision, network, {LABEL_SLOT: slot})
+                pool.submit(self.engine.start_replica, ref, record.spec, record.revision, network, slot)
                 for slot in slots
             ]
             errors = [error for f in futures if (error := f.exception()) is not None]
             created = [f.result() for f in futures if f.exception() is None]
         if errors:
-            self.driver.remove_many(created, graceful=False)  # nothing half-created
+            self.engine.remove_replicas(created, graceful=False)  # nothing half-created
             raise errors[0]
         return created
 
@@ -410,10 +409,10 @@ class Reconciler:
         ref = ServiceRef(record.name, record.uid)
         self.balancers.remove_all(ref)  # the address stops answering first
         if not record.keep:
-            self.driver.remove_many(self.driver.containers(ref))
-            self.driver.remove_network(ref)
+            self.engine.remove_containers(ref)
+            self.engine.remove_network(ref)
             if record.remove_volumes:  # only when the delete asked for it: volumes hold the data
-                self.driver.remove_service_volumes(record.name)
+                self.engine.remove_service_volumes(record.name)
         self._owners.pop(record.uid, None)
         self._departures.pop(record.uid, None)
         self._pulls.pop(record.name, None)
@@ -433,7 +432,7 @@ class Reconciler:
             self._collect_orphans()
 
     def _collect_orphans(self) -> None:
-        owned = self.driver.owned_uids()
+        owned = self.engine.owned_uids()
         known = self.store.known_uids()
         now = self.clock()
         for uid in list(self._unknown_since):
@@ -453,8 +452,8 @@ class Reconciler:
                 continue
             log.info("removing orphaned objects of service %s (uid %s)", name, uid)
             ref = ServiceRef(name, uid)
-            self.driver.remove_many(self.driver.containers(ref), graceful=False)
-            self.driver.remove_network(ref)
+            self.engine.remove_containers(ref, graceful=False)
+            self.engine.remove_network(ref)
             del self._unknown_since[uid]
             self.hub.publish("orphan", "removed", Name=name, Uid=uid)
 
@@ -464,25 +463,6 @@ class Reconciler:
             self._retry_at.pop(name, None)
         if self.store.set_status(name, str(status), message, generation):
             self.hub.publish("service", "status", Name=name, Status=str(status), Message=message)
-
-
-def replica_of(container: Container) -> Replica:
-    """A replica container as the planner sees it."""
-    state = container.attrs.get("State") or {}
-    networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
-    ip = next((settings["IPAddress"] for settings in networks.values() if settings.get("IPAddress")), "")
-    return Replica(
-        id=object_id(container),
-        name=object_name(container),
-        slot=container.labels.get(LABEL_SLOT, ""),
-        revision=container.labels.get(LABEL_REVISION, ""),
-        state=container.status,
-        created=container.attrs.get("Created", ""),
-        ip=ip,
-        restarts=int(container.attrs.get("RestartCount") or 0),
-        exit_code=state.get("ExitCode"),
-        oom_killed=bool(state.get("OOMKilled")),
-    )
 
 
 def describe_failure(exc: Exception) -> str:
