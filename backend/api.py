@@ -29,17 +29,21 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.core import Backend, Conflict, Invalid, NotFound
+from backend.docker_driver import MAX_IMAGE_TAGS, EngineUnavailable
+from backend.history import DEFAULT_WINDOW
 from backend.models import (
     ContainerInfo,
     ErrorBody,
     FieldError,
     Service,
+    ServiceHistory,
     ServiceSpec,
     ServiceUpdate,
     VolumeInfo,
     field_errors,
     summarise,
 )
+from backend.store import EVENTS_KEPT
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,10 @@ _ERROR_STATUSES = {
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text} for status, text in _ERROR_STATUSES.items()
+}
+MAX_LOG_TAIL = 100_000  # lines per replica one logs request may ask for
+_ENGINE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS, 503: {"model": ErrorBody, "description": "the Docker engine cannot be reached"}
 }
 
 
@@ -83,17 +91,26 @@ def _line(event: dict[str, Any]) -> bytes:
     return (json.dumps(event, separators=(",", ":")) + "\n").encode()
 
 
-def _streamed(follower: _Follower, media_type: str) -> StreamingResponse:
-    """Stream a follower's lines; its Docker streams are closed when the client goes away."""
+class _ClosingResponse(StreamingResponse):
+    """A stream whose resources (a follower's threads and Docker streams) are released when the
+    response ends, however it ends: done, failed, or the client went while a write
+    waited (then the body generator is merely left suspended, and its `finally` would wait for the
+    garbage collector)."""
 
-    async def body() -> AsyncIterator[str]:
+    def __init__(self, content: AsyncIterator[str] | AsyncIterator[bytes], media_type: str, on_close: Callable[[], None]) -> None:
+        super().__init__(content, media_type=media_type)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            async for line in follower.lines():
-                yield line
+            await super().__call__(scope, receive, send)
         finally:
-            follower.close()
+            self.on_close()
 
-    return StreamingResponse(body(), media_type=media_type)
+
+def _streamed(follower: Any, media_type: str) -> StreamingResponse:
+    """Stream a follower's lines; its threads and Docker streams end when the client goes away."""
+    return _ClosingResponse(follower.lines(), media_type, follower.close)
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -291,6 +308,10 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
     async def _invalid(request: Request, exc: Invalid) -> JSONResponse:
         return _error(400, str(exc), exc.errors)
 
+    @app.exception_handler(EngineUnavailable)
+    async def _engine_unavailable(request: Request, exc: EngineUnavailable) -> JSONResponse:
+        return _error(503, str(exc))  # names DOCKER_HOST and how to fix it
+
     @app.exception_handler(RequestValidationError)
     async def _bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [FieldError(field=str(e["loc"][-1]), message=e["msg"]) for e in exc.errors()]
@@ -322,26 +343,41 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
         change = await _validated(request, ServiceUpdate, backend.validation_context)
         return await run_in_threadpool(backend.update, name, change)
 
-    @app.delete("/services/{name}", status_code=204, responses=_ERRORS)
+    @app.delete("/services/{name}", status_code=202,
+                responses={**_ERRORS, 204: {"description": "the service is gone already (deleted before)"}})
     def delete_service(
         name: str,
         keep: bool = Query(False, description="leave the replicas running"),
         volumes: bool = Query(False, description="also remove the service's named volumes and their data"),
     ) -> Response:
-        backend.delete(name, keep, volumes)
-        return Response(status_code=204)
+        """Answers at once: 202 while the service is torn down in the background (its status says
+        `deleting`; a `deleted` event on /events when it is gone), 204 when it is gone already. A
+        repeated DELETE during the teardown changes nothing (the first `keep` holds)."""
+        return Response(status_code=204 if backend.delete(name, keep, volumes) else 202)
 
     @app.get("/services/{name}/volumes", response_model=list[VolumeInfo], responses=_ERRORS)
     def service_volumes(name: str) -> list[VolumeInfo]:
         """Extension: the service's named volumes, each with its scoped name on the engine."""
         return backend.volumes(name)
 
-    @app.get("/services/{name}/containers", response_model=list[ContainerInfo], responses=_ERRORS)
+    @app.get("/services/{name}/events", response_model=ServiceHistory, responses=_ERRORS)
+    def service_events(
+        name: str,
+        limit: int = Query(100, ge=1, le=EVENTS_KEPT, description="the last this many entries"),
+        window: int = Query(DEFAULT_WINDOW, ge=1, le=86_400, description="seconds back the Summary looks"),
+    ) -> ServiceHistory:
+        """Extension: the service's history, oldest first (status changes; replica starts, exits with
+        exit code and OOM kills, replacements; health changes; operator actions), kept across restarts
+        (the last 500 per service), and `Summary`: the trouble of the last `window` seconds grouped by
+        cause, most telling first ("1 replica OOM-killed 3 times in the last 5 min")."""
+        return backend.service_history(name, limit, window)
+
+    @app.get("/services/{name}/containers", response_model=list[ContainerInfo], responses=_ENGINE_ERRORS)
     def service_containers(name: str) -> list[ContainerInfo]:
         """Each replica: Id, Name, State, Health (as the balancer sees it), Address, Started, Restarts."""
         return backend.containers(name)
 
-    @app.get("/replicas", response_model=dict[str, list[ContainerInfo]], responses=_ERRORS)
+    @app.get("/replicas", response_model=dict[str, list[ContainerInfo]], responses=_ENGINE_ERRORS)
     def all_replicas() -> dict[str, list[ContainerInfo]]:
         """Extension: every service's replicas in one answer ({"<service>": [...]})."""
         return backend.all_containers()
@@ -351,23 +387,32 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
         """Extension: the floating IP pool, each address with the service it is attached to ("" = free)."""
         return backend.floating_ips()
 
+    @app.get("/images", response_model=list[str], responses=_ERRORS)
+    def images(
+        prefix: str = Query("", max_length=300, description="only references starting with this"),
+        limit: int = Query(MAX_IMAGE_TAGS, ge=1, le=500, description="the most references answered"),
+    ) -> list[str]:
+        """Extension: the image references (repository:tag) the engine has, sorted (for suggestions)."""
+        return backend.images(prefix, limit)
+
     @app.get("/limits", responses=_ERRORS)
     def limits() -> dict[str, int]:
         """Extension: the limits the backend validates against (for a remote console's form)."""
         return {"MaxReplicas": backend.settings.max_replicas}
 
-    @app.get("/services/{name}/logs", response_class=PlainTextResponse, responses=_ERRORS)
+    @app.get("/services/{name}/logs", response_class=PlainTextResponse, responses=_ENGINE_ERRORS)
     def service_logs(
         name: str,
         container: str | None = Query(None, description="one replica (name or id); all when empty"),
-        tail: int | None = Query(None, ge=0, description="lines per replica from the end"),
+        tail: int | None = Query(None, ge=0, le=MAX_LOG_TAIL,
+                                 description="lines per replica from the end (default 1000; 100 when following)"),
         follow: bool = Query(False, description="keep the stream open and send new lines"),
     ) -> Response:  # the whole log as plain text, or (follow) a stream of it
         if follow:
             return _streamed(backend.follow_logs(name, container or None, tail), "text/plain; charset=utf-8")
         return PlainTextResponse(backend.logs(name, container or None, tail))
 
-    @app.get("/services/{name}/stats", responses=_ERRORS)
+    @app.get("/services/{name}/stats", responses=_ENGINE_ERRORS)
     def service_stats(name: str) -> StreamingResponse:
         """Newline-delimited JSON, one line per replica about every second: Id, Name, CPUPercent
         (100 = one CPU busy), MemoryBytes, MemoryLimit. Ends when the replicas it started with are gone."""

@@ -9,7 +9,8 @@ on a container goes through the engine (backend/engine.py):
 - creating a balancer: render the config, copy it in (put_archive, no bind mounts: a remote
   DOCKER_HOST works too), start it;
 - changing its server set through the runtime API (`docker exec … busybox nc`), never a reload:
-  a new replica gets no traffic until it passed `rise` checks, a leaving one is drained first;
+  a new replica gets no traffic until it passed `rise` checks, also when it is a new container in a
+  slot at the same address as the one it replaces; a leaving one is drained first;
 - following its log stream for health lines, so each replica's UP / DOWN / starting (with since
   when) is known within a check interval, event-driven;
 - choosing the image: the configured one when the engine has it, else the offline fallback that
@@ -58,6 +59,12 @@ class ReplicaHealth:
     since: datetime
 
 
+def armed_slots(record: ServiceRecord, slots: int) -> int:
+    """How many of the lowest spare slots stay armed (checked fast, so an assignment is checked at
+    once): the replicas asked for, a rolling update's extra one and one more, at least MIN_ARMED_SLOTS."""
+    return min(slots, max(haproxy.MIN_ARMED_SLOTS, record.spec.Replicas + 2))
+
+
 def balancer_config(record: ServiceRecord, servers: dict[str, str], slots: int) -> haproxy.BalancerConfig:
     spec = record.spec
     return haproxy.BalancerConfig(
@@ -71,6 +78,7 @@ def balancer_config(record: ServiceRecord, servers: dict[str, str], slots: int) 
         health_rise=spec.HealthCheckRise,
         servers=tuple(sorted(servers.items(), key=lambda item: haproxy.slot_index(item[0]) or 0)),
         slots=slots,
+        armed_slots=armed_slots(record, slots),
     )
 
 
@@ -107,7 +115,10 @@ class Balancers:
         self._on_health = on_health  # (service name, slot, new health)
         self._lock = threading.Lock()
         self._boards: dict[str, haproxy.HealthBoard] = {}  # service uid -> health of its slots
-        self._applied: dict[str, dict[str, str]] = {}  # balancer container id -> servers it carries
+        # balancer container id -> what it carries: slot -> (ip:port, id of the container there)
+        self._applied: dict[str, dict[str, tuple[str, str]]] = {}
+        # balancer container id -> its server states, for one that was just started (not asked yet)
+        self._started: dict[str, dict[str, haproxy.ServerSnapshot]] = {}
         self._followers: dict[str, threading.Thread] = {}  # primary balancer id -> its log follower
         self._stopping = threading.Event()
 
@@ -169,7 +180,7 @@ class Balancers:
             raise
         self._wait_listening(container)
         with self._lock:
-            self._applied[object_id(container)] = dict(servers)
+            self._started[object_id(container)] = haproxy.started_state(balancer_config(record, servers, self.slots))
         return container
 
     def resolve_image(self) -> str:
@@ -236,32 +247,62 @@ class Balancers:
     def forget(self, container_id: str) -> None:
         with self._lock:
             self._applied.pop(container_id, None)
+            self._started.pop(container_id, None)
 
     # -- the server set ------------------------------------------------------------------------
 
-    def set_servers(self, record: ServiceRecord, balancers: list[Container], servers: dict[str, str]) -> list[str]:
-        """Make every balancer carry exactly `servers` (slot -> ip:port); answer the slots released."""
+    def set_servers(
+        self,
+        record: ServiceRecord,
+        balancers: list[Container],
+        servers: dict[str, str],
+        owners: dict[str, str] | None = None,
+    ) -> list[str]:
+        """Make every balancer carry exactly `servers` (slot -> ip:port), the container in each slot
+        being `owners[slot]` (its id); answer the slots released.
+
+        A slot whose container changed goes through the gate again even at an unchanged address:
+        the new container takes no traffic and reports "starting" until it passed `rise` checks.
+        """
+        owners = owners or {}
+        wanted = {slot: (address, owners.get(slot, "")) for slot, address in servers.items()}
         released: set[str] = set()
         board = self.board(record.uid)
+        # A new container in a known slot: its health starts over (the board is per slot).
+        regate = {slot for slot, owner in owners.items() if slot in servers and owner and board.claim(slot, owner)}
+        armed = armed_slots(record, self.slots)
         for container in balancers:
             with self._lock:
-                if self._applied.get(object_id(container)) == servers:
-                    continue
-            current = haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
+                applied = self._applied.get(object_id(container))
+            if applied == wanted:
+                continue
+            # Also the slots whose new container this balancer has not gated yet (an earlier try failed).
+            stale = {
+                slot for slot, (_, owner) in (applied or {}).items()
+                if slot in wanted and owner and wanted[slot][1] and owner != wanted[slot][1]
+            }
+            with self._lock:
+                current = self._started.pop(object_id(container), None)
+            if current is None:
+                current = haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
             if any(slot not in current for slot in servers):
                 current = self._grow_slots(container, record, current)
-            commands = haproxy.reconcile_commands(servers, current)
+            commands = haproxy.reconcile_commands(servers, current, regate | stale, armed)
             if commands:
                 self._run(container, commands)
             if container.labels.get(LABEL_FRONT) == "ip":
                 for slot, address in servers.items():
                     snapshot = current.get(slot)
-                    if snapshot is None or snapshot.address != address or snapshot.state in ("MAINT", "DRAIN"):
-                        board.assigned(slot)
-            released |= {slot for slot, snap in current.items() if slot not in servers and snap.state != "MAINT"}
+                    moved = snapshot is None or snapshot.address != address or snapshot.state in ("MAINT", "DRAIN")
+                    if moved or slot in stale or (snapshot is not None and snapshot.weight == 0):
+                        board.assigned(slot, owner=owners.get(slot) or None)
+            released |= {
+                slot for slot, snap in current.items()
+                if slot not in servers and not snap.spare and snap.state != "MAINT"
+            }
             self._copy_files(container, record, servers)  # a restarted balancer comes back right
             with self._lock:
-                self._applied[object_id(container)] = dict(servers)
+                self._applied[object_id(container)] = wanted
         for slot in released:
             board.released(slot)
         return sorted(released)
@@ -272,7 +313,7 @@ class Balancers:
         """The balancer was made with fewer slots than the replica limit now needs (the limit was
         raised since): re-render its config with today's slot count, carrying the servers it has,
         and reload it seamlessly (the listening socket passes to the new worker; health is kept)."""
-        carried = {slot: snap.address for slot, snap in current.items() if snap.state != "MAINT"}
+        carried = {slot: snap.address for slot, snap in current.items() if snap.state != "MAINT" and not snap.spare}
         log.info("balancer %s: growing from %d to %d server slots", container.name, len(current), self.slots)
         self._copy_files(container, record, carried)
         code, output = self.engine.exec(container, haproxy.reload_exec_argv())
@@ -311,11 +352,17 @@ class Balancers:
         with self._lock:
             return self._boards.setdefault(uid, haproxy.HealthBoard())
 
-    def health(self, uid: str, slot: str | None) -> ReplicaHealth | None:
+    def health(self, uid: str, slot: str | None, container_id: str = "") -> ReplicaHealth | None:
+        """The health of the replica in `slot`; a container the slot's health is not about yet (it
+        just replaced the one the board knows) is "starting"."""
         if not slot:
             return None
         known = self.board(uid).get(slot)
-        return ReplicaHealth(known.health, known.since) if known else None
+        if known is None:
+            return None
+        if container_id and known.owner and known.owner != container_id:
+            return ReplicaHealth("starting", datetime.now(UTC))
+        return ReplicaHealth(known.health, known.since)
 
     def _follow(self, record: ServiceRecord, primary: Container) -> None:
         """Follow the primary balancer's log for health lines (once per container start).
@@ -342,10 +389,22 @@ class Balancers:
 
     def _snapshot(self, record: ServiceRecord, primary: Container) -> None:
         try:
-            snapshot = haproxy.parse_servers_state(self._ask(primary, haproxy.SHOW_SERVERS_STATE))
-            self.board(record.uid).load_snapshot(snapshot)
+            with self._lock:
+                snapshot = self._started.get(object_id(primary))  # just started by us: known without asking
+            if snapshot is None:
+                snapshot = haproxy.parse_servers_state(self._ask(primary, haproxy.SHOW_SERVERS_STATE))
+            board = self.board(record.uid)
+            before = board.all()
+            board.load_snapshot(snapshot)
         except BalancerError as exc:
             log.info("no health snapshot of %s yet: %s", primary.name, exc)
+            return
+        # A replica's health learnt from the snapshot (not from a log line) is a change too: a new
+        # balancer's servers are first seen UP here.
+        for slot, known in board.all().items():
+            previous = before.get(slot)
+            if previous is None or previous.health != known.health:
+                self._on_health(record.name, slot, ReplicaHealth(known.health, known.since))
 
     def _refresh_if_stuck(self, record: ServiceRecord, primary: Container) -> None:
         """A safety net: a replica still "starting" long after its checks must have run gets a

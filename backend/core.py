@@ -1,9 +1,16 @@
 """The backend's operations, UI-free and HTTP-free: what the API routes call.
 
 `Backend` owns the pieces (store, Docker driver, reconciler, change feed) and offers one method per
-operation: create, list_services, get, update, delete, containers, logs. Requests are validated before they
+operation: create, list_services, get, update, delete, containers, logs, service_history. Requests are validated before they
 get here (the API does it with the models); errors are raised as the exceptions below, which the API
-maps to status codes.
+maps to status codes. Reads of the engine raise EngineUnavailable when it cannot be reached (503);
+operations on the store (create, update, delete) are accepted whether or not it can.
+
+The followers (live logs, stats) own the threads that read Docker's blocking streams; they hold a
+bounded buffer for a slow client and end every thread and stream when the client goes.
+
+The operator's operations take `by` (who asked: "local" until callers are named) and are recorded in
+the service's history.
 """
 
 from __future__ import annotations
@@ -12,11 +19,12 @@ import asyncio
 import contextlib
 import heapq
 import ipaddress
+import json
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any, Generic, TypedDict, TypeVar
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypedDict
 
 import docker.errors
 from docker.models.containers import Container
@@ -27,12 +35,13 @@ from backend.docker_driver import (
     LABEL_TENANT,
     LABEL_UID,
     LABEL_VOLUME,
+    MAX_IMAGE_TAGS,
     ROLE_REPLICA,
-    ClosableStream,
     DockerDriver,
     EngineUnavailable,
     ReplicaLimits,
     ServiceRef,
+    engine_calls,
     object_id,
     object_name,
     replica_address,
@@ -41,16 +50,18 @@ from backend.docker_driver import (
 )
 from backend.engines.docker import DockerEngine
 from backend.events import EventHub
+from backend.history import DEFAULT_WINDOW, History
 from backend.models import (
     ContainerInfo,
     FieldError,
     Service,
+    ServiceHistory,
     ServiceSpec,
     ServiceStatus,
     ServiceUpdate,
     VolumeInfo,
 )
-from backend.reconciler import Reconciler
+from backend.reconciler import Reconciler, engine_note
 from backend.settings import Settings
 from backend.store import (
     AddressPoolExhausted,
@@ -60,11 +71,18 @@ from backend.store import (
     ServiceDeleting,
     ServiceRecord,
     Store,
+    rfc3339_now,
 )
+
+LOCAL = "local"  # who asked, for an operation without a named caller (the console, an untokened API)
 
 log = logging.getLogger(__name__)
 
-DELETE_WAIT = 120.0  # seconds a DELETE waits for the teardown before answering
+DEFAULT_LOG_TAIL = 1000  # lines per replica a plain (not follow) logs request answers by default
+FOLLOW_LOG_TAIL = 100  # ... a follow request starts with
+MAX_PENDING_LINES = 1000  # lines a follower holds for a client reading slower than replicas write
+MAX_PENDING_BYTES = 1024 * 1024  # ... and bytes
+MAX_LINE_BYTES = 64 * 1024  # a longer log line is cut (a replica writing without newlines)
 
 
 class NotFound(Exception):
@@ -101,6 +119,7 @@ class Backend:
             self.driver = DockerEngine(self.store.tenant, docker_client, limits)
             self.hub = EventHub()
             self.reconciler = Reconciler(self.store, self.driver, self.hub, settings)
+            self.followers = Followers()
         except BaseException:
             self.store.close()  # a backend that did not come up holds no lock
             raise
@@ -122,6 +141,8 @@ class Backend:
             if self._started:
                 self.reconciler.stop()
                 self._started = False
+        for follower in self.followers.live():
+            follower.close()
         self.store.close()
 
     @property
@@ -131,7 +152,7 @@ class Backend:
 
     # -- operations --------------------------------------------------------------------------
 
-    def create(self, spec: ServiceSpec) -> Service:
+    def create(self, spec: ServiceSpec, by: str = LOCAL) -> Service:
         try:
             record = self.store.insert(spec, ServiceStatus.created, "Service is created")
         except (AddressPoolExhausted, NetworkPoolExhausted) as exc:
@@ -142,6 +163,11 @@ class Backend:
                 [FieldError(field="Name", message=f"{spec.Name} is taken by an existing service")],
             ) from None
         self.hub.publish("service", "created", Name=record.name, Status=record.status, Message=record.message)
+        self.history.record(
+            name=record.name, type="action", action="create", by=by,
+            message=f"created: {spec.Image}, {spec.Replicas} replica{'s' if spec.Replicas != 1 else ''}, "
+                    f"size {spec.ContainerSize}",
+        )
         self.reconciler.enqueue(record.name)
         return self.service_object(record)
 
@@ -151,7 +177,7 @@ class Backend:
     def get(self, name: str) -> Service:
         return self.service_object(self._record(name))
 
-    def update(self, name: str, change: ServiceUpdate) -> Service:
+    def update(self, name: str, change: ServiceUpdate, by: str = LOCAL) -> Service:
         """Apply the change in one transaction on the fields it names (nothing else is rewritten)."""
         before = self._record(name)
         if change.Replicas is not None and before.subnet and change.Replicas > subnet_capacity(before.subnet):
@@ -171,6 +197,7 @@ class Backend:
             raise Conflict(reason, [FieldError(field="FIP", message=reason)]) from None
         if record is None:
             raise NotFound(f"no service named {name}")
+        self._record_update(name, before, change, by)
         if change.FIP is not None and before.fip != change.FIP:
             what = f"Attaching floating IP {change.FIP}" if change.FIP else f"Detaching floating IP {before.fip}"
             self.reconciler.report(name, ServiceStatus.updating, what)
@@ -181,6 +208,28 @@ class Backend:
         self.hub.publish("service", "updated", Name=name)
         self.reconciler.enqueue(name)
         return self.get(name)
+
+    def _record_update(self, name: str, before: ServiceRecord, change: ServiceUpdate, by: str) -> None:
+        """The operator's update in the service's history: one entry per field that changed (a new
+        Image always does: the same reference again is a redeploy)."""
+        if change.Replicas is not None and change.Replicas != before.spec.Replicas:
+            self.history.record(
+                name=name, type="action", action="scale", by=by,
+                message=f"scale from {before.spec.Replicas} to {change.Replicas} replicas",
+            )
+        if change.Image is not None:
+            what = (f"redeploy {change.Image}" if change.Image == before.spec.Image
+                    else f"image update: {before.spec.Image} → {change.Image}")
+            self.history.record(name=name, type="action", action="image", by=by, message=what)
+        if change.FIP is not None and before.fip != change.FIP:
+            if change.FIP:
+                self.history.record(
+                    name=name, type="action", action="fip-attach", by=by, message=f"attach floating IP {change.FIP}"
+                )
+            else:
+                self.history.record(
+                    name=name, type="action", action="fip-detach", by=by, message=f"detach floating IP {before.fip}"
+                )
 
     def _check_fip_pool(self, fip: str) -> None:
         pool = self.settings.fip_addresses
@@ -193,8 +242,12 @@ class Backend:
         owners = self.store.fip_owners()
         return [{"Address": address, "Service": owners.get(address, "")} for address in self.settings.fip_addresses]
 
-    def delete(self, name: str, keep: bool = False, volumes: bool = False) -> None:
-        """Mark the service deleted and wait (bounded) for the reconciler to tear it down.
+    def delete(self, name: str, keep: bool = False, volumes: bool = False, by: str = LOCAL) -> bool:
+        """Mark the service deleted; the reconciler tears it down in the background.
+
+        Answers at once: False while the teardown is under way, True when the service is gone
+        already (deleted before). A repeated DELETE while it runs changes nothing: the first `keep`
+        holds. An unknown name is NotFound.
 
         Its named volumes stay (the data outlives the service; a service of the same name mounts them
         again) unless `volumes`; that cannot go with `keep` (the kept replicas still mount them), nor
@@ -203,19 +256,23 @@ class Backend:
         if keep and volumes:
             reason = "cannot remove the volumes while keeping the replicas that mount them (keep=true)"
             raise Invalid(f"invalid request: volumes: {reason}", [FieldError(field="volumes", message=reason)])
-        record = self._record(name)
-        if volumes:
+        record = self.store.get(name)
+        if record is None:
+            if self.store.was_deleted(name):
+                return True
+            raise NotFound(f"no service named {name}")
+        if volumes and not record.deleting:
             self._check_volumes_free(record)
-        self.store.mark_deleting(name, keep, volumes)
-        self.hub.publish("service", "status", Name=name, Status=ServiceStatus.deleting.value, Message="Deleting")
-        self.reconciler.enqueue(name)
-        deadline = time.monotonic() + DELETE_WAIT
-        while time.monotonic() < deadline:
-            current = self.store.get(name)
-            if current is None or current.uid != record.uid:
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"service {name} is still being deleted; the backend keeps trying")
+        if self.store.mark_deleting(name, keep, volumes):
+            self.history.record(
+                name=name, type="action", action="delete", by=by,
+                message="delete" + (", keeping the containers" if keep else "") + (", with its volumes" if volumes else ""),
+            )
+            self.hub.publish("service", "status", Name=name, Status=ServiceStatus.deleting.value, Message="Deleting")
+        elif self.store.get(name) is None:  # its teardown finished in the meantime
+            return True
+        self.reconciler.enqueue(name)  # an operator's DELETE also cuts a retry's backoff short
+        return False
 
     def _check_volumes_free(self, record: ServiceRecord) -> None:
         for volume in self.driver.service_volumes(record.name):
@@ -226,6 +283,17 @@ class Backend:
                         f"volume {volume_label(volume)} is still mounted by container {user.name}, which is not "
                         f"part of service {record.name}; remove that container first, or delete without volumes=true"
                     )
+
+    @property
+    def history(self) -> History:
+        return self.reconciler.history
+
+    def service_history(self, name: str, limit: int = 100, window: int = DEFAULT_WINDOW) -> ServiceHistory:
+        """The service's last `limit` history entries and its trouble of the last `window` s, grouped."""
+        found = self.history.read(name, limit, window)
+        if found is None:
+            raise NotFound(f"no service named {name}")
+        return found
 
     def volumes(self, name: str) -> list[VolumeInfo]:
         """The service's named volumes: those its spec mounts (created or not yet), then any other
@@ -255,13 +323,17 @@ class Backend:
 
     def containers(self, name: str) -> list[ContainerInfo]:
         record = self._record(name)
-        return [self._container_info(record, c) for c in self.driver.containers(ServiceRef(record.name, record.uid), ROLE_REPLICA)]
+        with engine_calls():
+            replicas = self.driver.containers(ServiceRef(record.name, record.uid), ROLE_REPLICA)
+            return [self._container_info(record, c) for c in replicas]
 
     def all_containers(self) -> dict[str, list[ContainerInfo]]:
         """Every service's replicas, from one listing of the engine (the console's start-up)."""
         records = {record.uid: record for record in self.store.all()}
         result: dict[str, list[ContainerInfo]] = {record.name: [] for record in records.values()}
-        for container in self.driver.all_replicas():
+        with engine_calls():
+            replicas = self.driver.all_replicas()
+        for container in replicas:
             record = records.get(container.labels.get(LABEL_UID, ""))
             if record is not None:
                 result[record.name].append(self._container_info(record, container))
@@ -271,7 +343,7 @@ class Backend:
         state = container.attrs.get("State") or {}
         started = state.get("StartedAt", "")
         current = container.labels.get(LABEL_REVISION) == str(record.revision)
-        health = self.reconciler.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
+        health = self.reconciler.balancers.health(record.uid, container.labels.get(LABEL_SLOT), object_id(container))
         return ContainerInfo(
             Id=object_id(container),
             Name=object_name(container),
@@ -285,10 +357,15 @@ class Backend:
             Outdated=not current,
         )
 
+    def images(self, prefix: str = "", limit: int = MAX_IMAGE_TAGS) -> list[str]:
+        """The image references (repository:tag) on the engine starting with `prefix`, sorted, at most `limit`."""
+        return self.driver.image_tags(prefix, limit)
+
     def log_sources(self, name: str, container: str | None) -> list[tuple[str, str]]:
         """(replica name, container id) of the replicas whose logs are asked for."""
         record = self._record(name)
-        replicas = self.driver.containers(ServiceRef(record.name, record.uid), ROLE_REPLICA)
+        with engine_calls():
+            replicas = self.driver.containers(ServiceRef(record.name, record.uid), ROLE_REPLICA)
         if container:
             replicas = [c for c in replicas if container in (c.name, c.id) or object_id(c).startswith(container)]
             if not replicas:
@@ -296,11 +373,13 @@ class Backend:
         return [(object_name(c), object_id(c)) for c in replicas]
 
     def logs(self, name: str, container: str | None, tail: int | None) -> str:
-        """The replicas' logs, each line labelled with its replica, interleaved by time."""
+        """The replicas' logs (the last DEFAULT_LOG_TAIL lines of each unless `tail` says otherwise),
+        each line labelled with its replica, interleaved by time."""
         streams: list[list[tuple[str, str, str]]] = []
         for replica_name, replica_id in self.log_sources(name, container):
             try:
-                raw = self.driver.logs(replica_id, tail)
+                with engine_calls():
+                    raw = self.driver.logs(replica_id, tail if tail is not None else DEFAULT_LOG_TAIL)
             except docker.errors.NotFound:
                 continue  # removed since it was listed (replaced, scaled down)
             except docker.errors.APIError as exc:
@@ -317,11 +396,11 @@ class Backend:
 
     def follow_logs(self, name: str, container: str | None, tail: int | None) -> LogFollower:
         """Live logs of the chosen replicas, labelled, as they are written (see LogFollower)."""
-        return LogFollower(self.driver, self.log_sources(name, container), tail)
+        return LogFollower(self.driver, self.log_sources(name, container), tail, self.followers)
 
     def follow_stats(self, name: str) -> StatsFollower:
         """CPU and memory of every replica, about once a second each, pushed by Docker."""
-        return StatsFollower(self.driver, self.log_sources(name, None))
+        return StatsFollower(self.driver, self.log_sources(name, None), self.followers)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -332,12 +411,13 @@ class Backend:
         return record
 
     def service_object(self, record: ServiceRecord) -> Service:
+        since = self.reconciler.engine_down_since
         return Service.from_spec(
             record.spec,
             IP=record.ip,
             Tenant=self.tenant,
             FIP=record.fip,
-            Message=record.message,
+            Message=record.message if since is None else engine_note(record.message, since),
             Created=record.created,
             Status=record.status,
             Containers=record.containers,
@@ -352,74 +432,191 @@ class Backend:
             return str(exc)
 
 
-_Item = TypeVar("_Item")
+class Followers:
+    """The followers streaming now (for shutdown and for tests to check nothing is left)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[_Follower] = set()
+
+    def add(self, follower: _Follower) -> None:
+        with self._lock:
+            self._live.add(follower)
+
+    def discard(self, follower: _Follower) -> None:
+        with self._lock:
+            self._live.discard(follower)
+
+    def live(self) -> list[_Follower]:
+        with self._lock:
+            return list(self._live)
 
 
-class _Follower(Generic[_Item]):
-    """Reads one blocking Docker stream per replica on threads and hands items to an asyncio loop."""
+class _Follower:
+    """Reads one blocking Docker stream per replica on its own thread and hands what they yield to
+    an asyncio consumer (`lines()`), through one bounded buffer.
 
-    def __init__(self, driver: DockerDriver, sources: list[tuple[str, str]]) -> None:
+    A consumer slower than the replicas (a client that does not read) never makes the buffer grow
+    past `max_pending` items or MAX_PENDING_BYTES: the oldest items are dropped and the consumer
+    gets a marker line in their place saying how many. `close()` (the client went) ends every
+    thread and closes every stream, also one that was still being opened.
+    """
+
+    max_pending = MAX_PENDING_LINES
+
+    def __init__(self, driver: DockerDriver, sources: list[tuple[str, str]], registry: Followers | None = None) -> None:
         self._driver = driver
         self._sources = sources
-        self._streams: list[ClosableStream[_Item]] = []
-        self._closed = threading.Event()
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._pending: deque[str] = deque()
+        self._pending_bytes = 0
+        self._dropped = 0  # dropped since the consumer last took an item
+        self.dropped_total = 0
+        self._streams: list[Any] = []
+        self.threads: list[threading.Thread] = []
+        self._running = 0  # pump threads not finished yet
+        self._closed = False
+        self._asleep = False  # the consumer waits for the next item
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
 
-    def _open(self, replica_id: str) -> ClosableStream[_Item]:  # the blocking stream of one replica
+    def _open(self, replica_id: str) -> Any:  # the blocking stream of one replica
         raise NotImplementedError
 
-    def _items(self, replica_name: str, replica_id: str, stream: Iterable[_Item]) -> Iterator[str]:
-        """What that stream yields, as text."""
+    def _items(self, replica_name: str, replica_id: str, stream: Any) -> Iterator[str]:  # that stream, as text
         raise NotImplementedError
+
+    def _marker(self, dropped: int) -> str:  # the line standing for `dropped` lost items
+        raise NotImplementedError
+
+    def pending(self) -> int:
+        """Items held for the consumer now."""
+        with self._lock:
+            return len(self._pending)
+
+    @property
+    def open_streams(self) -> int:
+        with self._lock:
+            return len(self._streams)
 
     async def lines(self) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        for replica_name, replica_id in self._sources:
-            threading.Thread(
-                target=self._pump, args=(loop, queue, replica_name, replica_id), daemon=True, name=f"follow-{replica_name}"
-            ).start()
-        running = len(self._sources)
-        while running:
-            line = await queue.get()
-            if line is None:
-                running -= 1
-                continue
-            yield line
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        with self._lock:
+            if self._closed:
+                return
+            self._running = len(self._sources)
+            self.threads = [
+                threading.Thread(target=self._pump, args=(name, cid), daemon=True, name=f"follow-{name}")
+                for name, cid in self._sources
+            ]
+        if self._registry is not None:
+            self._registry.add(self)
+        try:
+            for thread in self.threads:
+                thread.start()
+            while True:
+                self._wakeup.clear()
+                with self._lock:
+                    item: str | None = None
+                    if self._dropped:
+                        item, self._dropped = self._marker(self._dropped), 0
+                    elif self._pending:
+                        item = self._pending.popleft()
+                        self._pending_bytes -= len(item)
+                    elif self._running == 0 or self._closed:
+                        return
+                    else:
+                        self._asleep = True
+                if item is None:
+                    await self._wakeup.wait()
+                    continue
+                yield item
+        finally:
+            self.close()
 
-    def _pump(
-        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None], replica_name: str, replica_id: str
-    ) -> None:
+    def _pump(self, replica_name: str, replica_id: str) -> None:
+        stream = None
         try:
             stream = self._open(replica_id)
-            self._streams.append(stream)
+            with self._lock:
+                if self._closed:  # the client went while the stream was being opened
+                    return
+                self._streams.append(stream)
             for item in self._items(replica_name, replica_id, stream):
-                if self._closed.is_set():
+                if not self._offer(item):
                     break
-                loop.call_soon_threadsafe(queue.put_nowait, item)
         except Exception as exc:  # the replica went away, or the engine did: end this stream
             log.debug("stream of %s ended: %s", replica_name, exc)
         finally:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(queue.put_nowait, None)
+            if stream is not None:
+                with contextlib.suppress(Exception):  # closed already by close(), or by the engine
+                    stream.close()
+            with self._lock:
+                if stream is not None and stream in self._streams:
+                    self._streams.remove(stream)
+                self._running -= 1
+                wake, self._asleep = self._asleep, False
+            if wake:
+                self._wake()
+
+    def _offer(self, item: str) -> bool:
+        """Buffer one item for the consumer, dropping the oldest past the bounds; False once closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._pending.append(item)
+            self._pending_bytes += len(item)
+            while len(self._pending) > self.max_pending or self._pending_bytes > MAX_PENDING_BYTES:
+                self._pending_bytes -= len(self._pending.popleft())
+                self._dropped += 1
+                self.dropped_total += 1
+            wake, self._asleep = self._asleep, False
+        if wake:
+            self._wake()
+        return True
+
+    def _wake(self) -> None:
+        loop, wakeup = self._loop, self._wakeup
+        if loop is not None and wakeup is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(wakeup.set)
 
     def close(self) -> None:
-        self._closed.set()
-        for stream in self._streams:
+        """End it all: every pump stops, every stream is closed (idempotent)."""
+        with self._lock:
+            already, self._closed = self._closed, True
+            streams = list(self._streams)
+            self._pending.clear()
+            self._pending_bytes = 0
+        if self._registry is not None:
+            self._registry.discard(self)
+        if already:
+            return
+        for stream in streams:
             with contextlib.suppress(Exception):  # closing a stream the engine already ended
                 stream.close()
+        self._wake()
 
 
-class StatsFollower(_Follower[dict[str, Any]]):
-    """One JSON line per replica and sample: {"Id", "Name", "CPUPercent", "MemoryBytes", "MemoryLimit"}."""
+class StatsFollower(_Follower):
+    """One JSON line per replica and sample: {"Id", "Name", "CPUPercent", "MemoryBytes", "MemoryLimit"}.
 
-    def _open(self, replica_id: str) -> ClosableStream[dict[str, Any]]:
+    A client too slow for the samples gets {"Dropped": n, "Message": "..."} in place of the lost ones.
+    """
+
+    max_pending = 200
+
+    def _open(self, replica_id: str) -> Any:
         return self._driver.stats(replica_id)
 
-    def _items(self, replica_name: str, replica_id: str, stream: Iterable[dict[str, Any]]) -> Iterator[str]:
-        import json
-
+    def _items(self, replica_name: str, replica_id: str, stream: Any) -> Iterator[str]:
         for sample in stream:
             yield json.dumps({"Id": replica_id, "Name": replica_name, **stats_figures(sample)}) + "\n"
+
+    def _marker(self, dropped: int) -> str:
+        return json.dumps({"Dropped": dropped, "Message": f"… {dropped} samples dropped (client too slow)"}) + "\n"
 
 
 class StatsFigures(TypedDict):
@@ -445,21 +642,29 @@ def stats_figures(sample: dict[str, Any]) -> StatsFigures:
     }
 
 
-class LogFollower(_Follower[bytes]):
+class LogFollower(_Follower):
     """Labelled log lines ("<time> <replica> | <text>") of several replicas as they are written."""
 
-    def __init__(self, driver: DockerDriver, sources: list[tuple[str, str]], tail: int | None) -> None:
-        super().__init__(driver, sources)
-        self._tail = tail if tail is not None else 100
+    def __init__(
+        self, driver: DockerDriver, sources: list[tuple[str, str]], tail: int | None, registry: Followers | None = None
+    ) -> None:
+        super().__init__(driver, sources, registry)
+        self._tail = tail if tail is not None else FOLLOW_LOG_TAIL
 
-    def _open(self, replica_id: str) -> ClosableStream[bytes]:
+    def _open(self, replica_id: str) -> Any:
         return self._driver.logs(replica_id, self._tail, follow=True)
 
-    def _items(self, replica_name: str, replica_id: str, stream: Iterable[bytes]) -> Iterator[str]:
+    def _marker(self, dropped: int) -> str:
+        return f"{rfc3339_now()} - | … {dropped} lines dropped (client too slow)\n"
+
+    def _items(self, replica_name: str, replica_id: str, stream: Any) -> Iterator[str]:
         pending = b""
         for chunk in stream:
             pending += chunk
             *complete, pending = pending.split(b"\n")
+            while len(pending) > MAX_LINE_BYTES:  # no newline for that long: cut, memory stays bounded
+                complete.append(pending[:MAX_LINE_BYTES])
+                pending = pending[MAX_LINE_BYTES:]
             for raw in complete:
                 when, _, text = raw.decode("utf-8", "replace").partition(" ")
                 yield f"{when} {replica_name} | {text}\n"

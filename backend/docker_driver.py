@@ -11,24 +11,34 @@ Named volumes live in the installation's namespace too: `data` of service `db` i
 that this installation did not create for that service is never mounted. Every replica gets the same
 hardening: a pids limit, rotated json-file logs and no-new-privileges.
 
+A missing image is pulled with Docker's streaming pull: `PullTracker` adds the layers' download
+progress up to bytes done / known total and layers pulled, reported to the caller at most every
+`PULL_PROGRESS_EVERY` seconds (the reconciler shows it as the service's status message).
+
 The docker SDK is synchronous; callers run it on worker threads, never on an event loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import logging
+import os
 import secrets
 import string
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, overload
 
 import docker
 import docker.errors
+import docker.utils
+import requests
+import urllib3.exceptions
 from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.models.resource import Model
@@ -52,6 +62,10 @@ ROLE_NETWORK = "network"
 ROLE_VOLUME = "volume"
 
 STOP_TIMEOUT = 10  # seconds a replica gets to exit after its StopSignal before it is killed
+TEARDOWN_STOP_TIMEOUT = 2  # ... when its service is deleted (nothing waits for it any more)
+PING_TIMEOUT = 2.0  # seconds a ping may take: the engine watcher must not hang on a dead host
+PULL_PROGRESS_EVERY = 0.5  # seconds between two progress reports of one pull
+MAX_IMAGE_TAGS = 50  # the most image references one listing answers
 
 
 _T_co = TypeVar("_T_co", covariant=True)
@@ -83,6 +97,90 @@ class VolumeNotOurs(Exception):
 
 class VolumeInUse(Exception):
     """A volume to remove is still mounted by a container."""
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """How far a pull is: bytes downloaded of the layers whose size is known so far, and layers
+    pulled (downloaded and extracted, or on the engine already) of the layers seen so far."""
+
+    reference: str
+    done: int = 0
+    total: int = 0
+    layers: int = 0
+    layers_done: int = 0
+
+    @property
+    def percent(self) -> int | None:
+        """Whole percent of the known bytes (100 only when all of them are in); None: none known."""
+        if self.total <= 0:
+            return None
+        return min(100, self.done * 100 // self.total)
+
+    def describe(self) -> str:
+        """"Pulling 39% (3.1 MB of 7.9 MB), 2 of 3 layers of image web:1" ("Pulling image web:1" until
+        the engine says what the layers are). The figures come first: a narrow column keeps them."""
+        if not self.layers:
+            return f"Pulling image {self.reference}"
+        size = f"{self.percent}% ({format_size(self.done)} of {format_size(self.total)}), " if self.total else ""
+        return f"Pulling {size}{self.layers_done} of {self.layers} layers of image {self.reference}"
+
+
+@dataclass
+class _Layer:
+    current: int = 0  # bytes downloaded
+    total: int = 0  # the download's size (0: not known yet)
+    complete: bool = False  # downloaded and extracted, or on the engine already
+
+
+@dataclass
+class PullTracker:
+    """Adds up the per-layer lines of Docker's pull stream ({"status", "id", "progressDetail"})."""
+
+    reference: str
+    layers: dict[str, _Layer] = field(default_factory=dict)
+
+    def feed(self, event: dict[str, Any]) -> bool:
+        """Take one line of the stream; answer whether the progress changed."""
+        layer_id, status = event.get("id"), str(event.get("status") or "")
+        if not layer_id or status.startswith("Pulling from"):  # "Digest: ...", "Status: ..." or the tag's line
+            return False
+        before = self.progress()
+        layer = self.layers.setdefault(str(layer_id), _Layer())
+        detail = event.get("progressDetail") or {}
+        if status == "Downloading":
+            layer.total = int(detail.get("total") or layer.total)
+            layer.current = max(layer.current, int(detail.get("current") or 0))
+        elif status in ("Verifying Checksum", "Download complete", "Extracting", "Pull complete"):
+            if status == "Extracting" and not layer.total:  # extracting counts the downloaded bytes again
+                layer.total = int(detail.get("total") or 0)
+            layer.current = max(layer.current, layer.total)
+            layer.complete = layer.complete or status == "Pull complete"
+        elif status == "Already exists":
+            layer.complete = True
+        return self.progress() != before
+
+    def progress(self) -> PullProgress:
+        layers = self.layers.values()
+        return PullProgress(
+            self.reference,
+            done=sum(min(layer.current, layer.total) if layer.total else layer.current for layer in layers),
+            total=sum(layer.total for layer in layers),
+            layers=len(self.layers),
+            layers_done=sum(1 for layer in layers if layer.complete),
+        )
+
+
+def format_size(size: int) -> str:
+    """Bytes as Docker says them: 512 B, 3.1 MB (decimal units)."""
+    if size < 1000:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("kB", "MB", "GB", "TB"):
+        value /= 1000
+        if value < 999.95 or unit == "TB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -142,14 +240,16 @@ class DockerDriver:
             return self._client
 
     def ping(self) -> None:
-        """Raise EngineUnavailable unless the engine answers."""
+        """Raise EngineUnavailable unless the engine answers (within PING_TIMEOUT)."""
         try:
-            self.client.ping()
+            api = self.client.api
+            # The client keeps working across an engine restart (its pool reconnects), so it is
+            # kept; only the ping gets a short timeout, the SDK's own ping would wait 60 s.
+            response = api.get(f"{api.base_url}/_ping", timeout=PING_TIMEOUT)
+            response.raise_for_status()
         except EngineUnavailable:
             raise
-        except Exception as exc:  # requests' ConnectionError, docker's APIError, ...
-            with self._client_lock:
-                self._client = None  # reconnect next time
+        except Exception as exc:  # requests' ConnectionError, an HTTP error while it starts, ...
             raise EngineUnavailable(describe_engine_error(exc)) from exc
 
     def ncpu(self) -> int:
@@ -169,17 +269,52 @@ class DockerDriver:
         except docker.errors.ImageNotFound:
             return False
 
-    def ensure_image(self, reference: str) -> str:
-        """The image's ID, pulling it first when the engine does not have it."""
+    def ensure_image(
+        self,
+        reference: str,
+        on_progress: Callable[[PullProgress], None] | None = None,
+        every: float = PULL_PROGRESS_EVERY,
+    ) -> str:
+        """The image's ID, pulling it first when the engine does not have it.
+
+        While pulling, `on_progress` (called on this thread) hears how far it is: at once (nothing
+        known yet), then at most every `every` seconds as the layers come in, and once at the end.
+        """
         try:
             return object_id(self.client.images.get(reference))
         except docker.errors.ImageNotFound:
             pass
         log.info("pulling image %s", reference)
+        repository, tag = docker.utils.parse_repository_tag(reference)
+        tracker = PullTracker(reference)
+        if on_progress is not None:
+            on_progress(tracker.progress())
+        last_report = time.monotonic()
         try:
-            return object_id(self.client.images.pull(reference))
+            # No tag would pull every tag of the repository; a digest goes in `tag` as well.
+            for event in self.client.api.pull(repository, tag or "latest", stream=True, decode=True):
+                if event.get("error"):  # failures after the stream began come as a line of it
+                    problem = str(event["error"]).strip().splitlines()[0][:200]
+                    raise ImageUnavailable(f"image {reference} not found ({problem})")
+                if tracker.feed(event) and on_progress is not None and time.monotonic() - last_report >= every:
+                    last_report = time.monotonic()
+                    on_progress(tracker.progress())
+            image = self.client.images.get(reference)
         except docker.errors.APIError as exc:
             raise ImageUnavailable(f"image {reference} not found ({_short(exc)})") from exc
+        if on_progress is not None:
+            on_progress(tracker.progress())
+        return object_id(image)
+
+    def image_tags(self, prefix: str = "", limit: int = MAX_IMAGE_TAGS) -> list[str]:
+        """The engine's image references (repository:tag) starting with `prefix`, sorted, at most `limit`."""
+        tags = {
+            tag
+            for image in self.client.api.images()
+            for tag in image.get("RepoTags") or []
+            if tag.startswith(prefix) and tag != "<none>:<none>"
+        }
+        return sorted(tags)[:limit]
 
     # -- the network ----------------------------------------------------------------------------
 
@@ -294,11 +429,11 @@ class DockerDriver:
             raise
         return container
 
-    def remove(self, container: Container, graceful: bool = True) -> None:
-        """Stop (StopSignal, then kill after STOP_TIMEOUT) and remove; gone already is fine."""
+    def remove(self, container: Container, graceful: bool = True, stop_timeout: int = STOP_TIMEOUT) -> None:
+        """Stop (StopSignal, then kill after `stop_timeout` s) and remove; gone already is fine."""
         try:
             if graceful and container.status in ("running", "restarting"):
-                container.stop(timeout=STOP_TIMEOUT)
+                container.stop(timeout=stop_timeout)
             container.remove(force=True)
         except docker.errors.NotFound:
             pass
@@ -306,11 +441,12 @@ class DockerDriver:
             if exc.status_code != 409 or "already in progress" not in str(exc):
                 raise
 
-    def remove_many(self, containers: list[Container], graceful: bool = True) -> None:
+    def remove_many(self, containers: list[Container], graceful: bool = True, stop_timeout: int = STOP_TIMEOUT) -> None:
+        """Remove all at once (each waits for its own stop, not for the others')."""
         if not containers:
             return
         with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
-            for future in [pool.submit(self.remove, c, graceful) for c in containers]:
+            for future in [pool.submit(self.remove, c, graceful, stop_timeout) for c in containers]:
                 future.result()
 
     def remove_network(self, ref: ServiceRef) -> None:
@@ -402,10 +538,25 @@ class DockerDriver:
             return container.logs(timestamps=True, tail=lines, follow=True, stream=True)
         return container.logs(timestamps=True, tail=lines, follow=False, stream=False)
 
-    def stats(self, container_id: str) -> ClosableStream[dict[str, Any]]:
-        """Docker's stats stream of one container: a decoded sample about every second."""
-        stream: ClosableStream[dict[str, Any]] = self.client.api.stats(container_id, stream=True, decode=True)
-        return stream
+    def oom_killed(self, container_id: str) -> bool:
+        """Whether the container's last exit was the kernel's OOM killer (False when it is gone)."""
+        try:
+            state = self.client.api.inspect_container(container_id).get("State") or {}
+        except docker.errors.NotFound:
+            return False
+        return bool(state.get("OOMKilled"))
+
+    def stats(self, container_id: str) -> CancellableStream[dict[str, Any]]:
+        """Docker's stats stream of one container: a decoded sample about every second.
+
+        Wrapped like the SDK wraps log streams, so another thread can close it at once (the SDK's
+        own `stats()` is a bare generator, which only ends with the next sample): hence the SDK's
+        private helpers.
+        """
+        api: Any = self.client.api
+        response = api._get(api._url("/containers/{0}/stats", container_id), params={"stream": True}, stream=True)
+        api._raise_for_status(response)
+        return CancellableStream(api._stream_helper(response, decode=True), response)
 
 
 def object_id(obj: Model) -> str:
@@ -429,15 +580,61 @@ def _short(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc).strip().splitlines()[0][:200]
 
 
-def describe_engine_error(exc: Exception) -> str:
-    """Say which engine was tried and how to fix it, in one line."""
-    import os
+def is_engine_unreachable(exc: BaseException) -> bool:
+    """True when `exc` says the engine could not be reached or the connection to it broke (as
+    opposed to the engine answering with an error)."""
+    if isinstance(exc, EngineUnavailable | requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        return True
+    if isinstance(exc, urllib3.exceptions.ProtocolError | http.client.RemoteDisconnected | ConnectionError):
+        return True
+    if isinstance(exc, docker.errors.DockerException) and not isinstance(exc, docker.errors.APIError):
+        return "Error while fetching server API version" in str(exc)
+    return False
 
-    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)"
+
+@contextlib.contextmanager
+def engine_calls() -> Iterator[None]:
+    """Turn "the engine cannot be reached" into EngineUnavailable (naming DOCKER_HOST) whatever
+    part of the SDK noticed it; other errors pass through unchanged."""
+    try:
+        yield
+    except EngineUnavailable:
+        raise
+    except Exception as exc:
+        if is_engine_unreachable(exc):
+            raise EngineUnavailable(describe_engine_error(exc)) from exc
+        raise
+
+
+def describe_engine_error(exc: BaseException) -> str:
+    """Say which engine was tried, what went wrong and how to fix it, in one line."""
+    host = os.environ.get("DOCKER_HOST")
+    where = f"{host} (DOCKER_HOST)" if host else "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)"
     return (
-        f"Docker engine not reachable at {host}: {str(exc).splitlines()[0][:160]}. "
+        f"Docker engine not reachable at {where}: {_engine_cause(exc)}. "
         "Start dockerd, or set DOCKER_HOST to a reachable engine."
     )
+
+
+def _engine_cause(exc: BaseException) -> str:
+    """The reason in words, not the SDK's nested exception reprs."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    for error in seen:
+        for arg in (error, *getattr(error, "args", ())):
+            if isinstance(arg, FileNotFoundError):
+                return "no socket there (is dockerd running?)"
+            if isinstance(arg, ConnectionRefusedError):
+                return "connection refused"
+            if isinstance(arg, ConnectionResetError | BrokenPipeError | http.client.RemoteDisconnected):
+                return "the engine closed the connection"
+            if isinstance(arg, requests.exceptions.Timeout | TimeoutError):
+                return "no answer in time"
+    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    return text[:160]
 
 
 def replica_address(container: Container, port: int) -> str:

@@ -19,13 +19,13 @@ What crosses the seam:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from docker.models.containers import Container
 from docker.models.networks import Network
 
-from backend.docker_driver import ClosableStream, ServiceRef
+from backend.docker_driver import STOP_TIMEOUT, ClosableStream, PullProgress, ServiceRef
 from backend.models import ServiceSpec
 from backend.planner import Replica
 
@@ -50,9 +50,9 @@ class Engine(Protocol):
 
     def has_image(self, reference: str) -> bool: ...
 
-    def ensure_image(self, reference: str) -> str:
+    def ensure_image(self, reference: str, on_progress: Callable[[PullProgress], None] | None = None) -> str:
         """The image's id, pulled first when missing (may take minutes: the reconciler calls it on
-        its pull pool, never on a worker)."""
+        its pull pool, never on a worker); `on_progress` hears how far the pull is, on this thread."""
         ...
 
     # -- a service's network ------------------------------------------------------------------------
@@ -78,13 +78,18 @@ class Engine(Protocol):
         ...
 
     def remove_replicas(self, replicas: Sequence[Replica], graceful: bool = True) -> None:
-        """Remove them (graceful: StopSignal first, killed after the stop timeout); gone already is fine."""
+        """Remove them (graceful: StopSignal first, killed after STOP_TIMEOUT); gone already is fine."""
+        ...
+
+    def oom_killed(self, replica_id: str) -> bool:
+        """Whether the replica's last exit was the kernel's OOM killer (False when it is gone)."""
         ...
 
     # -- everything of a service, of the installation -------------------------------------------------
 
-    def remove_containers(self, ref: ServiceRef, graceful: bool = True) -> None:
-        """Remove every container of the service (replicas, balancers), whatever its state."""
+    def remove_containers(self, ref: ServiceRef, graceful: bool = True, stop_timeout: int = STOP_TIMEOUT) -> None:
+        """Remove every container of the service (replicas, balancers), whatever its state, all at
+        once (graceful: each killed `stop_timeout` s after its StopSignal)."""
         ...
 
     def remove_service_volumes(self, service: str) -> None: ...

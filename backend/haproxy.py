@@ -9,10 +9,20 @@ and log messages that 3.x kept.
 How a balancer is driven (measured in notes/haproxy-findings.md):
 
 * The config has a fixed number of server *slots* (`s1` .. `sN`) in the backend `replicas`. A
-  replica occupies one slot; spare slots are rendered `disabled` with a placeholder address.
+  replica occupies one slot. Spare slots point at a placeholder address: the lowest ones are *armed*
+  (weight 0, so no traffic, but checked every DOWN_CHECK_MS), the rest `disabled`. An armed slot's
+  check timer already runs fast, so a replica assigned to it is checked at once; HAProxy 2.6 has no
+  runtime command to start a check, and a slot leaving maintenance waits up to a whole `inter`.
 * The server set changes through the runtime API, without a reload: `assign_slot_commands()` points
-  a spare slot at a new replica and keeps it out of rotation until it has passed `rise` checks;
+  a spare slot at a new replica and keeps it out of rotation until it has passed `rise` checks (also
+  when a new container takes a slot at the same address: `reconcile_commands(regate=...)`);
   `release_slot_commands()` takes a replica out of rotation while its in-flight requests finish.
+* Failures are found fast: `timeout check` bounds a check of a replica that accepts but never
+  answers (hung, paused), `fastinter` confirms a first failure quickly, `observe layer4` marks a
+  replica down from live traffic after a few consecutive failed connections, and a request whose
+  connection failed (`timeout connect` is short: the replicas sit on the same bridge) is retried on
+  another replica (`retries`, `option redispatch`); in http mode an idempotent request whose replica
+  closed without answering is retried too (`retry-on ... empty-response`).
   The commands reach HAProxy through `docker exec <lb> sh -c '... | busybox nc 127.0.0.1 9999'`
   (`runtime_exec_argv()`), which works with a remote DOCKER_HOST too.
 * The config file is re-rendered with the current assignments after each change (so a restarted
@@ -30,7 +40,7 @@ from __future__ import annotations
 import csv
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -61,6 +71,27 @@ SLOT_PREFIX = "s"
 # A spare slot points at a closed port of the balancer's own loopback: even if it were enabled by
 # mistake, the connection would be refused and redispatched, never sent somewhere real.
 SPARE_ADDRESS = "127.0.0.1:1"
+# Checks of a server going up or down (`fastinter`): once a new replica passed its first check, the
+# next ones come this soon (Rise 2 = UP 100 ms after the first success); a first failed check of a
+# serving replica is confirmed this soon. Only servers in transition are checked this often.
+FAST_CHECK_MS = 100
+# Checks of a DOWN server (`downinter`), which also paces armed spare slots: a replica assigned to an
+# armed slot is checked within this. Each armed spare costs one refused connect on the balancer's own
+# loopback per period (8 of them at 250 ms: about 0.1 % of a CPU core, measured).
+DOWN_CHECK_MS = 250
+# Longest wait for a check's answer once connected (`timeout check`, never more than `inter`): a
+# replica that accepts connections but does not answer (hung, paused) fails its check this soon.
+CHECK_TIMEOUT_MAX = 2
+# Replicas sit on the balancer's own bridge: a connect that takes longer than this is a dead or
+# black-holed replica (or a full listen backlog), better retried on another replica at once.
+CONNECT_TIMEOUT = "1s"
+# `observe layer4`: this many consecutive failed connections of live traffic mark a replica DOWN
+# (each of those requests is retried on another replica). Only connection failures count: an
+# application answering 5xx is the application's business, not a reason to take replicas out.
+OBSERVE_ERROR_LIMIT = 3
+# Spare slots rendered armed when the config does not say: a new service's replicas and a scale-up by
+# a few land on armed slots (see BalancerConfig.armed_slots).
+MIN_ARMED_SLOTS = 8
 AFFINITY_COOKIE = "HSID"
 MAX_SLOTS = 1000
 # Health-check bounds the balancer accepts (`inter <s>s fall <n> rise <n>`; HAProxy 2.6 takes these
@@ -139,6 +170,10 @@ class BalancerConfig:
     health_rise: int  # consecutive successes -> UP (HealthCheckRise)
     servers: tuple[tuple[str, str], ...] = ()
     slots: int = 16
+    # Spare slots s1..s<armed_slots> are armed (weight 0, checked every DOWN_CHECK_MS) rather than
+    # disabled: a replica assigned to one is checked at once. Beyond it, the first check of a new
+    # assignment may wait up to `health_interval`.
+    armed_slots: int = MIN_ARMED_SLOTS
     health_check_path: str = "/"  # http/httpsTerm: the URI of the `GET` check
     cert_path: str = CERT_PATH  # httpsTerm only: the PEM bundle inside the container
     state_path: str = STATE_PATH  # where a reload leaves the server states for the new worker
@@ -169,6 +204,7 @@ class BalancerConfig:
             ("health_fall", self.health_fall, 1, MAX_CHECK_COUNT),
             ("health_rise", self.health_rise, 1, MAX_CHECK_COUNT),
             ("slots", self.slots, 1, MAX_SLOTS),
+            ("armed_slots", self.armed_slots, 0, MAX_SLOTS),
         ):
             if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
                 raise ValueError(f"{what} must be an integer between {low} and {high}")
@@ -191,6 +227,11 @@ class BalancerConfig:
     @property
     def is_http(self) -> bool:
         return self.protocol in HTTP_PROTOCOLS
+
+    @property
+    def check_timeout(self) -> int:
+        """Seconds a connected check waits for its answer (`timeout check`)."""
+        return min(self.health_interval, CHECK_TIMEOUT_MAX)
 
 
 def render_config(cfg: BalancerConfig) -> str:
@@ -218,7 +259,9 @@ def render_config(cfg: BalancerConfig) -> str:
         f"    option {'httplog' if http else 'tcplog'}",
         # Only failed or abnormal traffic is logged: the log stream stays about health.
         "    option dontlog-normal",
-        "    timeout connect 5s",
+        f"    timeout connect {CONNECT_TIMEOUT}",
+        # Without it a check of a replica that accepts but never answers lasts a whole `inter`.
+        f"    timeout check {cfg.check_timeout}s",
     ]
     if http:
         lines += [
@@ -232,8 +275,9 @@ def render_config(cfg: BalancerConfig) -> str:
         # Plain TCP sessions may idle for long (databases, SSH...): don't cut them after a minute.
         lines += ["    timeout client 1h", "    timeout server 1h"]
     lines += [
-        # A replica that refuses a connection (just started, just stopped) costs a retry on another
-        # replica, not a failed request.
+        # A replica that refuses a connection (just started, just stopped) or does not complete it
+        # within `timeout connect` (dead, black-holed) costs a retry on another replica, not a failed
+        # request.
         "    retries 3",
         "    option redispatch 1",
         "",
@@ -254,6 +298,10 @@ def render_config(cfg: BalancerConfig) -> str:
         lines.append("    hash-type consistent")
     if http:
         lines.append(f"    option httpchk GET {cfg.health_check_path}")
+        # Also retry a request whose replica closed the connection without answering (crashed
+        # mid-request), but only a GET/HEAD: replaying anything else could do it twice.
+        lines.append("    retry-on conn-failure empty-response")
+        lines.append("    http-request disable-l7-retry unless METH_GET")
     # else: a plain `check` is a TCP connect check (https is passed through untouched).
     lines.append("    option log-health-checks")
     if cfg.session_affinity:
@@ -266,7 +314,9 @@ def render_config(cfg: BalancerConfig) -> str:
                 "    stick on src",
             ]
     lines.append(
-        f"    default-server check inter {cfg.health_interval}s fall {cfg.health_fall} rise {cfg.health_rise}"
+        f"    default-server check inter {cfg.health_interval}s fastinter {FAST_CHECK_MS}ms downinter {DOWN_CHECK_MS}ms"
+        f" fall {cfg.health_fall} rise {cfg.health_rise}"
+        f" observe layer4 error-limit {OBSERVE_ERROR_LIMIT} on-error mark-down"
     )
     for index in range(1, cfg.slots + 1):
         name = slot_name(index)
@@ -275,7 +325,7 @@ def render_config(cfg: BalancerConfig) -> str:
         if cfg.session_affinity and http:
             line += f" cookie {name}"
         if address is None:
-            line += " disabled"
+            line += " weight 0" if index <= cfg.armed_slots else " disabled"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -290,15 +340,17 @@ def _server(slot: str) -> str:
 
 
 def assign_slot_commands(slot: str, ip: str, port: int) -> list[str]:
-    """Point spare `slot` at a replica, in rotation only once it has passed `rise` checks.
+    """Point `slot` (spare, armed, released or serving) at a replica, in rotation only once it has
+    passed `rise` checks.
 
     Not idempotent in effect: sent for a slot already serving, it takes it out of rotation until it
-    passes `rise` checks again. Use `reconcile_commands()` to send only what differs.
+    passes `rise` checks again (which is what a new container at a known address needs). Use
+    `reconcile_commands()` to send only what differs.
 
     Leaving maintenance straight to `ready` would make the server UP at once (HAProxy 2.6 starts a
     server UP and only the first failed check takes it down). Going through drain lets `health
     down` stick: the server then stays DOWN until `rise` consecutive checks pass, and HAProxy logs
-    "Server replicas/sN is UP" when it enters rotation.
+    "Server replicas/sN is UP" when it enters rotation. The weight comes last (an armed spare has 0).
     """
     host, number = split_address(f"{ip}:{port}")
     server = _server(slot)
@@ -307,35 +359,67 @@ def assign_slot_commands(slot: str, ip: str, port: int) -> list[str]:
         f"set server {server} state drain",
         f"set server {server} health down",
         f"set server {server} state ready",
+        f"set server {server} weight 1",
     ]
 
 
-def release_slot_commands(slot: str) -> list[str]:
-    """Take `slot` out of rotation. Requests already on it finish (maintenance never cuts them);
-    wait until `parse_session_counts()` shows 0 for it before stopping the replica."""
-    return [f"set server {_server(slot)} state maint"]
+def release_slot_commands(slot: str, armed: bool = False) -> list[str]:
+    """Take `slot` out of rotation. Requests already on it finish (neither maintenance nor an address
+    change cuts them); wait until `parse_session_counts()` shows 0 for it before stopping the replica.
+
+    `armed`: park it as an armed spare (weight 0 first, so no new traffic, then the placeholder
+    address, so its checks keep their fast pace and a later assignment is checked at once); a client
+    holding its affinity cookie meanwhile is refused there and redispatched. Otherwise maintenance
+    (no checks at all)."""
+    server = _server(slot)
+    if not armed:
+        return [f"set server {server} state maint"]
+    host, port = SPARE_ADDRESS.split(":")
+    return [
+        f"set server {server} weight 0",
+        f"set server {server} addr {host} port {port}",
+        f"set server {server} state ready",
+    ]
 
 
 SHOW_SERVERS_STATE = f"show servers state {BACKEND}"
 SHOW_SERVER_STATS = "show stat -1 4 -1"  # all proxies, servers only (CSV)
 
 
-def reconcile_commands(desired: dict[str, str], current: dict[str, ServerSnapshot]) -> list[str]:
+def reconcile_commands(
+    desired: dict[str, str],
+    current: dict[str, ServerSnapshot],
+    regate: Iterable[str] = (),
+    armed_slots: int = 0,
+) -> list[str]:
     """The runtime commands that turn the balancer's `current` slots (`parse_servers_state()`) into
-    `desired` (slot -> "ip:port"): assign what is missing or points elsewhere, release what is
-    serving but no longer wanted, leave the rest alone (their health is kept). ValueError when a
-    desired slot does not exist in the running config (grow the slots: re-render + reload)."""
+    `desired` (slot -> "ip:port"): assign what is missing, points elsewhere or is parked, and the
+    `regate` slots (a new container took them, maybe at the same address: it must pass its checks
+    before it gets traffic); release what is serving but no longer wanted (parked armed when its
+    index is at most `armed_slots`, else in maintenance); arm the spare slots up to `armed_slots`
+    and disarm those beyond; leave the rest alone (their health is kept). ValueError when a desired
+    slot does not exist in the running config (grow the slots: re-render + reload)."""
+    regated = set(regate)
     commands: list[str] = []
     for slot, address in sorted(desired.items(), key=lambda item: slot_index(item[0]) or 0):
         ip, port = split_address(address)
         server = current.get(slot)
         if server is None:
             raise ValueError(f"slot {slot} is not in the running config")
-        if server.address != f"{ip}:{port}" or server.state in ("MAINT", "DRAIN"):
+        stale = server.address != f"{ip}:{port}" or server.state in ("MAINT", "DRAIN") or server.weight == 0
+        if stale or slot in regated:
             commands += assign_slot_commands(slot, ip, port)
     for slot, server in sorted(current.items(), key=lambda item: slot_index(item[0]) or 0):
-        if slot not in desired and server.state != "MAINT":
-            commands += release_slot_commands(slot)
+        if slot in desired:
+            continue
+        armed = (slot_index(slot) or 0) <= armed_slots
+        if server.spare:
+            if armed and (server.state == "MAINT" or server.weight != 0):
+                commands += release_slot_commands(slot, armed=True)
+            elif not armed and server.state != "MAINT":
+                commands += release_slot_commands(slot)
+        elif server.state != "MAINT" or armed:
+            commands += release_slot_commands(slot, armed=armed)
     return commands
 
 
@@ -435,6 +519,12 @@ class ServerSnapshot:
     state: str  # UP, DOWN, MAINT or DRAIN (see HealthEvent.state)
     checked: bool  # False while no check has completed since start-up (still UP-by-default)
     seconds_since_change: int
+    weight: int = 1  # 0: takes no traffic (an armed spare, or a slot half-way through its assignment)
+
+    @property
+    def spare(self) -> bool:
+        """Points at the placeholder: never assigned, or released."""
+        return self.address == SPARE_ADDRESS
 
 
 # srv_op_state (server-t.h): 0 stopped, 1 starting, 2 running, 3 stopping.
@@ -471,8 +561,28 @@ def parse_servers_state(text: str) -> dict[str, ServerSnapshot]:
             state=state,
             checked=row.get("srv_check_result", "0") != "0",  # CHK_RES_UNKNOWN = 0
             seconds_since_change=int(row["srv_time_since_last_change"]),
+            weight=int(row.get("srv_uweight", "1")),
         )
     return result
+
+
+def started_state(cfg: BalancerConfig) -> dict[str, ServerSnapshot]:
+    """What a balancer just started with `cfg` answers to SHOW_SERVERS_STATE, as far as
+    `reconcile_commands()` is concerned (addresses, weights, maintenance: armed spares weight 0,
+    disabled ones in MAINT), so the first change after creating it needs no round trip to ask. Servers
+    are given as UP-unchecked; by the time anyone asks, their first checks may have made them DOWN."""
+    assigned = dict(cfg.servers)
+    state: dict[str, ServerSnapshot] = {}
+    for index in range(1, cfg.slots + 1):
+        slot = slot_name(index)
+        if slot in assigned:
+            host, port = split_address(assigned[slot])
+            state[slot] = ServerSnapshot(slot, f"{host}:{port}", "UP", False, 0)
+        elif index <= cfg.armed_slots:
+            state[slot] = ServerSnapshot(slot, SPARE_ADDRESS, "UP", False, 0, weight=0)
+        else:
+            state[slot] = ServerSnapshot(slot, SPARE_ADDRESS, "MAINT", False, 0)
+    return state
 
 
 def parse_session_counts(csv_text: str) -> dict[str, int]:
@@ -580,6 +690,7 @@ class SlotHealth:
     health: ReplicaHealth
     since: datetime
     gated: bool  # assigned through assign_slot_commands() and not UP yet: its DOWN lines are the gate
+    owner: str = ""  # the container occupying the slot ("" : not known yet)
 
 
 class HealthBoard:
@@ -592,7 +703,9 @@ class HealthBoard:
       replica that never comes UP stays "starting" (the reconciler gives up after its own deadline);
     * a slot that is UP but not yet checked (balancer just started: HAProxy starts servers UP) is
       "starting" until its first check result, which makes it UP or DOWN;
-    * MAINT/DRAIN lines don't change health: they follow the backend's own release commands.
+    * MAINT/DRAIN lines don't change health: they follow the backend's own release commands;
+    * health belongs to the container in the slot: when another container takes it (`claim()`), the
+      slot starts over as "starting", whatever its address (a replacement often gets the same one).
     """
 
     def __init__(self) -> None:
@@ -604,8 +717,23 @@ class HealthBoard:
     def all(self) -> dict[str, SlotHealth]:
         return dict(self._slots)
 
-    def assigned(self, slot: str, at: datetime | None = None) -> None:
-        self._slots[slot] = SlotHealth("starting", at or _now(), gated=True)
+    def assigned(self, slot: str, at: datetime | None = None, owner: str | None = None) -> None:
+        previous = self._slots.get(slot)
+        kept = previous.owner if previous is not None and owner is None else owner or ""
+        self._slots[slot] = SlotHealth("starting", at or _now(), gated=True, owner=kept)
+
+    def claim(self, slot: str, owner: str, at: datetime | None = None) -> bool:
+        """Container `owner` occupies `slot`. True when it replaces another container there: the slot
+        is then "starting" again (and must go through the gate). An owner not known yet (a board
+        rebuilt from a snapshot after a backend restart) is adopted without a reset."""
+        current = self._slots.get(slot)
+        if current is None or current.owner == owner:
+            return False
+        if not current.owner:
+            self._slots[slot] = SlotHealth(current.health, current.since, current.gated, owner)
+            return False
+        self._slots[slot] = SlotHealth("starting", at or _now(), gated=True, owner=owner)
+        return True
 
     def released(self, slot: str) -> None:
         self._slots.pop(slot, None)
@@ -616,17 +744,18 @@ class HealthBoard:
         known = self._slots
         self._slots = {}
         for slot, server in snapshot.items():
-            if server.state in ("MAINT", "DRAIN"):
+            if server.state in ("MAINT", "DRAIN") or server.spare:
                 continue
             since = now - timedelta(seconds=server.seconds_since_change)
             previous = known.get(slot)
-            if server.state == "UP":
-                health: ReplicaHealth = "UP" if server.checked else "starting"
-                self._slots[slot] = SlotHealth(health, since, gated=False)
-            elif previous is not None and previous.gated:
+            owner = previous.owner if previous is not None else ""
+            if previous is not None and previous.gated and not (server.state == "UP" and server.checked):
                 self._slots[slot] = previous  # still behind its gate
+            elif server.state == "UP":
+                health: ReplicaHealth = "UP" if server.checked else "starting"
+                self._slots[slot] = SlotHealth(health, since, gated=False, owner=owner)
             else:
-                self._slots[slot] = SlotHealth("DOWN", since, gated=False)
+                self._slots[slot] = SlotHealth("DOWN", since, gated=False, owner=owner)
 
     def apply(self, event: HealthEvent) -> bool:
         """Take one event into account; True when the slot's health (or since) changed."""
@@ -637,12 +766,16 @@ class HealthBoard:
         if event.state == "UP":
             if current.health == "UP":
                 return False
-            self._slots[event.slot] = SlotHealth("UP", at, gated=False)
+            if current.gated and not event.transition and not event.detail.startswith("succeeded"):
+                # A failed check that left the server UP: its previous container's, logged before
+                # the gate took hold. A gated slot comes UP only by passing its checks.
+                return False
+            self._slots[event.slot] = SlotHealth("UP", at, gated=False, owner=current.owner)
             return True
         # DOWN
         if current.gated or current.health == "DOWN":
             return False
-        self._slots[event.slot] = SlotHealth("DOWN", at, gated=False)
+        self._slots[event.slot] = SlotHealth("DOWN", at, gated=False, owner=current.owner)
         return True
 
 

@@ -533,6 +533,53 @@ class VolumeInfo(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
+# A service's history
+# ---------------------------------------------------------------------------------------------
+
+EventType = Literal["status", "replica", "health", "action"]
+
+
+class ServiceEvent(BaseModel):
+    """One entry of a service's history (`GET /services/{name}/events`), kept across restarts.
+
+    Type/Action: `status`/<the new status> (Message: why); `replica`/`start`, `restart` (by the
+    engine's restart policy), `die` (ExitCode, OOMKilled), `replace` (dead or DOWN too long),
+    `remove` (scaled down, rolled to a new image); `health`/`UP`, `DOWN` (as the balancer sees it);
+    `action`/`create`, `scale`, `image`, `fip-attach`, `fip-detach`, `delete` (By: who asked).
+    """
+
+    Id: int  # grows with every entry of this backend (across restarts): a reader's "seen up to"
+    Time: str  # RFC 3339, UTC
+    Type: EventType
+    Action: str
+    Replica: str = ""  # the replica's name, for replica and health entries
+    Message: str = ""
+    ExitCode: int | None = None
+    OOMKilled: bool = False
+    By: str = ""  # who asked, for operator actions
+
+
+class EventGroup(BaseModel):
+    """Recent trouble of one cause, grouped ("1 replica OOM-killed 3 times in the last 5 min")."""
+
+    Cause: str  # "OOM-killed", "exited (code 1)", "replaced", "went DOWN"
+    Count: int  # how often, within the window
+    Replicas: list[str]  # which replicas, first affected first
+    First: str  # RFC 3339: the first and the last time within the window
+    Last: str
+    Text: str  # the sentence a person reads
+
+
+class ServiceHistory(BaseModel):
+    """`GET /services/{name}/events`: the grouped recent causes on top, then the history itself."""
+
+    Name: str
+    Window: int  # seconds back the Summary looks
+    Summary: list[EventGroup]  # most frequent cause first; empty when nothing went wrong in the window
+    Events: list[ServiceEvent]  # oldest first: the last `limit` entries
+
+
+# ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------
 

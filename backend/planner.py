@@ -1,12 +1,14 @@
 """The reconciler's planner: what to do next for one service, as a pure function.
 
-    plan(desired, observed) -> Plan
+    plan(desired, observed, healing, active) -> Plan
 
 `desired` is what the store says the service should be (`Desired`); `observed` is every replica the
 engine reports, each with what its balancer and the reconciler know of it (`ReplicaView`: health, how
-long it has been DOWN, whether it is on its way out). The answer says which replicas to create (in
-which balancer slots), which to remove at once, which to take out of the balancers to drain, which
-drained ones to stop, which the balancers carry, and what to report (`Outcome`).
+long it has been DOWN, whether it is on its way out); `healing` the replacements made earlier that
+are not ready yet (id -> why they were made); `active` whether the service shows `active` now. The
+answer says which replicas to create (in which balancer slots), which to remove at once (and why:
+`Heal`), which to take out of the balancers to drain, which drained ones to stop, which the balancers
+carry, and what to report (`Outcome`).
 
 The rules, in one place:
 - a replica counts while it is alive (running, restarting, created, paused) and not DOWN for longer
@@ -19,7 +21,10 @@ The rules, in one place:
   together are more than `replicas`: never fewer ready replicas than asked for;
 - a replica taken out is drained (its slot stays reserved, it no longer counts), then stopped; the
   planner never waits for either: it says what is under way and the reconciler looks again;
-- a replica restarting again and again is reported (`error`) and left alone: no replacement churn.
+- a replica restarting again and again is reported (`error`) and left alone: no replacement churn;
+- healing is not scaling: while a replacement is not ready the service is `degraded`, saying what
+  it replaces and why; a paused replica or one failing its checks makes it `degraded` too; an active
+  service whose replicas are all there stays `active` while their health is only being confirmed.
 
 No Docker, no clock, no I/O: tests/test_planner.py covers it table by table.
 """
@@ -27,8 +32,8 @@ No Docker, no clock, no I/O: tests/test_planner.py covers it table by table.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from backend.models import ServiceStatus
@@ -64,6 +69,7 @@ class Replica:
     restarts: int = 0  # how often the engine restarted it
     exit_code: int | None = None  # of its last exit
     oom_killed: bool = False  # its last exit was the kernel's out-of-memory kill
+    memory_limit: int = 0  # bytes (0: none)
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,19 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Heal:
+    """A replica that died or stopped answering, and what becomes of it."""
+
+    replica: Replica
+    reason: str  # "exited (code 1)", "ran out of memory", "not answering health checks", ...
+    replaced: bool  # a new replica takes its place (else it is only removed: the service shrank)
+
+    @property
+    def message(self) -> str:
+        return f"replica {self.replica.name} {self.reason}; {'replacing' if self.replaced else 'removing'}"
+
+
+@dataclass(frozen=True)
 class Plan:
     """The next step for one service. Every tuple holds replicas from the observation."""
 
@@ -110,13 +129,17 @@ class Plan:
     stop: tuple[Replica, ...] = ()  # drained (or out of drain time): stop gracefully and remove
     serving: tuple[Replica, ...] = ()  # what the balancers carry (with the replicas created now)
     crashing: tuple[Replica, ...] = ()  # restarting again and again: reported, left alone
+    heals: tuple[Heal, ...] = ()  # why each of `replace` goes; the replaced ones in `create_in` order
+    healing: Mapping[str, str] = field(default_factory=dict)  # earlier replacements still not ready
 
     @property
     def changes(self) -> bool:
         return bool(self.create_in or self.replace or self.drain or self.stop)
 
 
-def plan(desired: Desired, observed: Sequence[ReplicaView]) -> Plan:
+def plan(
+    desired: Desired, observed: Sequence[ReplicaView], healing: Mapping[str, str] | None = None, active: bool = False
+) -> Plan:
     """The next step from `observed` towards `desired` (see the module docstring for the rules)."""
     leaving = [v for v in observed if v.leaving != Leaving.NO]
     present = [v for v in observed if v.leaving == Leaving.NO]
@@ -139,17 +162,25 @@ def plan(desired: Desired, observed: Sequence[ReplicaView]) -> Plan:
     create_in = _free_slots([v.replica.slot for v in staying + leaving], to_create)
     stop = [v for v in leaving if v.leaving == Leaving.DRAINED]
     crashing = [v for v in current if _crash_looping(v.replica)]
+    heals = [Heal(v.replica, _why_dead(v, desired), replaced=index < len(create_in)) for index, v in enumerate(dead)]
+    # A replacement heals until it is ready (or gone: then its own replacement says why).
+    still_healing = {
+        key: why for key, why in (healing or {}).items() if any(v.replica.id == key and not _ready(v) for v in current)
+    }
 
     changes = bool(create_in or dead or drain or stop)
     under_way = SOON if changes else DRAIN_CHECK if leaving else None
+    messages = [*still_healing.values(), *(heal.message for heal in heals if heal.replaced)]
     return Plan(
-        outcome=_assess(desired, current, outdated, ready_now, crashing, under_way),
+        outcome=_assess(desired, current, outdated, ready_now, crashing, under_way, messages, active),
         create_in=tuple(create_in),
         replace=_replicas(dead),
         drain=_replicas(drain),
         stop=_replicas(stop),
         serving=_replicas(staying),
         crashing=_replicas(crashing),
+        heals=tuple(heals),
+        healing=still_healing,
     )
 
 
@@ -160,23 +191,37 @@ def _assess(
     ready_now: list[ReplicaView],
     crashing: list[ReplicaView],
     under_way: float | None,
+    healing: list[str],
+    active: bool,
 ) -> Outcome:
     """What to report once the step is taken (`under_way`: when to look again at the changes
-    under way, None when there are none)."""
+    under way, None when there are none; `healing`: why each replacement not ready yet was made)."""
     wanted = desired.replicas
     if crashing:
         return Outcome(ServiceStatus.error, describe_crash(crashing[0].replica), backoff=True)
+    if healing and not outdated:
+        # Healing is not scaling: while a replacement is not ready, say what it replaces and why.
+        again_in = under_way if under_way is not None else WAIT_FOR_HEALTH
+        return Outcome(ServiceStatus.degraded, "; ".join(dict.fromkeys(healing)), again_in)
     if under_way is not None:
         return _progress(desired, len(ready_now), outdated, again_in=under_way)
-    down = [v for v in current if v.health == "DOWN"]
-    if not outdated and len(current) == wanted and down:
-        names = ", ".join(v.replica.name for v in down[:3]) + (" ..." if len(down) > 3 else "")
+    paused = [v for v in current if v.replica.state == "paused"]
+    down = [v for v in current if v.health == "DOWN" and v not in paused]
+    if not outdated and len(current) == wanted and (down or paused):
+        problems = []
+        if paused:
+            problems.append(f"{_names(paused)} paused (not answering)")
+        if down:
+            problems.append(f"{len(down)} of {wanted} replicas DOWN (failing their health check: {_names(down)})")
         return Outcome(
             ServiceStatus.degraded,
-            f"{len(down)} of {wanted} replicas DOWN (failing their health check: {names}); "
-            f"replaced if still DOWN after {desired.replace_down_after:g} s",
+            "; ".join(problems) + f"; replaced if still DOWN after {desired.replace_down_after:g} s",
             again_in=WAIT_FOR_HEALTH,
         )
+    if not outdated and len(current) == wanted and active:
+        # Every replica is there and none changed, only their health is not confirmed yet (the
+        # engine or a balancer restarted): nothing scales, so the service stays active.
+        return Outcome(ServiceStatus.active, "Scaling complete", again_in=WAIT_FOR_HEALTH)
     if outdated or len(ready_now) < wanted:
         # Waiting for health checks: the balancer's health events wake the reconciler sooner.
         return _progress(desired, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
@@ -194,10 +239,31 @@ def _progress(desired: Desired, ready: int, outdated: list[ReplicaView], again_i
 
 
 def describe_crash(replica: Replica) -> str:
+    if replica.oom_killed:
+        return (
+            f"replica {replica.name} keeps exiting (exit code {replica.exit_code}, OOM-killed, {replica.restarts} "
+            f"restarts): it needs more than its {replica.memory_limit // 2**20} MiB of memory; choose a larger "
+            "ContainerSize"
+        )
     return (
         f"replica {replica.name} keeps exiting (exit code {replica.exit_code}, "
         f"{replica.restarts} restarts); see its logs"
     )
+
+
+def _why_dead(view: ReplicaView, desired: Desired) -> str:
+    replica = view.replica
+    if _down_too_long(view, desired):
+        return "not answering health checks"
+    if replica.oom_killed:
+        return "ran out of memory"
+    if replica.state in ("exited", "dead"):
+        return f"exited (code {replica.exit_code})"
+    return f"is {replica.state}"
+
+
+def _names(views: list[ReplicaView]) -> str:
+    return ", ".join(v.replica.name for v in views[:3]) + (" ..." if len(views) > 3 else "")
 
 
 def _ready(view: ReplicaView) -> bool:

@@ -5,19 +5,29 @@ Controller-style, as in Kubernetes' sample-controller:
 - `sync(name)` takes the next idempotent step for one service, read top to bottom as
     observe (`_observe`): the engine's replicas, each with its health at the balancer and, for one
       taken out of the balancers, how far it is on its way out;
-    plan (`backend.planner.plan`, pure): which replicas to create in which slots, which to replace,
-      drain, stop, and what to report (scale, replace dead or too-long-DOWN replicas, roll outdated
-      ones with one extra at most and never fewer ready than asked for, report a crash loop);
+    plan (`backend.planner.plan`, pure): which replicas to create in which slots, which to replace
+      (and why), drain, stop, and what to report (scale, replace dead or too-long-DOWN replicas, roll
+      outdated ones with one extra at most and never fewer ready than asked for, report a crash loop,
+      say what heals);
     apply (`_apply`): through the engine (backend/engine.py) and the balancers;
     report (`report`): the service's status and message, as a `service`/`status` event too;
-  before that it makes sure of the service's network and image, and a deleted service is torn down;
+  before that it makes sure of the service's network and image;
 - a step never waits: a replica taken out of the balancers drains while the service is looked at
   again, and is stopped by a later step (once no request is left on it, or after DRAIN_WAIT) on the
-  stop pool; a missing image is pulled on the pull pool; so the workers stay free for the others;
+  stop pool; a missing image is pulled on the pull pool (its progress reported as it comes); so the
+  workers stay free for the other services;
 - a step that waits for something asks to be looked at again shortly; a step that fails is retried
   with exponential backoff, and the service shows `error` with the reason meanwhile. Events and the
   resync leave a service alone while it waits out its backoff; an operator's change (`enqueue`)
-  cuts the backoff short. The clock is injectable, so the backoff is tested without waiting.
+  cuts the backoff short. The clock is injectable, so the backoff is tested without waiting;
+- a step that finds the engine unreachable is not the service's failure: the service keeps its last
+  known status (served with an "engine unreachable since ..." note), and the engine watcher, which
+  pings every RECONNECT_MAX seconds at most while the engine is away, looks at every service again
+  the moment it answers;
+- a deleted service is torn down on a pool of its own (TEARDOWN_WORKERS at once), so deletes never
+  wait for each other or for the workers;
+- what it sees and does (status changes, replicas started, exited, OOM-killed, replaced or removed,
+  health changes) goes into the service's history (`backend.history`).
 """
 
 from __future__ import annotations
@@ -27,8 +37,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,24 +49,31 @@ from docker.models.networks import Network
 from backend.balancer import DRAIN_WAIT, BalancerError, Balancers, ReplicaHealth
 from backend.docker_driver import (
     LABEL_SERVICE,
+    TEARDOWN_STOP_TIMEOUT,
     ClosableStream,
     EngineUnavailable,
     ImageUnavailable,
+    PullProgress,
     ServiceRef,
     SubnetTaken,
+    engine_calls,
     object_name,
 )
 from backend.engine import Engine
 from backend.events import EventHub
+from backend.history import History, exit_reason
 from backend.models import ServiceStatus
-from backend.planner import Desired, Leaving, Outcome, Plan, Replica, ReplicaView, plan
+from backend.planner import ALIVE_STATES, Desired, Leaving, Outcome, Plan, Replica, ReplicaView, plan
 from backend.settings import Settings
-from backend.store import ServiceRecord, Store
+from backend.store import ServiceRecord, Store, rfc3339_now
 from backend.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
+RECONNECT_FIRST, RECONNECT_MAX = 0.05, 0.5  # seconds between pings while the engine is away
+TEARDOWN_WORKERS = 16  # deleted services torn down at once (mostly waiting out a stop grace)
+TEARDOWN_WAIT_ON_STOP = 15.0  # seconds a stopping backend waits for the teardowns under way
 PULL_WORKERS = 2  # images pulled at once (a pull may take minutes: never on a worker)
 STOP_WORKERS = 8  # drained replicas stopped at once (a stop may take STOP_TIMEOUT: never on a worker)
 
@@ -76,6 +93,7 @@ class Pull:
     image: str
     done: Future[str]
 
+
 class Reconciler:
     def __init__(
         self,
@@ -88,6 +106,7 @@ class Reconciler:
         self.store = store
         self.engine = engine
         self.hub = hub
+        self.history = History(store, hub, engine)  # each service's story, kept in the store
         self.resync_seconds = settings.resync_seconds
         self.replace_down_after = settings.replace_down_after
         workers = settings.workers
@@ -100,6 +119,9 @@ class Reconciler:
             on_notice=lambda message: hub.publish("backend", "notice", Message=message),
         )
         self._owners: dict[str, dict[str, tuple[str, str]]] = {}  # service uid -> slot -> (container id, name)
+        # service uid -> replacement container id -> why it was made ("replica X ...; replacing"),
+        # until the replacement is ready: the service's message while it heals
+        self._healing: dict[str, dict[str, str]] = {}
         self._departures: dict[str, dict[str, Departure]] = {}  # service uid -> leaving replica id -> ...
         self._pulls: dict[str, Pull] = {}  # service name -> the pull of its image
         self._pull_pool = ThreadPoolExecutor(max_workers=PULL_WORKERS, thread_name_prefix="reconciler-pull")
@@ -112,7 +134,13 @@ class Reconciler:
         self._failures: dict[str, int] = {}  # consecutive failed steps per service
         self._retry_at: dict[str, float] = {}  # when a failed service is due again (monotonic)
         self._events_stream: ClosableStream[dict[str, Any]] | None = None
+        self._engine_lock = threading.Lock()
         self.engine_error: str | None = None  # why the engine can't be reached, None when it can
+        self.engine_down_since: str | None = None  # since when (RFC 3339), None when it can
+        self._teardowns = ThreadPoolExecutor(max_workers=TEARDOWN_WORKERS, thread_name_prefix="teardown")
+        self._teardown_lock = threading.Lock()
+        self._tearing_down: set[str] = set()  # uids of the services whose teardown runs now
+        self._teardown_futures: set[Future[None]] = set()
         self.orphan_grace = settings.orphan_grace_seconds
         self.clock: Callable[[], float] = time.monotonic  # for the orphan grace period (tests move it)
         self._unknown_since: dict[str, float] = {}  # uid of objects the store does not know -> first seen
@@ -133,6 +161,12 @@ class Reconciler:
         self.queue.shutdown()
         for pool in (self._pull_pool, self._stop_pool):
             pool.shutdown(wait=False, cancel_futures=True)  # a pull or stop under way finishes on its own
+        # Teardowns under way finish (bounded: a stop grace each); those not started yet are left
+        # to the next backend, which finds the services marked deleting.
+        self._teardowns.shutdown(wait=False, cancel_futures=True)
+        with self._teardown_lock:
+            running = list(self._teardown_futures)
+        wait(running, timeout=TEARDOWN_WAIT_ON_STOP)
         stream = self._events_stream
         if stream is not None:
             # closing a half-dead HTTP stream may fail in several ways; it's closed either way
@@ -163,10 +197,11 @@ class Reconciler:
         while (name := self.queue.get()) is not None:
             again_in: float | None = None
             try:
-                again_in = self.sync(name)
+                with engine_calls():
+                    again_in = self.sync(name)
             except EngineUnavailable as exc:
-                self._engine_down(str(exc))
-                again_in = self._backoff(name)
+                # Not the service's failure: it keeps its last known status (see _engine_trouble).
+                self._engine_trouble(name, str(exc))
             except Exception as exc:  # any failure of a step: report it on the service, retry later
                 log.warning("sync of %s failed: %s", name, exc, exc_info=not isinstance(exc, docker.errors.APIError))
                 self.report(name, ServiceStatus.error, describe_failure(exc))
@@ -184,23 +219,34 @@ class Reconciler:
         return delay
 
     def _watch_events(self) -> None:
-        """Follow Docker's event stream; every event of ours marks its service dirty."""
-        delay = BACKOFF_FIRST
+        """Follow Docker's event stream; every event of ours marks its service dirty.
+
+        Also the engine watcher: when the stream ends (the engine went away, or a worker found it
+        unreachable and closed the stream), ping with a short backoff capped at RECONNECT_MAX, so
+        the engine's return is noticed within about that long; then look at every service again.
+        """
+        delay = RECONNECT_FIRST
         while not self._stopping.is_set():
             try:
-                self.engine.ping()
-                self._events_stream = self.engine.events()
+                with engine_calls():
+                    self.engine.ping()
+                    stream = self.engine.events()
+                self._events_stream = stream
                 self._engine_up()
-                delay = BACKOFF_FIRST
+                delay = RECONNECT_FIRST
                 self.resync_all()  # whatever happened while we were not listening
-                for event in self._events_stream:
+                for event in stream:  # ends quietly when the connection breaks
                     self._on_docker_event(event)
-            except Exception as exc:  # the engine went away, or never was there
+            except EngineUnavailable as exc:
                 if self._stopping.is_set():
                     return
-                self._engine_down(str(exc) if isinstance(exc, EngineUnavailable) else f"event stream lost: {exc}")
+                self._engine_down(str(exc))
+            except Exception as exc:  # the engine answered, with an error: try again shortly
+                if self._stopping.is_set():
+                    return
+                log.warning("Docker event stream failed: %s", exc)
             self._stopping.wait(delay)
-            delay = min(BACKOFF_MAX / 4, delay * 2)
+            delay = min(RECONNECT_MAX, delay * 2)
 
     def _on_docker_event(self, event: dict[str, Any]) -> None:
         attributes = (event.get("Actor") or {}).get("Attributes") or {}
@@ -209,6 +255,7 @@ class Reconciler:
             return
         self.mark_dirty(name)
         if event.get("Type") == "container":
+            self.history.on_docker_event(event)
             action = str(event.get("Action") or event.get("status") or "")
             self.hub.publish(
                 "container",
@@ -230,27 +277,64 @@ class Reconciler:
                 "container", "health", Service=name, Id=owner[0], Name=owner[1], Health=health.health,
                 HealthSince=health.since.isoformat().replace("+00:00", "Z"),
             )
+            what = {"UP": "passes its health check", "DOWN": "fails its health check"}.get(health.health)
+            if what:  # "starting" is no news: the replica's start says it
+                self.history.record(
+                    name=name, type="health", action=health.health, replica=owner[1],
+                    message=f"{owner[1]} {health.health} ({what})", if_changed=True,
+                )
 
     def _resync_loop(self) -> None:
         while not self._stopping.wait(self.resync_seconds):
+            if self.engine_error is not None:
+                continue  # the engine watcher looks at everything the moment the engine is back
             try:
-                self.resync_all()
-                self.collect_orphans()
+                with engine_calls():
+                    self.resync_all()
+                    self.collect_orphans()
             except EngineUnavailable as exc:
-                self._engine_down(str(exc))
+                self._engine_trouble(None, str(exc))
             except Exception as exc:  # keep the loop alive whatever a resync hits
                 log.warning("resync failed: %s", exc)
 
+    def _engine_trouble(self, name: str | None, why: str) -> None:
+        """A call found the engine unreachable. Away for real: say so, and leave the service be (the
+        watcher resyncs every service on the engine's return). Only a hiccup: look again soon."""
+        try:
+            self.engine.ping()
+        except EngineUnavailable as exc:
+            self._engine_down(str(exc))
+            return
+        log.info("a call to the Docker engine failed, the engine answers again: %s", why)
+        if name is not None:
+            self.queue.add_after(name, self._backoff(name))
+
     def _engine_down(self, why: str) -> None:
-        if self.engine_error != why:
-            self.engine_error = why
-            log.warning("%s", why)
-            self.hub.publish("engine", "down", Message=why)
+        with self._engine_lock:
+            if self.engine_error is not None:
+                self.engine_error = why  # the latest reason; the news is out already
+                return
+            self.engine_error, since = why, rfc3339_now()
+            self.engine_down_since = since
+        log.warning("%s", why)
+        self.hub.publish("engine", "down", Message=why, Since=since)
+        stream = self._events_stream
+        if stream is not None:  # a worker noticed first: the watcher must start pinging now
+            with contextlib.suppress(Exception):
+                stream.close()
+        for record in self.store.all():  # each keeps its status; the note says why nothing moves
+            self.hub.publish("service", "status", Name=record.name, Status=record.status,
+                             Message=engine_note(record.message, since))
 
     def _engine_up(self) -> None:
-        if self.engine_error is not None:
-            self.engine_error = None
-            self.hub.publish("engine", "up", Message="Docker engine reachable")
+        with self._engine_lock:
+            if self.engine_error is None:
+                return
+            self.engine_error = self.engine_down_since = None
+        log.info("Docker engine reachable again")
+        self.hub.publish("engine", "up", Message="Docker engine reachable")
+        for record in self.store.all():
+            self.hub.publish("service", "status", Name=record.name, Status=record.status, Message=record.message)
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -260,23 +344,28 @@ class Reconciler:
         if record is None:
             return None
         if record.deleting:
-            self.teardown(record)
+            self._start_teardown(record)
             return None
         outcome = self._converge(record)
+        if outcome is None:  # nothing to say yet (an image pull reports its own progress)
+            return None
         self.report(name, outcome.status, outcome.message, record.generation)
         return self._backoff(name) if outcome.backoff else outcome.again_in
 
-    def _converge(self, record: ServiceRecord) -> Outcome:
+    def _converge(self, record: ServiceRecord) -> Outcome | None:
         """One step for a live service: observe -> plan (backend.planner: pure) -> apply (through the
-        engine); `sync` reports the outcome."""
+        engine); `sync` reports the outcome (None: nothing to report yet)."""
         network = self._ensure_network(record)
-        pulling = self._pull(record)
-        if pulling is not None:
-            return pulling
+        try:
+            if not self._image_ready(record):
+                return self._pull(record)
+        except ImageUnavailable as exc:
+            return Outcome(ServiceStatus.error, str(exc), backoff=True)
         observed = self._observe(record)
         desired = Desired(record.spec.Image, record.spec.Replicas, record.revision, self.replace_down_after)
-        step = plan(desired, observed)
-        self._apply(record, object_name(network), step)
+        healing = self._healing.get(record.uid, {})
+        step = plan(desired, observed, healing, active=record.status == ServiceStatus.active)
+        self._apply(record, object_name(network), step, {view.replica.id: view for view in observed})
         return step.outcome
 
     def _observe(self, record: ServiceRecord) -> list[ReplicaView]:
@@ -289,7 +378,7 @@ class Reconciler:
         busy = self._busy_slots(record, [replicas[i].slot for i, d in departures.items() if d.stopping is None])
         now, views = datetime.now(UTC), []
         for replica in replicas.values():
-            known = self.balancers.health(record.uid, replica.slot)
+            known = self.balancers.health(record.uid, replica.slot, replica.id)
             health = known.health if known else ""
             down_for = (now - known.since).total_seconds() if known and known.health == "DOWN" else 0.0
             leaving = Leaving.NO
@@ -298,21 +387,38 @@ class Reconciler:
             views.append(ReplicaView(replica, health=health, down_for=down_for, leaving=leaving))
         return views
 
-    def _apply(self, record: ServiceRecord, network: str, step: Plan) -> None:
+    def _apply(self, record: ServiceRecord, network: str, step: Plan, observed: dict[str, ReplicaView]) -> None:
         """Take the planned step; nothing here waits for a drain, a stop or a pull."""
-        created = self._create_replicas(record, network, list(step.create_in))
+        if step.heals:
+            self._heal(record, step)
+        port = record.spec.ContainerPort or record.spec.ServicePort
+        # The balancers are made (or checked) while the new replicas start, not after them: they start
+        # with the staying replicas, and the new ones join through the gate below once they run.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            balancers_ready = pool.submit(self.balancers.ensure, record, network, _servers(step.serving, port))
+            try:
+                created = self._create_replicas(record, network, list(step.create_in))
+            except Exception:
+                with contextlib.suppress(Exception):
+                    balancers_ready.result()
+                raise
+            balancers = balancers_ready.result()
         serving = [*step.serving, *created]
         self.store.update(record.name, containers=[r.id for r in serving])
         self._owners[record.uid] = {r.slot: (r.id, r.name) for r in serving}
-        # The balancers carry exactly the serving replicas; the ones taken out drain there until a
-        # later step stops them; the dead ones serve nothing and go at once.
-        port = record.spec.ContainerPort or record.spec.ServicePort
-        servers = {r.slot: f"{r.ip}:{port}" for r in serving if r.slot and r.ip}
-        balancers = self.balancers.ensure(record, network, servers)
-        self.balancers.set_servers(record, balancers, servers)
+        replaced = [heal for heal in step.heals if heal.replaced]
+        self._healing[record.uid] = {
+            **step.healing, **{new.id: heal.message for new, heal in zip(created, replaced, strict=False)}
+        }
+        # The balancers carry exactly the serving replicas, each slot gated for the replica now in it
+        # (a replacement often gets its predecessor's slot and address); the ones taken out drain
+        # there until a later step stops them; the dead ones serve nothing and go at once.
+        owners = {r.slot: r.id for r in serving if r.slot}
+        self.balancers.set_servers(record, balancers, _servers(serving, port), owners)
         departures = self._departures.setdefault(record.uid, {})
         for replica in step.drain:
             departures[replica.id] = Departure(deadline=self._clock() + DRAIN_WAIT)
+        self._record_removals(record, step, observed)
         for replica in step.stop:
             departures[replica.id].stopping = self._stop_later(record.name, replica)
         self.engine.remove_replicas(step.replace, graceful=False)
@@ -346,31 +452,83 @@ class Reconciler:
         stopping.add_done_callback(lambda _: self.queue.add(name))
         return stopping
 
-    def _pull(self, record: ServiceRecord) -> Outcome | None:
-        """None when the engine has the service's image. Otherwise the pull runs on the pull pool
-        (the service is looked at again when it ends) and the answer says so; a failed pull is an
-        error, retried with backoff."""
-        image, pull = record.spec.Image, self._pulls.get(record.name)
-        if pull is not None and pull.image == image and pull.done.done():
+    def _image_ready(self, record: ServiceRecord) -> bool:
+        """Whether the engine has the service's image (a pull of it that ended is taken in: a
+        failed one is raised, as ImageUnavailable)."""
+        pull = self._pulls.get(record.name)
+        if pull is not None and pull.image == record.spec.Image:
+            if not pull.done.done():
+                return False
             del self._pulls[record.name]
-            error = pull.done.exception()
-            if isinstance(error, ImageUnavailable):
-                return Outcome(ServiceStatus.error, str(error), backoff=True)
-            if error is not None:
-                raise error
-            return None
-        if pull is None or pull.image != image:  # (a pull of an image no longer wanted just ends)
-            if self.engine.has_image(image):
-                return None
-            pull = Pull(image, self._pull_pool.submit(self.engine.ensure_image, image))
-            self._pulls[record.name] = pull
-            pull.done.add_done_callback(lambda _: self.queue.add(record.name))
-        if record.status == ServiceStatus.error:
-            # Retrying after a failed pull: the service says why until this one is done (and its
-            # backoff keeps counting: a report of progress would start it afresh).
-            return Outcome(ServiceStatus.error, record.message)
+            pull.done.result()  # raises what the pull raised
+            return True
+        return self.engine.has_image(record.spec.Image)
+
+    def _pull(self, record: ServiceRecord) -> Outcome | None:
+        """Pull the service's image on the pull pool, unless that runs already; the service is looked
+        at again when it ends. The pull reports its own progress (`_pulling`); a failed one is an
+        error, retried with backoff."""
+        pull = self._pulls.get(record.name)
+        if pull is not None and pull.image == record.spec.Image:
+            return None  # under way (a pull of an image no longer wanted just ends)
+        image = record.spec.Image
+        done = self._pull_pool.submit(self._pull_image, record, image)
+        self._pulls[record.name] = Pull(image, done)
+        done.add_done_callback(lambda _: self.queue.add(record.name))
+        return None
+
+    def _pull_image(self, record: ServiceRecord, image: str) -> str:
+        with engine_calls():
+            return self.engine.ensure_image(image, on_progress=lambda progress: self._pulling(record, progress))
+
+    def _pulling(self, record: ServiceRecord, progress: PullProgress) -> None:
+        """A pull of the service's image got further: say so in its status message and as a `pull`
+        event (bytes and layers, for a progress bar). A service in `error` (its image could not be
+        pulled before) keeps that status until the engine reports layers coming in."""
+        if not progress.layers and record.status == ServiceStatus.error:
+            return
         status = ServiceStatus.updating if record.status == ServiceStatus.updating else ServiceStatus.scaling
-        return Outcome(status, f"Pulling image {image}")
+        self.report(record.name, status, progress.describe())
+        self.hub.publish(
+            "pull", "progress", Name=record.name, Image=progress.reference, Done=progress.done,
+            Total=progress.total, Percent=progress.percent, Layers=progress.layers, LayersDone=progress.layers_done,
+        )
+
+    def _record_removals(self, record: ServiceRecord, step: Plan, observed: dict[str, ReplicaView]) -> None:
+        """Tell the history why replicas go (their `die` is then no trouble): the dead ones as they
+        are removed, the drained ones as they are stopped."""
+        self.history.expect_removal(r.id for r in (*step.replace, *step.stop))
+        for replica in step.replace:
+            if replica.state in ALIVE_STATES:  # alive, but DOWN for too long
+                down_for = observed[replica.id].down_for
+                reason, exit_code, oom = f"DOWN for {down_for:.0f} s", None, False
+            else:
+                exit_code, oom = replica.exit_code, replica.oom_killed
+                reason = exit_reason(exit_code, oom)
+            self.history.record(
+                name=record.name, type="replica", action="replace", replica=replica.name,
+                message=f"replaced {replica.name} ({reason})", exit_code=exit_code, oom_killed=oom,
+            )
+        for replica in step.stop:
+            why = (f"rolled to {record.spec.Image}" if replica.revision != str(record.revision)
+                   else f"scaled down to {record.spec.Replicas}")
+            self.history.record(
+                name=record.name, type="replica", action="remove", replica=replica.name,
+                message=f"removed {replica.name} ({why})",
+            )
+
+    def _heal(self, record: ServiceRecord, step: Plan) -> None:
+        """Replicas that died or stopped answering are replaced (or only removed, when the service
+        shrank meanwhile): one event each, and the service says so at once, before the replacements
+        are even created (the planner's outcome keeps saying it until they are ready)."""
+        for heal in step.heals:
+            self.hub.publish(
+                "service", "heal", Name=record.name, Replica=heal.replica.name, Id=heal.replica.id,
+                Reason=heal.reason, Replaced=heal.replaced, Message=heal.message,
+            )
+        messages = [heal.message for heal in step.heals if heal.replaced]
+        if messages:
+            self.report(record.name, ServiceStatus.degraded, "; ".join(messages))
 
     def _ensure_network(self, record: ServiceRecord) -> Network:
         """The service's network on its own subnet of the network pool; when someone else on the engine
@@ -400,20 +558,64 @@ class Reconciler:
             errors = [error for f in futures if (error := f.exception()) is not None]
             created = [f.result() for f in futures if f.exception() is None]
         if errors:
+            self.history.expect_removal(r.id for r in created)
             self.engine.remove_replicas(created, graceful=False)  # nothing half-created
             raise errors[0]
         return created
 
+    def _start_teardown(self, record: ServiceRecord) -> None:
+        """Tear the service down on the teardown pool, unless that runs already."""
+        with self._teardown_lock:
+            if record.uid in self._tearing_down:
+                return
+            self._tearing_down.add(record.uid)
+        try:
+            future = self._teardowns.submit(self._run_teardown, record)
+        except RuntimeError:  # stopping: the next backend carries on
+            with self._teardown_lock:
+                self._tearing_down.discard(record.uid)
+            return
+        with self._teardown_lock:
+            self._teardown_futures.add(future)
+        future.add_done_callback(self._teardown_finished)
+
+    def _teardown_finished(self, future: Future[None]) -> None:
+        with self._teardown_lock:
+            self._teardown_futures.discard(future)
+
+    def _run_teardown(self, record: ServiceRecord) -> None:
+        try:
+            with engine_calls():
+                self.teardown(record)
+        except EngineUnavailable as exc:
+            self._engine_trouble(record.name, str(exc))
+        except Exception as exc:  # still deleting: say why, retry with backoff
+            if self._stopping.is_set():
+                return  # the store may be closed under us; the next backend carries on
+            log.warning("teardown of %s failed: %s", record.name, exc)
+            delay = self._backoff(record.name)
+            message = f"Deleting failed: {describe_failure(exc)}; retrying in {delay:g} s"
+            if self.store.set_status(record.name, ServiceStatus.deleting, message):
+                self.hub.publish("service", "status", Name=record.name, Status=ServiceStatus.deleting.value, Message=message)
+            self.queue.add_after(record.name, delay)
+        finally:
+            with self._teardown_lock:
+                self._tearing_down.discard(record.uid)
+
     def teardown(self, record: ServiceRecord) -> None:
-        """Remove what a deleted service owned (with keep: all but its replicas), then forget it."""
+        """Remove what a deleted service owned (with keep: all but its replicas), then forget it.
+
+        Replicas get TEARDOWN_STOP_TIMEOUT seconds after their StopSignal, then they are killed."""
         ref = ServiceRef(record.name, record.uid)
         self.balancers.remove_all(ref)  # the address stops answering first
         if not record.keep:
-            self.engine.remove_containers(ref)
+            self.history.expect_removal(r.id for r in self.engine.replicas(ref))  # their exits are no trouble
+            self.engine.remove_containers(ref, stop_timeout=TEARDOWN_STOP_TIMEOUT)
             self.engine.remove_network(ref)
             if record.remove_volumes:  # only when the delete asked for it: volumes hold the data
                 self.engine.remove_service_volumes(record.name)
         self._owners.pop(record.uid, None)
+        self._healing.pop(record.uid, None)
         self._departures.pop(record.uid, None)
         self._pulls.pop(record.name, None)
         self.store.forget(record)
@@ -463,6 +665,17 @@ class Reconciler:
             self._retry_at.pop(name, None)
         if self.store.set_status(name, str(status), message, generation):
             self.hub.publish("service", "status", Name=name, Status=str(status), Message=message)
+            self.history.record(name=name, type="status", action=str(status), message=message)
+
+
+def engine_note(message: str, since: str) -> str:
+    """A service's last known message while the engine is away."""
+    return f"{message} (Docker engine unreachable since {since}; waiting for it)"
+
+
+def _servers(replicas: Sequence[Replica], port: int) -> dict[str, str]:
+    """slot -> ip:port of the replicas that have both (a replica just created has both)."""
+    return {r.slot: f"{r.ip}:{port}" for r in replicas if r.slot and r.ip}
 
 
 def describe_failure(exc: Exception) -> str:

@@ -3,7 +3,8 @@
 Docker holds the observed state (containers, networks, labels); this file holds what Docker cannot:
 the spec as the operator asked for it, the address allocated to the service, its revision (bumped by
 every image update, so the reconciler knows which replicas are outdated) and the status it last
-reported. A backend that starts again reads both and carries on.
+reported. A backend that starts again reads both and carries on. It also keeps each service's
+history (status changes, replica exits, health changes, operator actions), bounded per service.
 
 It also owns the data directory's safety: the directory is private (0700), the database and its
 WAL/SHM files are 0600 from the moment they exist (they hold SSLCert private keys), and one lock file
@@ -28,14 +29,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backend.models import ServiceSpec
+from backend.models import EventType, ServiceEvent, ServiceSpec
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "backend.lock"
+EVENTS_KEPT = 500  # history entries kept per service; older ones are pruned as new ones come
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,6 +61,23 @@ CREATE TABLE IF NOT EXISTS services (
 );
 -- service instances deleted with keep=true: their containers are left alone, never collected.
 CREATE TABLE IF NOT EXISTS released (uid TEXT PRIMARY KEY, name TEXT NOT NULL, at TEXT NOT NULL);
+-- names whose service was deleted (the last instance): a repeated DELETE answers "already gone".
+CREATE TABLE IF NOT EXISTS deleted (name TEXT PRIMARY KEY, uid TEXT NOT NULL, at TEXT NOT NULL);
+-- each service's history (GET /services/{name}/events): the last EVENTS_KEPT entries per service
+-- instance, dropped with it.
+CREATE TABLE IF NOT EXISTS events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid       TEXT NOT NULL,            -- services.uid
+    at        REAL NOT NULL,            -- seconds since the epoch
+    type      TEXT NOT NULL,            -- status, replica, health, action
+    action    TEXT NOT NULL,
+    replica   TEXT NOT NULL DEFAULT '',
+    message   TEXT NOT NULL DEFAULT '',
+    exit_code INTEGER,
+    oom_killed INTEGER NOT NULL DEFAULT 0,
+    by        TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_service ON events (uid, id);
 """
 
 
@@ -196,6 +216,8 @@ def rfc3339_now() -> str:
 
 class Store:
     """Thread-safe access to the state file. Every method is one short transaction."""
+
+    events_kept = EVENTS_KEPT
 
     def __init__(
         self, path: Path, address_pool: str, network_pool: str | None = None, subnet_prefix: int = 27
@@ -457,15 +479,30 @@ class Store:
         with self._lock:
             return dict(self._db.execute("SELECT fip, name FROM services WHERE fip != ''").fetchall())
 
-    def mark_deleting(self, name: str, keep: bool, volumes: bool = False) -> ServiceRecord | None:
-        return self.update(
-            name, deleting=1, keep=int(keep), remove_volumes=int(volumes), status="deleting", message="Deleting"
-        )
+    def mark_deleting(self, name: str, keep: bool, volumes: bool = False) -> bool:
+        """Mark the service for deletion; False when it was marked already (its `keep` stays as the
+        first DELETE asked) or is gone."""
+        with self._lock:
+            changed = self._db.execute(
+                "UPDATE services SET deleting = 1, keep = ?, remove_volumes = ?, status = 'deleting',"
+                " message = 'Deleting', generation = generation + 1 WHERE name = ? AND deleting = 0",
+                (int(keep), int(volumes), name),
+            ).rowcount
+        return changed > 0
+
+    def was_deleted(self, name: str) -> bool:
+        """A service of this name existed and was deleted (and none exists now)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM deleted WHERE name = ?", (name,)).fetchone() is not None
 
     def forget(self, record: ServiceRecord) -> None:
         """Drop a deleted service; with keep, remember its uid so its containers are left alone."""
         with self._transaction() as db:
             db.execute("DELETE FROM services WHERE name = ? AND uid = ?", (record.name, record.uid))
+            db.execute(
+                "INSERT OR REPLACE INTO deleted (name, uid, at) VALUES (?, ?, ?)", (record.name, record.uid, rfc3339_now())
+            )
+            db.execute("DELETE FROM events WHERE uid = ?", (record.uid,))
             if record.keep:
                 db.execute(
                     "INSERT OR REPLACE INTO released (uid, name, at) VALUES (?, ?, ?)",
@@ -478,6 +515,86 @@ class Store:
             live = {row[0] for row in self._db.execute("SELECT uid FROM services")}
             released = {row[0] for row in self._db.execute("SELECT uid FROM released")}
         return live | released
+
+    # -- history ------------------------------------------------------------------------------
+
+    def add_event(
+        self,
+        *,
+        name: str | None = None,
+        uid: str | None = None,
+        type: EventType,
+        action: str,
+        replica: str = "",
+        message: str = "",
+        exit_code: int | None = None,
+        oom_killed: bool = False,
+        by: str = "",
+        at: float | None = None,
+        if_changed: bool = False,
+    ) -> tuple[str, ServiceEvent] | None:
+        """Add one entry to the history of the service named `name` (or of instance `uid`) and prune
+        its oldest beyond `events_kept`, in one transaction. Answers (service name, the entry); None
+        when no such service is known (an event of a deleted or foreign instance is dropped), or, with
+        `if_changed`, when the latest entry of this type and replica has this action already (a health
+        seen again after a restart is no change)."""
+        if (name is None) == (uid is None):
+            raise ValueError("give the service's name or its uid")
+        at = time.time() if at is None else at
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT name, uid FROM services WHERE " + ("name = ?" if name is not None else "uid = ?"),
+                (name if name is not None else uid,),
+            ).fetchone()
+            if row is None:
+                return None
+            service, instance = row
+            if if_changed:
+                last = db.execute(
+                    "SELECT action FROM events WHERE uid = ? AND type = ? AND replica = ? ORDER BY id DESC LIMIT 1",
+                    (instance, type, replica),
+                ).fetchone()
+                if last is not None and last[0] == action:
+                    return None
+            cursor = db.execute(
+                "INSERT INTO events (uid, at, type, action, replica, message, exit_code, oom_killed, by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (instance, at, type, action, replica, message, exit_code, int(oom_killed), by),
+            )
+            db.execute(
+                "DELETE FROM events WHERE uid = ? AND id <= "
+                "(SELECT id FROM events WHERE uid = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (instance, instance, self.events_kept),
+            )
+            event_id = cursor.lastrowid
+        assert event_id is not None
+        return service, _event((event_id, at, type, action, replica, message, exit_code, oom_killed, by))
+
+    def events(self, name: str, limit: int | None = None) -> list[ServiceEvent] | None:
+        """The service's history, oldest first (the last `limit` entries); None if it is not known."""
+        with self._lock:
+            row = self._db.execute("SELECT uid FROM services WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return None
+            rows = self._db.execute(
+                "SELECT id, at, type, action, replica, message, exit_code, oom_killed, by FROM events"
+                " WHERE uid = ? ORDER BY id DESC LIMIT ?",
+                (row[0], -1 if limit is None else limit),
+            ).fetchall()
+        return [_event(item) for item in reversed(rows)]
+
+
+def rfc3339(at: float) -> str:
+    """Seconds since the epoch as RFC 3339 in UTC, to the microsecond: 2016-10-08T13:12:15.405946Z."""
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _event(row: Sequence[Any]) -> ServiceEvent:
+    event_id, at, type_, action, replica, message, exit_code, oom_killed, by = row
+    return ServiceEvent(
+        Id=event_id, Time=rfc3339(at), Type=type_, Action=action, Replica=replica, Message=message,
+        ExitCode=exit_code, OOMKilled=bool(oom_killed), By=by,
+    )
 
 
 _COLUMNS = (

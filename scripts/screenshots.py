@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Regenerate screenshots/: SVGs of the console's screens, on fixed sample data.
 
-The services view, the create form, the service view (replicas with health, CPU and memory; logs), the
-floating IP dialog and help.
+The services view, the create form, the service view (replicas with health, CPU and memory; logs;
+events), the floating IP dialog and help.
 
 The console runs headless on fixed sample data (tests/tui/fakes.py, the data of the snapshot tests),
 so the pictures only change when the console's look does. Usage: python scripts/screenshots.py
@@ -25,6 +25,7 @@ SHOTS = [
     ("create-form", ["n", "w", "e", "b", "tab", "N", "G", "I", "N", "X", "tab", "0", "ctrl+s"]),
     ("service", ["down", "down", "enter"]),
     ("service-logs", ["down", "down", "enter", "2"]),
+    ("service-events", ["down", "down", "enter", "4"]),
     ("floating-ip", ["down", "f", "down", "down"]),
     ("help", ["question_mark"]),
 ]

@@ -140,3 +140,71 @@ class SteadyLoad:
         self._stop.set()
         for thread in self._workers:
             thread.join(timeout=20)
+
+
+@dataclass
+class TimedResult:
+    """One request of a PacedLoad: when it was sent (monotonic), and whether it got a 200."""
+
+    sent: float
+    ok: bool
+    replica: str = ""
+    error: str = ""
+
+
+class PacedLoad:
+    """Requests at a fixed rate through an address (loopback only), each on its own connection and
+    thread, so a request hanging on a hung replica never delays the next one. Bounded: at most
+    `max_seconds` of sending and `rate * max_seconds` requests; every request has `timeout` seconds
+    (a short client timeout: a request stuck that long counts as failed)."""
+
+    def __init__(self, host: str, port: int, rate: float = 20.0, timeout: float = 3.0, max_seconds: float = 90.0):
+        self.host, self.port, self.rate, self.timeout = host, port, rate, timeout
+        self.max_requests = int(rate * max_seconds)
+        self.results: list[TimedResult] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pacer: threading.Thread | None = None
+        self._requests: list[threading.Thread] = []
+
+    def _one(self, sent: float) -> None:
+        try:
+            status, body, _ = get(self.host, self.port, timeout=self.timeout)
+            result = TimedResult(sent, status == 200, body.split()[0] if body.split() else "",
+                                 "" if status == 200 else f"status {status}")
+        except Exception as exc:  # every failure counts
+            result = TimedResult(sent, False, error=repr(exc))
+        with self._lock:
+            self.results.append(result)
+
+    def _pace(self) -> None:
+        start = time.monotonic()
+        for index in range(self.max_requests):
+            due = start + index / self.rate
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                return
+            thread = threading.Thread(target=self._one, args=(time.monotonic(),), daemon=True)
+            thread.start()
+            self._requests.append(thread)
+
+    @property
+    def failed(self) -> list[TimedResult]:
+        with self._lock:
+            return [r for r in self.results if not r.ok]
+
+    @property
+    def ok(self) -> int:
+        with self._lock:
+            return sum(r.ok for r in self.results)
+
+    def __enter__(self) -> PacedLoad:
+        self._pacer = threading.Thread(target=self._pace, daemon=True)
+        self._pacer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._pacer is not None:
+            self._pacer.join(timeout=5)
+        for thread in self._requests:
+            thread.join(timeout=self.timeout + 5)  # each ends by its own timeout

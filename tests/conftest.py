@@ -23,6 +23,7 @@ from backend.api import create_app
 from backend.core import Backend
 from backend.docker_driver import LABEL_TENANT
 from backend.settings import Settings
+from tests.registry import Registry, SavedImage
 
 WEB_IMAGE = "hyperservice-test/web:1"
 WEB_IMAGE_2 = "hyperservice-test/web:2"
@@ -100,6 +101,29 @@ def backend_factory(tmp_path: Path, docker_client: docker.DockerClient) -> Itera
     for instance in made:
         instance.close()
         remove_tenant_objects(docker_client, instance.tenant)
+
+
+@pytest.fixture(scope="session")
+def saved_web_image(docker_client: docker.DockerClient) -> SavedImage:
+    """The test web image as `docker save` gives it, to publish on a test registry."""
+    return SavedImage.from_engine(docker_client, WEB_IMAGE)
+
+
+@pytest.fixture
+def registry(docker_client: docker.DockerClient) -> Iterator[Registry]:
+    """A registry of the test's own on 127.0.0.1 (tests/registry.py) that the real engine pulls from.
+    Afterwards whatever was pulled from it is removed: the containers running it, then the images."""
+    server = Registry().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        for reference in server.published:
+            for container in docker_client.containers.list(all=True, filters={"ancestor": reference}):
+                with contextlib.suppress(docker.errors.NotFound):
+                    container.remove(force=True)
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(reference, force=True)
 
 
 def client_for(instance: Backend, token: str | None = None) -> httpx.AsyncClient:

@@ -100,6 +100,8 @@ def test_semantics_of_every_combination(protocol, algorithm, affinity, pem_path)
     assert "log stdout format raw local0 info" in parts["global"]
     assert f"stats socket ipv4@127.0.0.1:{hx.RUNTIME_API_PORT} level admin" in parts["global"]
     assert "option redispatch 1" in defaults and "retries 3" in defaults
+    assert "timeout connect 1s" in defaults
+    assert "timeout check 2s" in defaults  # inter 5 s, capped at CHECK_TIMEOUT_MAX
 
     bind = [d for d in frontend if d.startswith("bind ")]
     assert bind[0].startswith(f"bind :{hx.LISTEN_PORT}")
@@ -116,7 +118,10 @@ def test_semantics_of_every_combination(protocol, algorithm, affinity, pem_path)
     assert ("hash-type consistent" in backend) == (algorithm == "source")
     assert ("option httpchk GET /" in backend) == http  # tcp/https: plain connect check
     assert "option log-health-checks" in backend
-    assert "default-server check inter 5s fall 3 rise 2" in backend
+    assert ("retry-on conn-failure empty-response" in backend) == http
+    assert ("http-request disable-l7-retry unless METH_GET" in backend) == http
+    assert ("default-server check inter 5s fastinter 100ms downinter 250ms fall 3 rise 2"
+            " observe layer4 error-limit 3 on-error mark-down") in backend
 
     cookie = [d for d in backend if d.startswith("cookie ")]
     stick = [d for d in backend if d.startswith("stick")]
@@ -138,7 +143,7 @@ def test_semantics_of_every_combination(protocol, algorithm, affinity, pem_path)
         address = dict(SERVERS).get(name)
         line = f"server {name} {address or hx.SPARE_ADDRESS}"
         line += f" cookie {name}" if per_slot_cookie else ""
-        line += "" if address else " disabled"
+        line += "" if address else " weight 0"  # spare, armed: 4 slots, all below armed_slots
         expected.append(line)
     assert servers == expected
 
@@ -146,8 +151,40 @@ def test_semantics_of_every_combination(protocol, algorithm, affinity, pem_path)
 def test_health_settings_and_check_path_reach_the_config():
     parts = sections(hx.render_config(make(health_interval=1, health_fall=7, health_rise=4, health_check_path="/healthz")))
     backend = parts[f"backend {hx.BACKEND}"]
-    assert "default-server check inter 1s fall 7 rise 4" in backend
+    assert backend[[d.split()[0] for d in backend].index("default-server")].startswith(
+        "default-server check inter 1s fastinter 100ms downinter 250ms fall 7 rise 4 ")
     assert "option httpchk GET /healthz" in backend
+    assert "timeout check 1s" in parts["defaults"]  # never longer than the interval
+
+
+def test_checks_are_fast_where_it_pays_and_bounded():
+    """A hung replica's check ends after `timeout check`, not a whole interval; a first failure is
+    confirmed (and a new replica's second check comes) after fastinter; a DOWN replica, or an armed
+    spare slot, is checked every downinter, so a replica assigned to one is checked at once."""
+    for interval, timeout in ((1, 1), (2, 2), (5, 2), (60, 2)):
+        cfg = make(health_interval=interval)
+        assert cfg.check_timeout == timeout
+        assert f"timeout check {timeout}s" in sections(hx.render_config(cfg))["defaults"]
+    default_server = next(d for d in sections(hx.render_config(make()))[f"backend {hx.BACKEND}"]
+                          if d.startswith("default-server"))
+    assert f"fastinter {hx.FAST_CHECK_MS}ms downinter {hx.DOWN_CHECK_MS}ms" in default_server
+    assert hx.FAST_CHECK_MS < 1000 and hx.DOWN_CHECK_MS < 1000  # below the smallest HealthCheckInterval (1 s)
+
+
+def test_spare_slots_are_armed_up_to_armed_slots_then_disabled():
+    config = hx.render_config(make(servers=(("s2", "172.20.0.3:8080"),), slots=6, armed_slots=3))
+    servers = [d for d in sections(config)[f"backend {hx.BACKEND}"] if d.startswith("server ")]
+    assert servers == [
+        f"server s1 {hx.SPARE_ADDRESS} weight 0",
+        "server s2 172.20.0.3:8080",
+        f"server s3 {hx.SPARE_ADDRESS} weight 0",
+        f"server s4 {hx.SPARE_ADDRESS} disabled",
+        f"server s5 {hx.SPARE_ADDRESS} disabled",
+        f"server s6 {hx.SPARE_ADDRESS} disabled",
+    ]
+    assert make().armed_slots == hx.MIN_ARMED_SLOTS
+    with pytest.raises(ValueError):
+        make(armed_slots=-1)
 
 
 def test_tcp_sessions_may_idle_longer_than_http_ones():
@@ -160,7 +197,8 @@ def test_many_slots_and_no_servers_are_valid(state_path, tmp_path):
     config = hx.render_config(make(servers=(), slots=200, state_path=state_path))
     result = haproxy_check(config, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert config.count(" disabled\n") == 200
+    assert config.count(" weight 0\n") == hx.MIN_ARMED_SLOTS
+    assert config.count(" disabled\n") == 200 - hx.MIN_ARMED_SLOTS
 
 
 def test_slot_names_round_trip():
@@ -243,8 +281,15 @@ def test_assign_goes_through_drain_so_the_server_waits_for_its_checks():
         "set server replicas/s3 state drain",
         "set server replicas/s3 health down",
         "set server replicas/s3 state ready",
+        "set server replicas/s3 weight 1",  # an armed spare had 0
     ]
     assert hx.release_slot_commands("s3") == ["set server replicas/s3 state maint"]
+    # parked as an armed spare: no new traffic first, then the placeholder, checks keep running
+    assert hx.release_slot_commands("s3", armed=True) == [
+        "set server replicas/s3 weight 0",
+        "set server replicas/s3 addr 127.0.0.1 port 1",
+        "set server replicas/s3 state ready",
+    ]
 
 
 def test_command_lines_batch_within_the_cli_buffer():
@@ -339,6 +384,78 @@ def test_reconcile_commands_send_only_what_differs():
         hx.reconcile_commands({"s9": "172.22.0.2:80"}, current)
 
 
+def test_reconcile_commands_regate_a_new_container_at_the_same_address():
+    current = hx.parse_servers_state(SHOW_SERVERS_STATE)
+    desired = {"s1": "172.22.0.2:80", "s2": "172.22.0.3:80"}
+    assert "addr 172.22.0.2" not in " ".join(hx.reconcile_commands(desired, current))
+    # s1's container was replaced by one that got the same address: through the gate again
+    assert hx.reconcile_commands(desired, current, regate={"s1"})[:5] == hx.assign_slot_commands("s1", "172.22.0.2", 80)
+
+
+# Captured on 2.6.12 (capture of armed/parked slots): s1 serving; s2 was an armed spare, now assigned
+# (weight 1 over an initial 0); s3 released and parked (placeholder, weight 0, DOWN); s4 a disabled
+# slot just assigned (gated: UP only after its checks); s5 disabled, never used.
+SHOW_SERVERS_STATE_ARMED = """1
+# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
+3 replicas 1 s1 192.168.176.2 2 0 1 1 5 15 3 3 6 0 0 0 - 80 - 0 0 - - 0
+3 replicas 2 s2 192.168.176.3 2 0 1 0 3 15 3 3 6 0 0 0 - 80 - 0 0 - - 0
+3 replicas 3 s3 127.0.0.1 0 0 0 0 0 8 2 0 6 0 0 0 - 1 - 0 0 - - 0
+3 replicas 4 s4 192.168.176.4 2 4 1 1 0 15 3 3 6 0 0 0 - 80 - 0 0 - - 0
+3 replicas 5 s5 127.0.0.1 0 5 1 1 5 1 0 0 14 0 0 0 - 1 - 0 0 - - 0
+
+"""
+
+
+# Captured on 2.6.12 right after starting with servers=(("s1", "10.99.0.9:80"),), slots=5, armed_slots=3
+# (10.99.0.9 does not exist: its first check had already failed).
+SHOW_SERVERS_STATE_STARTED = """1
+# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
+3 replicas 1 s1 10.99.0.9 0 0 1 1 0 17 2 0 6 0 0 0 - 80 - 0 0 - - 0
+3 replicas 2 s2 127.0.0.1 0 0 0 0 0 8 2 0 6 0 0 0 - 1 - 0 0 - - 0
+3 replicas 3 s3 127.0.0.1 0 0 0 0 0 8 2 0 6 0 0 0 - 1 - 0 0 - - 0
+3 replicas 4 s4 127.0.0.1 0 5 1 1 0 1 0 0 14 0 0 0 - 1 - 0 0 - - 0
+3 replicas 5 s5 127.0.0.1 0 5 1 1 0 1 0 0 14 0 0 0 - 1 - 0 0 - - 0
+
+"""
+
+
+def test_started_state_stands_in_for_asking_a_new_balancer():
+    cfg = make(servers=(("s1", "10.99.0.9:80"),), slots=5, armed_slots=3)
+    started, asked = hx.started_state(cfg), hx.parse_servers_state(SHOW_SERVERS_STATE_STARTED)
+    assert set(started) == set(asked)
+    for slot in started:
+        assert (started[slot].address, started[slot].weight, started[slot].spare, started[slot].state == "MAINT") == (
+            asked[slot].address, asked[slot].weight, asked[slot].spare, asked[slot].state == "MAINT"), slot
+    for desired in ({"s1": "10.99.0.9:80"}, {"s1": "10.99.0.9:80", "s2": "10.99.0.10:80"},
+                    {"s2": "10.99.0.10:80", "s4": "10.99.0.11:80"}, {}):
+        for armed in (0, 3, 5):
+            assert hx.reconcile_commands(desired, started, (), armed) == hx.reconcile_commands(desired, asked, (), armed)
+
+
+def test_armed_and_parked_slots():
+    state = hx.parse_servers_state(SHOW_SERVERS_STATE_ARMED)
+    assert state["s2"].weight == 1 and not state["s2"].spare
+    assert state["s3"] == hx.ServerSnapshot("s3", hx.SPARE_ADDRESS, "DOWN", True, 0, weight=0)
+    assert state["s3"].spare and state["s5"].spare and state["s5"].state == "MAINT"
+    desired = {"s1": "192.168.176.2:80", "s2": "192.168.176.3:80", "s4": "192.168.176.4:80"}
+    # nothing to do: s3 is parked armed (within armed_slots), s5 stays disabled (beyond it)
+    assert hx.reconcile_commands(desired, state, armed_slots=3) == []
+    # more armed slots wanted: s5 is armed from maintenance
+    assert hx.reconcile_commands(desired, state, armed_slots=5) == hx.release_slot_commands("s5", armed=True)
+    # fewer: the parked s3 goes to maintenance (no more checks)
+    assert hx.reconcile_commands(desired, state, armed_slots=2) == hx.release_slot_commands("s3")
+    # s2 leaves: parked when armed, in maintenance otherwise (in-flight requests finish either way)
+    less = {"s1": "192.168.176.2:80", "s4": "192.168.176.4:80"}
+    assert hx.reconcile_commands(less, state, armed_slots=3) == hx.release_slot_commands("s2", armed=True)
+    assert hx.reconcile_commands(less, state, armed_slots=1) == [*hx.release_slot_commands("s2"),
+                                                                 *hx.release_slot_commands("s3")]
+    # a slot reused while parked (weight 0 at the right address would not do either) is assigned
+    moved = {**desired, "s3": "192.168.176.9:80"}
+    assert hx.reconcile_commands(moved, state, armed_slots=3) == hx.assign_slot_commands("s3", "192.168.176.9", 80)
+    half = hx.parse_servers_state(SHOW_SERVERS_STATE_ARMED.replace(" s2 192.168.176.3 2 0 1 0 ", " s2 192.168.176.3 2 0 0 0 "))
+    assert hx.reconcile_commands(desired, half, armed_slots=3) == hx.assign_slot_commands("s2", "192.168.176.3", 80)
+
+
 SHOW_STAT = """# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo,conn_rate,conn_rate_max,conn_tot,intercepted,dcon,dses,wrew,connect,reuse,cache_lookups,cache_hits,srv_icur,src_ilim,qtime_max,ctime_max,rtime_max,ttime_max,eint,idle_conn_cur,safe_conn_cur,used_conn_cur,need_conn_est,uweight,agg_server_status,agg_server_check_status,agg_check_status,-,ssl_sess,ssl_reused_sess,ssl_failed_handshake,h2_headers_rcvd,h2_data_rcvd,h2_settings_rcvd,h2_rst_stream_rcvd,h2_goaway_rcvd,h2_detected_conn_protocol_errors,h2_detected_strm_protocol_errors,h2_rst_stream_resp,h2_goaway_resp,h2_open_connections,h2_backend_open_streams,h2_total_connections,h2_backend_total_streams,h1_open_connections,h1_open_streams,h1_total_connections,h1_total_streams,h1_bytes_in,h1_bytes_out,h1_spliced_bytes_in,h1_spliced_bytes_out,
 replicas,s1,0,0,0,1,,1,39,161,,0,,0,0,0,0,UP,1,1,0,0,0,3,0,,1,3,1,,1,,2,0,,1,L7OK,200,0,0,1,0,0,0,0,,,,1,0,0,,,,,3,,,0,0,1,1,,,,Layer7 check passed,,2,3,4,,,,172.24.0.2:80,,http,,,,,,,,0,1,0,,,0,,0,0,1,1,0,0,0,0,1,1,,,,-,0,0,0,,,,,,,,,,,,,,,,,,,,,,
 replicas,s2,0,0,2,2,,0,0,0,,0,,0,0,0,0,MAINT,1,1,0,0,2,0,1,,1,3,2,,0,,2,0,,0,,,,0,0,0,0,0,0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,,,,,,,,,172.24.0.2:80,,http,,,,,,,,0,0,0,,,0,,0,0,0,0,0,0,0,0,1,1,,,,-,0,0,0,,,,,,,,,,,,,,,,,,,,,,
@@ -375,6 +492,15 @@ CAPTURED = [
      ("s1", "DOWN", False)),
     ("Health check for server replicas/s2 succeeded, reason: Layer4 check passed, check duration: 0ms, status: 2/2 UP.",
      ("s2", "UP", False)),
+    # a paused replica (accepts, never answers): `timeout check` ends each check
+    ("Health check for server replicas/s2 failed, reason: Layer7 timeout, check duration: 1001ms, status: 1/2 UP.",
+     ("s2", "UP", False)),
+    # observe layer4 + on-error mark-down: live traffic found it
+    ("Health check for server replicas/s1 failed, reason: Health analyze, info: \"Detected 3 consecutive errors, last one was: L4 unsuccessful connection\", status: 0/2 DOWN.",
+     ("s1", "DOWN", False)),
+    # a parked or armed spare (weight 0): not a replica's health
+    ("Health check for server replicas/s3 failed, reason: Layer4 connection problem, info: \"Connection refused\", check duration: 0ms, status: 1/2 DRAIN.",
+     None),
     # a gated assignment (assign_slot_commands)
     ("Server replicas/s3 is UP/DRAIN (leaving forced maintenance).", ("s3", "DRAIN", True)),
     ("Server replicas/s3 remains in forced drain mode.", None),
@@ -487,6 +613,46 @@ def test_board_from_snapshot_after_balancer_start():
     first_check = "Health check for server replicas/s7 failed, reason: Layer4 connection problem, info: \"Connection refused\", check duration: 3ms, status: 0/2 DOWN."
     assert feed(board, [first_check], 55) == [True]
     assert board.get("s7") == hx.SlotHealth("DOWN", at(55), gated=False)
+
+
+def test_board_resets_a_slot_when_a_new_container_takes_it():
+    board = hx.HealthBoard()
+    board.assigned("s1", at(0), owner="old")
+    feed(board, ["Server replicas/s1 is UP. 3 active and 0 backup servers online. 0 sessions requeued, 0 total in queue."], 5)
+    assert board.get("s1") == hx.SlotHealth("UP", at(5), gated=False, owner="old")
+    assert board.claim("s1", "old", at(6)) is False  # the same container: nothing changes
+    assert board.get("s1").health == "UP"
+    # a replacement in the same slot (same address, as Docker reuses it): starting, behind the gate,
+    # whatever HAProxy said about its predecessor
+    assert board.claim("s1", "new", at(7)) is True
+    assert board.get("s1") == hx.SlotHealth("starting", at(7), gated=True, owner="new")
+    gate = [
+        # the killed predecessor's check, logged before the gate commands reached HAProxy (server still UP)
+        "Health check for server replicas/s1 failed, reason: Layer4 timeout, check duration: 1001ms, status: 1/2 UP.",
+        "Server replicas/s1 is DOWN, changed from CLI. 2 active and 0 backup servers left. 0 sessions active, 0 requeued, 0 remaining in queue.",
+        "Health check for server replicas/s1 failed, reason: Layer4 connection problem, info: \"Connection refused\", check duration: 0ms, status: 0/2 DOWN.",
+    ]
+    assert feed(board, gate, 8) == [False, False, False]  # not answering yet: still starting, neither UP nor DOWN
+    assert board.get("s1").health == "starting"
+    assert feed(board, ["Server replicas/s1 is UP. 3 active and 0 backup servers online. 0 sessions requeued, 0 total in queue."], 15) == [True]
+    assert board.get("s1") == hx.SlotHealth("UP", at(15), gated=False, owner="new")
+    # re-assigning keeps the known owner unless told otherwise
+    board.assigned("s1", at(20))
+    assert board.get("s1").owner == "new"
+
+
+def test_board_adopts_owners_after_a_snapshot_without_a_reset():
+    """A restarted backend rebuilds the board from `show servers state`: owners are not known yet, so
+    the first claim adopts them (a replica serving before the restart keeps serving)."""
+    board = hx.HealthBoard()
+    board.load_snapshot(hx.parse_servers_state(SHOW_SERVERS_STATE_ARMED), at=at(50))
+    assert set(board.all()) == {"s1", "s2", "s4"}  # parked s3 and disabled s5 are not replicas
+    assert board.claim("s1", "a", at(51)) is False
+    assert board.get("s1").health == "UP" and board.get("s1").owner == "a"
+    assert board.claim("s1", "b", at(52)) is True
+    # a snapshot keeps the owners it knows
+    board.load_snapshot(hx.parse_servers_state(SHOW_SERVERS_STATE_ARMED), at=at(53))
+    assert board.get("s1").owner == "b"
 
 
 def test_board_keeps_a_gated_slot_behind_its_gate_across_a_snapshot():

@@ -64,6 +64,7 @@ async def test_every_field_reaches_the_container(api: httpx.AsyncClient, backend
         assert f"{containers[0]['Name']} | started in /tmp" in logs
     finally:
         await api.delete("/services/fields", params={"volumes": "true"})
+        await eventually(lambda: backend.store.get("fields") is None, 30, what="fields to be torn down")
 
 
 async def test_scale_2_to_4_to_1_converges(api: httpx.AsyncClient, backend, docker_client):
@@ -98,10 +99,10 @@ async def test_a_missing_image_turns_the_service_to_error_naming_the_image(api: 
     attempts: list[str] = []
     real_ensure = backend.driver.ensure_image
 
-    def counting(reference):
+    def counting(reference, *args, **kwargs):
         if reference.startswith("hbx-no-such-image"):
             attempts.append(reference)
-        return real_ensure(reference)
+        return real_ensure(reference, *args, **kwargs)
 
     monkeypatch.setattr(backend.driver, "ensure_image", counting)
     response = await api.post("/services/create", json=web_body("ghost", 1, Image="hbx-no-such-image:1"))
@@ -146,7 +147,8 @@ async def test_delete_removes_everything_the_service_owned(api: httpx.AsyncClien
     await wait_status(api, "gone", "active")
     uid_label = replicas_of(docker_client, backend, "gone")[0].labels[LABEL_UID]
     response = await api.delete("/services/gone")
-    assert response.status_code == 204
+    assert response.status_code == 202
+    await eventually(lambda: backend.store.get("gone") is None, 30, what="gone to be torn down")
     assert (await api.get("/services/gone")).status_code == 404
     assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_UID}={uid_label}"}) == []
     assert docker_client.networks.list(filters={"label": f"{LABEL_UID}={uid_label}"}) == []
@@ -161,7 +163,8 @@ async def test_delete_with_keep_leaves_the_replicas_running(api: httpx.AsyncClie
     await api.post("/services/create", json=web_body("kept", 2))
     service = await wait_status(api, "kept", "active")
     response = await api.delete("/services/kept", params={"keep": "true"})
-    assert response.status_code == 204
+    assert response.status_code == 202
+    await eventually(lambda: backend.store.get("kept") is None, 30, what="kept to be released")
     assert (await api.get("/services/kept")).status_code == 404
     still = {c.id for c in docker_client.containers.list(filters={"id": service["Containers"][0]})}
     still |= {c.id for c in docker_client.containers.list(filters={"id": service["Containers"][1]})}

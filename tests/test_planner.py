@@ -22,6 +22,7 @@ from backend.planner import (
     WAIT_FOR_HEALTH,
     Desired,
     Leaving,
+    Outcome,
     Plan,
     Replica,
     ReplicaView,
@@ -82,15 +83,15 @@ CASES = [
     ),
     pytest.param(
         want(2), [rep("s1"), rep("s2", state="exited", health="DOWN")], ["s2"], ["s2@r1"], [], [],
-        ServiceStatus.scaling, id="dead-replaced-in-its-slot",
+        ServiceStatus.degraded, id="dead-replaced-in-its-slot",
     ),
     pytest.param(
         want(3), [rep("s1", state="exited"), rep("s2"), rep("s3", state="dead")], ["s1", "s3"], ["s1@r1", "s3@r1"],
-        [], [], ServiceStatus.scaling, id="several-dead-replaced",
+        [], [], ServiceStatus.degraded, id="several-dead-replaced",
     ),
     pytest.param(
         want(2), [rep("s1"), rep("s2", health="DOWN", down_for=DOWN_AFTER + 1)], ["s2"], ["s2@r1"], [], [],
-        ServiceStatus.scaling, id="down-too-long-replaced",
+        ServiceStatus.degraded, id="down-too-long-replaced",
     ),
     pytest.param(
         want(2), [rep("s1"), rep("s2", health="DOWN", down_for=DOWN_AFTER)], [], [], [], [],
@@ -107,6 +108,14 @@ CASES = [
     pytest.param(
         want(1), [rep("s1", restarts=CRASH_LOOP_RESTARTS)], [], [], [], [], ServiceStatus.active,
         id="restarted-but-stays-up-is-fine",
+    ),
+    pytest.param(
+        want(1), [rep("s1"), rep("s2", state="exited")], [], ["s2@r1"], [], [], ServiceStatus.scaling,
+        id="dead-and-not-wanted-only-removed",
+    ),
+    pytest.param(
+        want(2), [rep("s1"), rep("s2", state="paused", health="")], [], [], [], [], ServiceStatus.degraded,
+        id="paused-is-degraded-not-replaced",
     ),
     pytest.param(
         want(4), [rep("s1"), rep("s3")], ["s2", "s4"], [], [], [], ServiceStatus.scaling, id="slot-reuse-lowest-free",
@@ -179,6 +188,52 @@ def test_a_crash_loop_is_an_error_with_backoff_naming_the_replica():
     assert step.outcome.backoff and step.outcome.again_in is None
     assert "web-s2-r1 keeps exiting (exit code 1, 5 restarts)" in step.outcome.message
     assert ids(step.crashing) == ["s2@r1"] and not step.changes
+
+
+@pytest.mark.parametrize(
+    ("view", "reason"),
+    [
+        pytest.param(rep("s2", state="exited", health="DOWN"), "exited (code 1)", id="exited"),
+        pytest.param(
+            ReplicaView(replace(rep("s2", state="exited").replica, oom_killed=True, exit_code=137)), "ran out of memory",
+            id="oom",
+        ),
+        pytest.param(rep("s2", health="DOWN", down_for=DOWN_AFTER + 1), "not answering health checks", id="down"),
+        pytest.param(rep("s2", state="removing", health=""), "is removing", id="other"),
+    ],
+)
+def test_a_replacement_says_what_it_replaces_and_why(view: ReplicaView, reason: str):
+    step = plan(want(2), [rep("s1"), view])
+    (heal,) = step.heals
+    assert (heal.replica.id, heal.reason, heal.replaced) == ("s2@r1", reason, True)
+    assert step.outcome == Outcome(ServiceStatus.degraded, f"replica {view.replica.name} {reason}; replacing", SOON)
+
+
+def test_a_replacement_heals_until_it_is_ready():
+    why = {"s2@r2": "replica web-s2-r1 exited (code 1); replacing"}
+    starting = plan(want(2, revision=2), [rep("s1", revision=2), rep("s2", revision=2, health="starting")], why)
+    assert starting.outcome == Outcome(ServiceStatus.degraded, why["s2@r2"], WAIT_FOR_HEALTH)
+    assert dict(starting.healing) == why and not starting.changes
+    ready = plan(want(2, revision=2), [rep("s1", revision=2), rep("s2", revision=2)], why)
+    assert ready.outcome.status == ServiceStatus.active and dict(ready.healing) == {}
+    gone = plan(want(2, revision=2), [rep("s1", revision=2)], why)
+    assert dict(gone.healing) == {} and gone.outcome.status == ServiceStatus.scaling
+
+
+def test_an_active_service_stays_active_while_health_is_only_being_confirmed():
+    unconfirmed = [rep("s1", health="starting"), rep("s2", health="")]
+    assert plan(want(2), unconfirmed, active=True).outcome == Outcome(
+        ServiceStatus.active, "Scaling complete", WAIT_FOR_HEALTH
+    )
+    assert plan(want(2), unconfirmed, active=False).outcome.status == ServiceStatus.scaling
+
+
+def test_a_crash_loop_of_oom_kills_names_the_memory_limit():
+    looping = replace(
+        rep("s1", state="restarting", restarts=4).replica, oom_killed=True, exit_code=137, memory_limit=64 * 2**20
+    )
+    message = plan(want(1), [ReplicaView(looping, health="DOWN")]).outcome.message
+    assert "OOM-killed, 4 restarts" in message and "its 64 MiB of memory" in message
 
 
 def test_degraded_names_the_down_replicas_and_when_they_are_replaced():

@@ -47,6 +47,9 @@ def served(tmp_path, docker_client):
         with httpx.Client(base_url=url, headers={"authorization": "Bearer s3cret"}) as client:
             for service in client.get("/services").json():
                 client.delete(f"/services/{service['Name']}")
+            deadline = time.monotonic() + 60  # DELETE answers at once; the teardown takes a moment
+            while client.get("/services").json() and time.monotonic() < deadline:
+                time.sleep(0.2)
         process.terminate()
         output = process.communicate(timeout=30)[0].decode()
         assert "BEGIN" not in output  # no key material in the daemon's log

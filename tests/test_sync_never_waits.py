@@ -25,7 +25,7 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 
 from backend.balancer import DRAIN_WAIT, ReplicaHealth
-from backend.docker_driver import ServiceRef
+from backend.docker_driver import PullProgress, ServiceRef
 from backend.engine import Engine
 from backend.events import EventHub
 from backend.models import ServiceSpec, ServiceStatus
@@ -86,7 +86,7 @@ class MemoryEngine:
     def has_image(self, reference: str) -> bool:
         return reference in self.images
 
-    def ensure_image(self, reference: str) -> str:
+    def ensure_image(self, reference: str, on_progress: Callable[[PullProgress], None] | None = None) -> str:
         self.note(f"pull-begin {reference}")
         assert self.release.wait(GATE_TIMEOUT)
         self.images.add(reference)
@@ -126,7 +126,10 @@ class MemoryEngine:
                     owned.pop(replica.id, None)
             self.note(f"removed {replica.id}")
 
-    def remove_containers(self, ref: ServiceRef, graceful: bool = True) -> None:
+    def oom_killed(self, replica_id: str) -> bool:
+        return False
+
+    def remove_containers(self, ref: ServiceRef, graceful: bool = True, stop_timeout: int = 10) -> None:
         with self._lock:
             self.by_service.pop(ref.uid, None)
 
@@ -175,7 +178,9 @@ class BusyBalancers:
     def ensure(self, record: ServiceRecord, network: str, servers: dict[str, str]) -> list[Container]:
         return []
 
-    def set_servers(self, record: ServiceRecord, balancers: list[Container], servers: dict[str, str]) -> list[str]:
+    def set_servers(
+        self, record: ServiceRecord, balancers: list[Container], servers: dict[str, str], owners: dict[str, str]
+    ) -> list[str]:
         self.servers[record.name] = dict(servers)
         return []
 
@@ -185,7 +190,7 @@ class BusyBalancers:
     def busy_slots(self, balancers: list[Container], slots: list[str]) -> set[str]:
         return set(slots)
 
-    def health(self, uid: str, slot: str | None) -> ReplicaHealth | None:
+    def health(self, uid: str, slot: str | None, container_id: str = "") -> ReplicaHealth | None:
         return ReplicaHealth("UP", datetime.now(UTC)) if slot else None
 
     def remove_all(self, ref: ServiceRef) -> None:

@@ -7,6 +7,7 @@ a targeted refetch (one service, or one service's replicas; bursts are coalesced
 event is shown at once, before its refetch), keeps the result in a `Catalog`, and tells the screens on
 the stack what changed (`tui.messages`). No polling: when nothing happens, nothing runs but a timer
 that ages the "age" column. (The service view reads its replicas' stats stream while it is open.)
+`pull` events (bytes and layers of an image being pulled) are kept as they come, for progress bars.
 
 Every API failure ends in `report_error`: a notification with the server's message, never a traceback.
 Notifications are plain text: never parsed as markup, control characters shown (`notify`).
@@ -32,11 +33,18 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from backend.models import ContainerInfo, Service
-from tui.catalog import Catalog
+from tui.catalog import Catalog, Pull
 from tui.client import ApiClient, ApiError, ConsoleClient
 from tui.commands import ServiceCommands
 from tui.formatting import plain, visible
-from tui.messages import ConnectionChanged, ContainersChanged, LimitsChanged, ServicesChanged
+from tui.messages import (
+    ConnectionChanged,
+    ContainersChanged,
+    HistoryChanged,
+    LimitsChanged,
+    PullProgressed,
+    ServicesChanged,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +220,16 @@ class ConsoleApp(App[None]):
             if action == "up":
                 self.reload()
             return
+        if kind == "history":  # a service's history grew: its open Events tab reads it again
+            history_of = str(event.get("Service") or "")
+            if history_of:
+                self.broadcast(lambda: HistoryChanged(history_of))
+            return
         if kind == "backend" and action == "notice":  # e.g. the balancer runs the offline fallback image
             self.notify(str(event.get("Message") or ""), title="backend", severity="warning", timeout=20)
+            return
+        if kind == "pull" and action == "progress":  # bytes and layers of a pull, for a progress bar
+            self._record_pull(event)
             return
         if kind == "service":
             name = str(event.get("Name") or "")
@@ -236,6 +252,17 @@ class ConsoleApp(App[None]):
             if kind == "container" and action == "health":
                 self._patch_health(str(service), str(event.get("Id") or ""), str(event.get("Health") or ""))
             self.mark_dirty(containers=[str(service)])
+
+    def _record_pull(self, event: dict[str, Any]) -> None:
+        name = str(event.get("Name") or "")
+        try:
+            pull = Pull(str(event.get("Image") or ""), int(event.get("Done") or 0), int(event.get("Total") or 0),
+                        int(event.get("Layers") or 0), int(event.get("LayersDone") or 0))
+        except (TypeError, ValueError):  # not numbers: nothing to draw a bar from
+            return
+        if name:
+            self.catalog.pulls[name] = pull
+            self.broadcast(lambda: PullProgressed(name))
 
     def _patch_health(self, service: str, container_id: str, health: str) -> None:
         """Show a health change at once; the refetch it triggers brings the backend's since-when."""

@@ -1,4 +1,5 @@
-"""The `hyperservice` command: the console (default) or `serve`, the backend as a daemon.
+"""The `hyperservice` command: the console (default), `serve` (the backend as a daemon), or one of the
+scriptable verbs (`create`, `ls`, `inspect`, `scale`, ...: tui/cli_verbs.py).
 
 Global options (`--api`, `--token`, `--token-file`) are accepted before or after the verb: they are
 declared on the top-level parser and again on each verb's parser with SUPPRESS defaults, so a verb
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "behind a reverse proxy; repeatable. The listen address is always allowed")
     serve.add_argument("--insecure", action="store_true",
                        help="serve beyond loopback without a token (only on a network you trust)")
+    from tui.cli_verbs import add_verb_parsers
+
+    add_verb_parsers(commands, lambda verb, on_verb: _add_global_options(verb, on_verb=on_verb))
     return parser
 
 
@@ -89,7 +93,10 @@ def _check_settings() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad command line (2, argparse said why on stderr)
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
     try:
         token = resolve_token(args.token, args.token_file)
     except UsageError as exc:
@@ -125,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"hyperservice: {problem}", file=sys.stderr)
             return 2
+
+    if args.command:
+        from tui.cli_verbs import run_verb
+
+        return run_verb(args, token)
 
     from tui.app import ConsoleApp
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from backend.models import ContainerInfo, FieldError, Service
+from backend.models import ContainerInfo, FieldError, Service, ServiceHistory
 
 IN_PROCESS_URL = "http://hyperservice.local"
 _END = object()
@@ -93,13 +93,17 @@ class ConsoleClient(Protocol):
 
     async def update_service(self, name: str, **changes: Any) -> Service: ...
 
-    async def delete_service(self, name: str, keep: bool = False) -> None: ...
+    async def delete_service(self, name: str, keep: bool = False) -> bool: ...
 
     async def containers(self, name: str) -> list[ContainerInfo]: ...
 
     async def all_replicas(self) -> dict[str, list[ContainerInfo]]: ...
 
     async def floating_ips(self) -> list[FloatingIP]: ...
+
+    async def images(self, prefix: str = "", limit: int | None = None) -> list[str]: ...
+
+    async def service_events(self, name: str, limit: int = 100, window: int | None = None) -> ServiceHistory: ...
 
     async def limits(self) -> Limits: ...
 
@@ -318,12 +322,45 @@ class ApiClient:
         response = await self._request("POST", f"/services/{name}/update", json=changes)
         return Service.model_validate(response.json())
 
-    async def delete_service(self, name: str, keep: bool = False) -> None:
-        await self._request("DELETE", f"/services/{name}", params={"keep": "true" if keep else "false"})
+    async def delete_service(self, name: str, keep: bool = False) -> bool:
+        """Ask for the deletion; True when the service is gone already (204), False while the
+        backend tears it down (202: its `deleted` event on /events says when it is gone)."""
+        response = await self._request("DELETE", f"/services/{name}", params={"keep": "true" if keep else "false"})
+        return response.status_code == 204
+
+    async def remove_service(self, name: str, keep: bool = False, volumes: bool = False) -> bool:
+        """DELETE with both options (the scriptable CLI's `rm`): True when the service is gone (204),
+        False while the backend tears it down (202: GET answers 404 once it is gone)."""
+        params = {"keep": "true" if keep else "false"}
+        if volumes:
+            params["volumes"] = "true"
+        response = await self._request("DELETE", f"/services/{name}", params=params)
+        return response.status_code == 204
+
+    async def rollback(self, name: str, revision: int | None = None) -> Service:
+        """Back to the previous revision (or `revision`): `POST /services/{name}/rollback`."""
+        body: dict[str, Any] = {"Revision": revision} if revision is not None else {}
+        response = await self._request("POST", f"/services/{name}/rollback", json=body)
+        return Service.model_validate(response.json())
+
+    async def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """A GET route's answer as the backend's JSON, unparsed (for a route this client has no typed
+        method for, shown as it comes: e.g. the scriptable CLI's `events`)."""
+        response = await self._request("GET", path, params=params)
+        return response.json()
 
     async def containers(self, name: str) -> list[ContainerInfo]:
         response = await self._request("GET", f"/services/{name}/containers")
         return [Replica.model_validate(item) for item in response.json()]
+
+    async def service_events(self, name: str, limit: int = 100, window: int | None = None) -> ServiceHistory:
+        """The service's history (`GET /services/{name}/events`): the last `limit` entries, oldest
+        first, and the trouble of the last `window` seconds (the backend's default: 5 min) grouped."""
+        params: dict[str, Any] = {"limit": limit}
+        if window is not None:
+            params["window"] = window
+        response = await self._request("GET", f"/services/{name}/events", params=params)
+        return ServiceHistory.model_validate(response.json())
 
     async def all_replicas(self) -> dict[str, list[ContainerInfo]]:
         """Every service's replicas in one answer (`GET /replicas`)."""
@@ -334,6 +371,14 @@ class ApiClient:
         """The floating IP pool, each address with its holder (`GET /fips`)."""
         response = await self._request("GET", "/fips")
         return [FloatingIP.model_validate(item) for item in response.json()]
+
+    async def images(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        """The image references (repository:tag) the backend's engine has, sorted (`GET /images`)."""
+        params: dict[str, Any] = {"prefix": prefix}
+        if limit is not None:
+            params["limit"] = limit
+        response = await self._request("GET", "/images", params=params)
+        return [str(reference) for reference in response.json()]
 
     async def limits(self) -> Limits:
         response = await self._request("GET", "/limits")

@@ -42,6 +42,7 @@ def console_commands(app: ConsoleApp, screen: Screen) -> Iterable[SystemCommand]
         yield SystemCommand("Copy container id", "Copy the highlighted replica's id (c)", screen.action_copy_id)
         yield SystemCommand("Logs", "Logs of the highlighted replica (l)", screen.action_logs)
         yield SystemCommand("Search logs", "Search the log pane (/)", screen.action_search_logs)
+        yield SystemCommand("Events", "The service's history, and why replicas died (4)", screen.action_events)
         yield SystemCommand("Back to services", "Leave this service (escape)", screen.action_back)
     if isinstance(screen, CreateServiceScreen):
         yield SystemCommand("Create service", "Submit the form (ctrl+s)", screen.action_submit)

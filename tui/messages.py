@@ -26,6 +26,13 @@ class ContainersChanged(Message):
 
 
 @dataclass
+class HistoryChanged(Message):
+    """Service `name`'s history grew (a `history` event on the change feed)."""
+
+    name: str
+
+
+@dataclass
 class ConnectionChanged(Message):
     """The backend or its Docker engine became reachable (`problem` None) or unreachable."""
 
@@ -37,3 +44,10 @@ class LimitsChanged(Message):
     """The backend said which limits it validates against (`GET /limits`, when attached remotely)."""
 
     max_replicas: int
+
+
+@dataclass
+class PullProgressed(Message):
+    """The pull of service `name`'s image got further (the Catalog's `pulls` has how far)."""
+
+    name: str

@@ -8,9 +8,11 @@ balancers' containers are created, started, exec'd into, copied into and followe
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, cast
 
+import docker.errors
 from docker.models.containers import Container
 
 from backend.balancer import LABEL_SLOT
@@ -18,6 +20,7 @@ from backend.docker_driver import (
     LABEL_REVISION,
     ROLE_BALANCER,
     ROLE_REPLICA,
+    STOP_TIMEOUT,
     ClosableStream,
     DockerDriver,
     ServiceRef,
@@ -40,14 +43,14 @@ class DockerEngine(DockerDriver):
         return replica_of(self.create_replica(ref, spec, revision, network, {LABEL_SLOT: slot}))
 
     def remove_replicas(self, replicas: Sequence[Replica], graceful: bool = True) -> None:
-        # The state is all remove() needs to know: no inspect per replica.
-        self.remove_many([self._handle(replica) for replica in replicas], graceful)
+        found = []
+        for replica in replicas:
+            with contextlib.suppress(docker.errors.NotFound):  # gone already
+                found.append(self.client.containers.get(replica.id))
+        self.remove_many(found, graceful)
 
-    def _handle(self, replica: Replica) -> Container:
-        return self.client.containers.prepare_model({"Id": replica.id, "Name": replica.name, "State": {"Status": replica.state}})
-
-    def remove_containers(self, ref: ServiceRef, graceful: bool = True) -> None:
-        self.remove_many(self.containers(ref), graceful)
+    def remove_containers(self, ref: ServiceRef, graceful: bool = True, stop_timeout: int = STOP_TIMEOUT) -> None:
+        self.remove_many(self.containers(ref), graceful, stop_timeout)
 
     # -- balancer containers ----------------------------------------------------------------------
 
@@ -94,4 +97,5 @@ def replica_of(container: Container) -> Replica:
         restarts=int(container.attrs.get("RestartCount") or 0),
         exit_code=state.get("ExitCode"),
         oom_killed=bool(state.get("OOMKilled")),
+        memory_limit=int((container.attrs.get("HostConfig") or {}).get("Memory") or 0),
     )

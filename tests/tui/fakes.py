@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from backend.models import ContainerInfo, Service, ServiceSpec
+from backend.history import summarise
+from backend.models import ContainerInfo, Service, ServiceEvent, ServiceHistory, ServiceSpec
 from tui.client import ApiError, FloatingIP, Limits, ReplicaStats
 
 NOW = datetime(2025, 3, 14, 12, 0, 0, tzinfo=UTC)
@@ -74,6 +75,9 @@ def sample_stats(service: Service) -> list[ReplicaStats]:
     ]
 
 
+IMAGES = ["busybox:1.36", "hyperservice-test/haproxy:2.6", "hyperservice-test/web:1", "hyperservice-test/web:2",
+          "nginx:1.27", "redis:7-alpine"]
+
 FIP_POOL = [("192.0.2.10", ""), ("192.0.2.11", "cache"), ("192.0.2.12", "")]
 
 LOG_LINES = [
@@ -81,6 +85,39 @@ LOG_LINES = [
     else f"{_at(60 - i * 7)[:-1]}Z web-bcdex | GET /api/health 200 2 bytes"
     for i in range(8)
 ]
+
+
+def sample_history(service: Service) -> ServiceHistory:
+    """A service's story: created, scaled; for `web`, its third replica OOM-killed three times in
+    the last five minutes and now DOWN (the Summary as the backend's own `summarise` groups it)."""
+    replicas = [r.Name for r in sample_containers(service)]
+    events: list[ServiceEvent] = []
+
+    def add(ago: int, kind: str, action: str, message: str, replica: str = "", **extra: Any) -> None:
+        events.append(ServiceEvent(Id=len(events) + 1, Time=_at(ago), Type=kind, Action=action, Replica=replica,
+                                   Message=message, **extra))
+
+    created = int((NOW - datetime.fromisoformat(service.Created)).total_seconds())
+    first = replicas[:2] if service.Name == "web" else replicas
+    add(created, "action", "create", f"created: {service.Image}, {len(first)} replicas, size {service.ContainerSize}",
+        By="local")
+    add(created - 1, "status", "scaling", f"Scaling to {len(first)} replicas (0 ready)")
+    for name in first:
+        add(created - 2, "replica", "start", f"{name} started", name)
+    for name in first:
+        add(created - 4, "health", "UP", f"{name} UP (passes its health check)", name)
+    add(created - 5, "status", "active", "Scaling complete")
+    if service.Name == "web":
+        hog = replicas[2]
+        add(3600, "action", "scale", "scale from 2 to 3 replicas", By="local")
+        add(3599, "replica", "start", f"{hog} started", hog)
+        add(3596, "health", "UP", f"{hog} UP (passes its health check)", hog)
+        for ago in (240, 200, 120):
+            add(ago, "replica", "die", f"{hog} was OOM-killed (exit code 137)", hog, ExitCode=137, OOMKilled=True)
+            add(ago - 1, "replica", "restart", f"{hog} restarted by the engine", hog)
+        add(42, "health", "DOWN", f"{hog} DOWN (fails its health check)", hog)
+    return ServiceHistory(Name=service.Name, Window=300, Summary=summarise(events, NOW.timestamp(), 300),
+                          Events=events)
 
 
 class FakeClient:
@@ -95,8 +132,17 @@ class FakeClient:
         self.calls.append("all_replicas")
         return {name: sample_containers(service) for name, service in self.services.items()}
 
+    async def service_events(self, name: str, limit: int = 100, window: int | None = None) -> ServiceHistory:
+        self.calls.append(f"service_events {name}")
+        history = sample_history(await self.get_service(name))
+        return history.model_copy(update={"Events": history.Events[-limit:]})
+
     async def limits(self) -> Limits:
         return Limits(MaxReplicas=100)
+
+    async def images(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        self.calls.append("images")
+        return [reference for reference in IMAGES if reference.startswith(prefix)][:limit]
 
     async def floating_ips(self) -> list[FloatingIP]:
         return [FloatingIP(Address=a, Service=s) for a, s in FIP_POOL]
@@ -124,8 +170,9 @@ class FakeClient:
     async def update_service(self, name: str, **changes: Any) -> Service:
         return await self.get_service(name)
 
-    async def delete_service(self, name: str, keep: bool = False) -> None:
+    async def delete_service(self, name: str, keep: bool = False) -> bool:
         self.services.pop(name, None)
+        return False
 
     async def logs(self, name: str, container: str | None = None, tail: int | None = None) -> str:
         return "\n".join(LOG_LINES) + "\n"

@@ -138,7 +138,9 @@ class ServiceActions(ConsoleScreen):
 
         async def delete() -> None:
             app.notify(f"Deleting {name}{' (keeping its containers)' if keep else ''}…", timeout=3)
-            await app.client.delete_service(name, keep=keep)
-            app.notify(f"Deleted {name}", timeout=4)
+            if await app.client.delete_service(name, keep=keep):
+                app.notify(f"{name} was deleted already", timeout=4)
+            # Otherwise the backend tears it down now: its row shows `deleting`, and goes when the
+            # `deleted` event comes.
 
         app.run_worker(delete(), group="action", exit_on_error=False)

@@ -3,12 +3,14 @@
 Every control's id is its field's name (`#Name`, `#Image`, `#Replicas`, ...). As the operator types,
 the would-be request is validated with the backend's own `ServiceSpec` model and each problem is
 shown under its field (once the field was touched; all of them on a blocked submit). The server's
-answer lands the same way: 400 per field, 409 on Name. `ctrl+s` submits, `escape` cancels; the
-screen answers the created `Service`.
+answer lands the same way: 400 per field, 409 on Name. Image completes from the images the engine
+has (`GET /images`, read once as the form opens; `right` or `tab` takes the suggestion). `ctrl+s`
+submits, `escape` cancels; the screen answers the created `Service`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,9 @@ from tui.messages import LimitsChanged
 from tui.screens.base import Banner, ConsoleScreen
 from tui.widgets.form.field_row import FieldRow
 from tui.widgets.form.list_editor import KeyValueEditor, ListEditor
+from tui.widgets.form.suggesting_input import SuggestingInput
+
+log = logging.getLogger(__name__)
 
 INT_FIELDS = ("ServicePort", "ContainerPort", "Replicas", "HealthCheckInterval", "HealthCheckFall", "HealthCheckRise")
 TEXT_FIELDS = ("Name", "Image", "WorkingDir", "Entrypoint", "Cmd")
@@ -45,6 +50,7 @@ SELECT_FIELDS = ("ContainerSize", "Protocol", "Algorithm", "StopSignal", "NetMod
 SWITCH_FIELDS = ("Stdin", "Tty", "SessionAffinity")
 LIST_FIELDS = ("Env", "Volumes", "Labels", "SecurityGroups")
 REQUIRED = ("Name", "Image", "ServicePort", "Replicas")
+IMAGE_CHOICES = 500  # the most image references the Image field completes from (the route's maximum)
 
 PROTOCOL_LABELS = {
     "tcp": "tcp — TCP proxy",
@@ -132,6 +138,8 @@ class CreateServiceScreen(ConsoleScreen):
 
     def _control(self, field: str) -> Widget:
         default = _default(field)
+        if field == "Image":  # completes from the images on the engine (loaded on mount)
+            return SuggestingInput("", id=field, placeholder=PLACEHOLDERS[field], compact=True)
         if field in INT_FIELDS or field in TEXT_FIELDS:
             value = "" if default is None else str(default)
             return Input(value, id=field, placeholder=PLACEHOLDERS.get(field, ""), compact=True)
@@ -167,6 +175,18 @@ class CreateServiceScreen(ConsoleScreen):
         self.query_one("#Name", Input).focus()
         self._layout_for(self.size.width)
         self.validate()
+        self.load_image_choices()
+
+    @work(exclusive=True, group="images", exit_on_error=False)
+    async def load_image_choices(self) -> None:
+        """The engine's image references, for the Image field's completion (once, as the form opens).
+        Without them (an older backend, the engine away) the field simply completes nothing."""
+        try:
+            references = await self.app.client.images(limit=IMAGE_CHOICES)
+        except ApiError as exc:
+            log.info("no image suggestions: %s", exc.message)
+            return
+        self.query_one("#Image", SuggestingInput).set_choices(references)
 
     def on_resize(self, event) -> None:
         self._layout_for(event.size.width)

@@ -1,6 +1,7 @@
-"""`ServiceScreen`: one service — its state and progress, its replicas (live, with the balancer's
-health and CPU / memory from the stats stream), its logs (live, searchable) and every field of its
-spec; with the actions scale, update image, floating IP, delete, and copying a container id or the
+"""`ServiceScreen`: one service — its state and progress (bytes pulled, while its image is pulled),
+its replicas (live, with the balancer's health and CPU / memory from the stats stream), its logs
+(live, searchable), every field of its spec and its history (events: what happened and why, live);
+with the actions scale, update image, floating IP, delete, and copying a container id or the
 service's address.
 
 The stats stream (`GET /services/{name}/stats`) is read only while this screen exists: a thin worker
@@ -33,10 +34,11 @@ from tui.formatting import (
     status_text,
     visible,
 )
-from tui.messages import ContainersChanged, ServicesChanged
+from tui.messages import ContainersChanged, HistoryChanged, PullProgressed, ServicesChanged
 from tui.screens.actions import ServiceActions
 from tui.screens.base import Banner, ConsoleScreen
 from tui.widgets.service.containers_table import ContainersTable
+from tui.widgets.service.events_pane import EventsPane
 from tui.widgets.service.log_pane import LogPane
 
 BUSY = ("created", "scaling", "updating", "deleting")
@@ -93,6 +95,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         Binding("1", "tab('replicas')", "Replicas", show=False),
         Binding("2", "tab('logs')", "Logs", show=False),
         Binding("3", "tab('spec')", "Spec", show=False),
+        Binding("4", "tab('events')", "Events", show=False),
         Binding("m", "message", "Message", show=False),
     ]
 
@@ -119,6 +122,8 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
                 yield LogPane(self.service_name, id="log-pane")
             with TabPane("Spec", id="spec"):
                 yield DataTable(id="spec-table", cursor_type="row", show_header=False)
+            with TabPane("Events", id="events"):
+                yield EventsPane(self.service_name, id="events-pane")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -181,6 +186,10 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         busy = service.Status in BUSY
         progress.display = busy
         if not busy:
+            return
+        pull = self.app.catalog.pull_of(service)
+        if pull is not None and pull.total:  # bytes pulled of those known (the message says the rest)
+            progress.update(total=pull.total, progress=pull.done)
             return
         if service.Message.startswith("Pulling") or replicas is None:
             progress.update(total=None)
@@ -284,11 +293,27 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
             return
         self.redraw()
 
+    def on_pull_progressed(self, message: PullProgressed) -> None:
+        if message.name == self.service_name:
+            self.redraw()
+
     def on_containers_changed(self, message: ContainersChanged) -> None:
         if message.name == self.service_name:
             self.redraw_replicas()
             self.redraw()
             self.follow_stats_if_needed()
+
+    def on_history_changed(self, message: HistoryChanged) -> None:
+        if message.name == self.service_name:
+            self.query_one(EventsPane).changed()
+
+    @on(TabbedContent.TabActivated, "#tabs")
+    def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        pane = self.query_one(EventsPane)
+        if event.pane.id == "events":
+            pane.show_now()
+        else:
+            pane.hidden()
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
@@ -304,6 +329,11 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         self.query_one(TabbedContent).active = tab
         if tab == "replicas":
             self.query_one(ContainersTable).focus()
+        elif tab == "events":
+            self.query_one("#events-table", DataTable).focus()
+
+    def action_events(self) -> None:
+        self.action_tab("events")
 
     def action_logs(self) -> None:
         tabs = self.query_one(TabbedContent)
