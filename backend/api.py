@@ -32,6 +32,7 @@ from backend.core import Backend, Conflict, Invalid, NotFound
 from backend.docker_driver import MAX_IMAGE_TAGS, EngineUnavailable
 from backend.history import DEFAULT_WINDOW
 from backend.models import (
+    BalancerView,
     ContainerInfo,
     ErrorBody,
     FieldError,
@@ -376,6 +377,15 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
     def service_containers(name: str) -> list[ContainerInfo]:
         """Each replica: Id, Name, State, Health (as the balancer sees it), Address, Started, Restarts."""
         return backend.containers(name)
+
+    @app.get("/services/{name}/balancer", response_model=BalancerView, responses=_ENGINE_ERRORS)
+    def service_balancer(name: str) -> BalancerView:
+        """Extension: what the balancer counts, from HAProxy's runtime stats (since each balancer
+        started). `Fronts`: per address the service answers on (ip, fip). `Replicas`: per serving
+        replica its State (UP, DOWN, MAINT, DRAIN), last Check and its duration (CheckMs), Sessions
+        open now, Total since start, Rate (per second), Share (of all replicas' Total), Http5xx,
+        BytesIn, BytesOut. A sync route: the `docker exec` runs in the threadpool."""
+        return backend.balancer(name)
 
     @app.get("/replicas", response_model=dict[str, list[ContainerInfo]], responses=_ENGINE_ERRORS)
     def all_replicas() -> dict[str, list[ContainerInfo]]:

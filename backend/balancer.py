@@ -333,6 +333,25 @@ class Balancers:
             busy |= {slot for slot in slots if counts.get(slot, 0)}
         return busy
 
+    def traffic(self, ref: ServiceRef) -> list[tuple[str, str, list[haproxy.TrafficStats]]]:
+        """(front, host address, `show stat` rows) of each of the service's balancers that answers,
+        the primary ("ip") first. One that does not (restarting, being replaced) is left out."""
+        answers: list[tuple[str, str, list[haproxy.TrafficStats]]] = []
+        for container in self.containers(ref):
+            if container.status != "running":
+                continue
+            try:
+                rows = haproxy.parse_stats(self._ask(container, haproxy.SHOW_STATS))
+            except (BalancerError, docker.errors.NotFound) as exc:
+                log.debug("no stats from %s: %s", container.name, exc)
+                continue
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: stopped or being removed since it was listed
+                    raise
+                continue
+            answers.append((container.labels.get(LABEL_FRONT, ""), container.labels.get(LABEL_ADDRESS, ""), rows))
+        return sorted(answers, key=lambda answer: answer[0] != "ip")
+
     def _ask(self, container: Container, command: str) -> str:
         code, output = self.engine.exec(container, haproxy.runtime_exec_argv(command))
         text = output.decode("utf-8", "replace")

@@ -29,6 +29,7 @@ from typing import Any, TypedDict
 import docker.errors
 from docker.models.containers import Container
 
+from backend import haproxy
 from backend.balancer import LABEL_SLOT
 from backend.docker_driver import (
     LABEL_REVISION,
@@ -52,6 +53,9 @@ from backend.engines.docker import DockerEngine
 from backend.events import EventHub
 from backend.history import DEFAULT_WINDOW, History
 from backend.models import (
+    BalancerFront,
+    BalancerReplica,
+    BalancerView,
     ContainerInfo,
     FieldError,
     Service,
@@ -357,6 +361,21 @@ class Backend:
             Outdated=not current,
         )
 
+    def balancer(self, name: str) -> BalancerView:
+        """What the service's balancers count: per front and per replica (HAProxy's runtime stats)."""
+        record = self._record(name)
+        ref = ServiceRef(record.name, record.uid)
+        owners = self.reconciler.slot_owners(record.uid)
+        with engine_calls():
+            answers = self.reconciler.balancers.traffic(ref)
+            if not owners:  # not reconciled yet since this backend started: the replicas' slot labels say
+                owners = {
+                    c.labels[LABEL_SLOT]: object_name(c)
+                    for c in self.driver.containers(ref, ROLE_REPLICA)
+                    if c.status == "running" and c.labels.get(LABEL_SLOT)
+                }
+        return balancer_view(record.name, record.spec.ServicePort, answers, owners)
+
     def images(self, prefix: str = "", limit: int = MAX_IMAGE_TAGS) -> list[str]:
         """The image references (repository:tag) on the engine starting with `prefix`, sorted, at most `limit`."""
         return self.driver.image_tags(prefix, limit)
@@ -430,6 +449,45 @@ class Backend:
             return None
         except EngineUnavailable as exc:
             return str(exc)
+
+
+def balancer_view(
+    name: str,
+    service_port: int,
+    answers: list[tuple[str, str, list[haproxy.TrafficStats]]],
+    owners: dict[str, str],
+) -> BalancerView:
+    """Fold the balancers' `show stat` rows (`Balancers.traffic()`: primary first) into the answer.
+
+    Replicas: the slots a serving replica owns (`owners`: slot -> container name), plus any other
+    assigned slot still holding sessions (a leaving replica finishing its requests); spare and
+    parked slots are left out. Counters are summed over the balancers (a FIP balancer sends to the
+    same replicas); state and check come from the first balancer that lists the slot (the primary).
+    """
+    fronts: list[BalancerFront] = []
+    slots: dict[str, list[haproxy.TrafficStats]] = {}
+    for front, address, rows in answers:
+        for row in rows:
+            if row.name == "FRONTEND":
+                fronts.append(BalancerFront(
+                    Front=front, Address=f"{address}:{service_port}", Sessions=row.sessions, Total=row.total,
+                    Rate=row.rate, Http5xx=row.http_5xx, BytesIn=row.bytes_in, BytesOut=row.bytes_out,
+                ))
+            elif row.name in owners or (not row.spare and row.sessions > 0):
+                slots.setdefault(row.name, []).append(row)
+    grand_total = sum(row.total for rows in slots.values() for row in rows)
+    replicas: list[BalancerReplica] = []
+    for slot in sorted(slots, key=lambda slot: haproxy.slot_index(slot) or 0):
+        rows, first = slots[slot], slots[slot][0]
+        total = sum(row.total for row in rows)
+        replicas.append(BalancerReplica(
+            Slot=slot, Replica=owners.get(slot, ""), State=first.state, Check=first.check, CheckMs=first.check_ms,
+            Sessions=sum(row.sessions for row in rows), Total=total, Rate=sum(row.rate for row in rows),
+            Share=total / grand_total if grand_total else 0.0,
+            Http5xx=sum(row.http_5xx for row in rows), BytesIn=sum(row.bytes_in for row in rows),
+            BytesOut=sum(row.bytes_out for row in rows),
+        ))
+    return BalancerView(Name=name, Fronts=fronts, Replicas=replicas)
 
 
 class Followers:

@@ -33,6 +33,8 @@ How a balancer is driven (measured in notes/haproxy-findings.md):
   which `parse_health_line()` turns into a `HealthEvent`; `parse_servers_state()` reads the
   snapshot (`show servers state`) taken once when the backend (re)attaches; `HealthBoard` turns
   both into each replica's UP / DOWN / starting with since-when.
+* What went through it: `parse_stats()` reads `show stat` (SHOW_STATS) into per-front and
+  per-server counters (sessions, rate, 5xx, bytes, check result) for the balancer's view.
 """
 
 from __future__ import annotations
@@ -596,6 +598,89 @@ def parse_session_counts(csv_text: str) -> dict[str, int]:
         for row in reader
         if row.get("pxname") == BACKEND and row.get("svname") not in ("FRONTEND", "BACKEND")
     }
+
+
+SHOW_STATS = "show stat -1 5 -1"  # all proxies: frontends and servers (CSV)
+
+
+@dataclass(frozen=True)
+class TrafficStats:
+    """One row of `show stat` (a frontend or a server): what went through it since the balancer started.
+
+    `state` is HAProxy's status folded to UP / DOWN / MAINT / DRAIN ("OPEN" for a frontend); `check`
+    the last check's result ("L7OK 200", "L4CON", "" when none ran), `check_ms` how long it took."""
+
+    proxy: str
+    name: str  # FRONTEND or the slot (s1, s2, ...)
+    state: str
+    check: str
+    check_ms: int
+    sessions: int  # open now
+    total: int  # since the balancer started
+    rate: int  # sessions in the last second
+    http_5xx: int
+    bytes_in: int
+    bytes_out: int
+    address: str = ""  # a server's "ip:port"
+    weight: int = 0  # a server's effective weight (0: takes no new traffic)
+    seconds_since_change: int = 0
+
+    @property
+    def spare(self) -> bool:
+        """A server slot pointing at the placeholder (never assigned, or released armed)."""
+        return self.address == SPARE_ADDRESS
+
+
+def _stat_state(status: str) -> str:
+    """HAProxy's status column ("UP", "UP 1/2" going down, "DOWN 1/2" coming up, "NOLB", "MAINT (via
+    ...)", "no check", "OPEN") as UP / DOWN / MAINT / DRAIN, or OPEN / STOP for a frontend."""
+    word = status.split(" ", 1)[0].upper()
+    if word in ("MAINT", "DRAIN", "DOWN", "OPEN", "STOP"):
+        return word
+    if word == "NOLB":  # stopping: no new sessions, as in drain
+        return "DRAIN"
+    return "UP"  # UP, UP n/m (still in rotation), "no check"
+
+
+def _count(row: dict[str, str], column: str) -> int:
+    value = (row.get(column) or "").strip()
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return 0
+
+
+def parse_stats(csv_text: str) -> list[TrafficStats]:
+    """Parse the answer to SHOW_STATS: the frontend row and the replicas backend's server rows
+    (columns found by name, so added columns in later versions do not matter)."""
+    rows = [line for line in csv_text.splitlines() if line.strip()]
+    if not rows or not rows[0].startswith("# "):
+        return []
+    result: list[TrafficStats] = []
+    for row in csv.DictReader([rows[0][2:], *rows[1:]]):
+        proxy, name = row.get("pxname") or "", row.get("svname") or ""
+        frontend = proxy == FRONTEND and name == "FRONTEND"
+        if not frontend and (proxy != BACKEND or slot_index(name) is None):
+            continue
+        check = (row.get("check_status") or "").removeprefix("* ").strip()  # "* ": a check is running
+        code = (row.get("check_code") or "").strip()
+        result.append(TrafficStats(
+            proxy=proxy,
+            name=name,
+            state=_stat_state((row.get("status") or "").strip()),
+            check=f"{check} {code}" if check and code else check,
+            check_ms=_count(row, "check_duration") if check else 0,
+            sessions=_count(row, "scur"),
+            total=_count(row, "stot"),
+            rate=_count(row, "rate"),
+            http_5xx=_count(row, "hrsp_5xx"),
+            bytes_in=_count(row, "bin"),
+            bytes_out=_count(row, "bout"),
+            address="" if frontend else (row.get("addr") or "").strip(),
+            weight=0 if frontend else _count(row, "weight"),
+            seconds_since_change=_count(row, "lastchg"),
+        ))
+    return result
 
 
 # --- health log lines -------------------------------------------------------------------------

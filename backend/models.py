@@ -532,6 +532,44 @@ class VolumeInfo(BaseModel):
     Created: str  # when the engine created it, "" when no replica has needed it yet
 
 
+class BalancerFront(BaseModel):
+    """One address the service answers on, as its balancer counts it (since that balancer started)."""
+
+    Front: str  # "ip" (the service's own address) or "fip" (its floating IP)
+    Address: str  # host address:ServicePort
+    Sessions: int  # open now
+    Total: int  # sessions since the balancer started
+    Rate: int  # sessions in the last second
+    Http5xx: int  # 5xx answers sent (http, httpsTerm; 0 otherwise)
+    BytesIn: int
+    BytesOut: int
+
+
+class BalancerReplica(BaseModel):
+    """One replica's slot as the balancers see it (counters summed over the service's balancers)."""
+
+    Slot: str  # s1, s2, ...
+    Replica: str  # container name; "" for a leaving replica still finishing its sessions
+    State: str  # UP, DOWN, MAINT, DRAIN (the primary balancer's view)
+    Check: str  # last check result: "L7OK 200", "L4OK", "L4CON", ...; "" when none ran yet
+    CheckMs: int  # how long that check took
+    Sessions: int
+    Total: int
+    Rate: int
+    Share: float  # this replica's fraction of the Total of all replicas listed (0 when none)
+    Http5xx: int
+    BytesIn: int
+    BytesOut: int
+
+
+class BalancerView(BaseModel):
+    """`GET /services/{name}/balancer`: HAProxy's runtime counters for the service's fronts and replicas."""
+
+    Name: str
+    Fronts: list[BalancerFront]
+    Replicas: list[BalancerReplica]
+
+
 # ---------------------------------------------------------------------------------------------
 # A service's history
 # ---------------------------------------------------------------------------------------------

@@ -265,6 +265,10 @@ class Reconciler:
                 Name=attributes.get("name", ""),
             )
 
+    def slot_owners(self, uid: str) -> dict[str, str]:
+        """slot -> name of the serving replica in it, as of the service's last reconcile."""
+        return {slot: name for slot, (_, name) in self._owners.get(uid, {}).items()}
+
     def _on_health(self, name: str, slot: str, health: ReplicaHealth) -> None:
         """A replica's health changed as its balancer sees it (slot "" : the balancer's log ended)."""
         self.mark_dirty(name)

@@ -17,14 +17,15 @@ from typing import Any, TextIO
 
 from rich.cells import cell_len
 
-from backend.models import SERVICE_KEYS, ContainerInfo, Service
-from tui.formatting import replicas_up, shell_line, visible
+from backend.models import SERVICE_KEYS, BalancerView, ContainerInfo, Service
+from tui.formatting import format_bytes, replicas_up, share_text, shell_line, traffic_bar, visible
 
 EMPTY = "-"
 GAP = "   "
 ELLIPSIS = "…"
 _COLOURS = {"active": "32", "error": "31", "degraded": "33", "created": "33", "scaling": "33", "updating": "33",
-            "deleting": "2", "UP": "32", "DOWN": "31", "starting": "33", "running": "32", "exited": "31", "dead": "31"}
+            "deleting": "2", "UP": "32", "DOWN": "31", "starting": "33", "running": "32", "exited": "31", "dead": "31",
+            "MAINT": "33", "DRAIN": "33"}
 
 
 def wants_colour(stream: TextIO) -> bool:
@@ -128,6 +129,25 @@ def replicas_table(replicas: list[ContainerInfo], *, width: int | None = None, c
              cell(r.Image) + (" (outdated)" if r.Outdated else ""), str(r.Restarts), cell(r.Started)]
             for r in replicas]
     return table(REPLICA_COLUMNS, rows, width=width, colour_column=2, colour=colour)
+
+
+BALANCER_COLUMNS = ("SLOT", "REPLICA", "STATE", "CHECK", "SESSIONS", "TOTAL", "RATE/S", "SHARE", "5XX", "IN", "OUT", "TRAFFIC")
+FRONT_COLUMNS = ("FRONT", "ADDRESS", "SESSIONS", "TOTAL", "RATE/S", "5XX", "IN", "OUT")
+BAR_WIDTH = 20
+
+
+def balancer_table(view: BalancerView, *, width: int | None = None, colour: bool = False) -> str:
+    """The balancer's view: its fronts, then one row per replica with a bar of its traffic share."""
+    fronts = [[cell(f.Front), cell(f.Address), str(f.Sessions), str(f.Total), str(f.Rate), str(f.Http5xx),
+               format_bytes(f.BytesIn), format_bytes(f.BytesOut)] for f in view.Fronts]
+    replicas = [[cell(r.Slot), cell(r.Replica), cell(r.State),
+                 (cell(r.Check) + f" ({r.CheckMs} ms)") if r.Check else EMPTY, str(r.Sessions), str(r.Total),
+                 str(r.Rate), share_text(r.Share), str(r.Http5xx), format_bytes(r.BytesIn), format_bytes(r.BytesOut),
+                 traffic_bar(r.Share, BAR_WIDTH)] for r in view.Replicas]
+    parts = [table(FRONT_COLUMNS, fronts, width=width) if fronts else "(no balancer answered)"]
+    parts.append(table(BALANCER_COLUMNS, replicas, width=width, colour_column=2, colour=colour)
+                 if replicas else "(no replica in the balancer)")
+    return "\n\n".join(parts)
 
 
 def _block_value(key: str, value: Any) -> list[str]:

@@ -1,5 +1,6 @@
 """The scriptable CLI: the verbs of Hyper's `hyper service` command (create, ls, inspect, scale,
-rolling-update, rollback, attach-fip, detach-fip, rm, logs, events), beside the console.
+rolling-update, rollback, attach-fip, detach-fip, rm, logs, events), beside the console, and
+`balancer` (what the service's balancer counts: an extension).
 
 Each verb is one call (or a few) on the console's own client, `tui.client.ApiClient`: in-process by
 default (a `Backend` on this machine's data dir, opened for the verb and closed after it, its reconciler
@@ -36,6 +37,7 @@ from backend.models import ContainerInfo, Service
 from tui.cli_output import (
     Progress,
     any_table,
+    balancer_table,
     dump_json,
     is_tty,
     service_block,
@@ -126,6 +128,7 @@ VERB_HELP = {
     "rm": "delete a service",
     "logs": "the replicas' logs (-f: follow them)",
     "events": "the service's history of events",
+    "balancer": "what the balancer counts per front and per replica (traffic share, sessions, checks)",
 }
 VERBS = tuple(VERB_HELP)
 
@@ -202,6 +205,9 @@ def add_verb_parsers(commands: Any, add_global_options: Callable[[argparse.Argum
     events = verb("events")
     events.add_argument("name", metavar="NAME")
     events.add_argument("--limit", type=int, default=None, metavar="N", help="the last N events")
+
+    balancer = verb("balancer")
+    balancer.add_argument("name", metavar="NAME")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,6 +532,16 @@ async def verb_events(client: ApiClient, args: argparse.Namespace, out: Out) -> 
     return EXIT_OK
 
 
+async def verb_balancer(client: ApiClient, args: argparse.Namespace, out: Out) -> int:
+    try:
+        view = await client.balancer(args.name)
+    except ApiError as exc:
+        raise await _older_backend(client, args.name, exc, "balancer view (GET /services/{name}/balancer)") from None
+    out.print(dump_json(view.model_dump(mode="json")) if args.json
+              else balancer_table(view, width=out.width, colour=out.colour))
+    return EXIT_OK
+
+
 Verb = Callable[[ApiClient, argparse.Namespace, Out], Awaitable[int]]
 HANDLERS: dict[str, Verb] = {
     "create": verb_create,
@@ -539,6 +555,7 @@ HANDLERS: dict[str, Verb] = {
     "rm": verb_rm,
     "logs": verb_logs,
     "events": verb_events,
+    "balancer": verb_balancer,
 }
 
 

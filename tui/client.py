@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from backend.models import ContainerInfo, FieldError, Service, ServiceHistory
+from backend.models import BalancerView, ContainerInfo, FieldError, Service, ServiceHistory
 
 IN_PROCESS_URL = "http://hyperservice.local"
 _END = object()
@@ -106,6 +106,8 @@ class ConsoleClient(Protocol):
     async def service_events(self, name: str, limit: int = 100, window: int | None = None) -> ServiceHistory: ...
 
     async def limits(self) -> Limits: ...
+
+    async def balancer(self, name: str) -> BalancerView: ...
 
     # streams: async generators, so plain `def`s answering an async iterator
     def stats(self, name: str) -> AsyncIterator[ReplicaStats]: ...
@@ -361,6 +363,11 @@ class ApiClient:
             params["window"] = window
         response = await self._request("GET", f"/services/{name}/events", params=params)
         return ServiceHistory.model_validate(response.json())
+
+    async def balancer(self, name: str) -> BalancerView:
+        """What the service's balancers count per front and per replica (`GET /services/{name}/balancer`)."""
+        response = await self._request("GET", f"/services/{name}/balancer")
+        return BalancerView.model_validate(response.json())
 
     async def all_replicas(self) -> dict[str, list[ContainerInfo]]:
         """Every service's replicas in one answer (`GET /replicas`)."""

@@ -163,6 +163,24 @@ def format_bytes(value: float | int | None) -> str:
     return DASH
 
 
+BAR_FULL, BAR_EMPTY = "\u2588", "\u2591"  # █ and ░: plain text, drawn the same in a terminal and in the CLI
+
+
+def traffic_bar(share: float, width: int) -> str:
+    """A replica's share of the traffic (0..1) as a bar of `width` cells, e.g. "███░░░░░░░"; a share
+    above 0 shows at least one full cell, so a replica that got anything is told apart from none."""
+    fraction = min(1.0, max(0.0, share))
+    full = round(fraction * width)
+    if fraction > 0 and full == 0:
+        full = 1
+    return BAR_FULL * full + BAR_EMPTY * (width - full)
+
+
+def share_text(share: float) -> str:
+    """A share as a percentage with one decimal: "33.3%"."""
+    return f"{min(1.0, max(0.0, share)) * 100:.1f}%"
+
+
 def cpu_text(percent: float | None) -> str:
     """Percent of one CPU, as `docker stats` shows it (100% = one CPU busy)."""
     if percent is None:

@@ -13,7 +13,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backend.history import summarise
-from backend.models import ContainerInfo, Service, ServiceEvent, ServiceHistory, ServiceSpec
+from backend.models import (
+    BalancerFront,
+    BalancerReplica,
+    BalancerView,
+    ContainerInfo,
+    Service,
+    ServiceEvent,
+    ServiceHistory,
+    ServiceSpec,
+)
 from tui.client import ApiError, FloatingIP, Limits, ReplicaStats
 
 NOW = datetime(2025, 3, 14, 12, 0, 0, tzinfo=UTC)
@@ -120,6 +129,29 @@ def sample_history(service: Service) -> ServiceHistory:
                           Events=events)
 
 
+def sample_balancer(service: Service) -> BalancerView:
+    """The balancer's view of every replica: uneven shares, the last replica DOWN with 5xx answers."""
+    replicas = sample_containers(service)
+    totals = [5210, 3980, 310, 120][: len(replicas)]
+    grand = sum(totals) or 1
+    rows = []
+    for index, replica in enumerate(replicas):
+        down = replica.Health == "DOWN"
+        rows.append(BalancerReplica(
+            Slot=f"s{index + 1}", Replica=replica.Name, State="DOWN" if down else "UP",
+            Check="L4CON" if down else ("L7OK 200" if service.Protocol in ("http", "httpsTerm") else "L4OK"),
+            CheckMs=0 if down else index + 1, Sessions=0 if down else 3 - index, Total=totals[index],
+            Rate=0 if down else 12 - 4 * index, Share=totals[index] / grand, Http5xx=17 if down else index,
+            BytesIn=totals[index] * 80, BytesOut=totals[index] * 2300))
+    fronts = [BalancerFront(Front="ip", Address=f"{service.IP}:{service.ServicePort}", Sessions=sum(r.Sessions for r in rows),
+                            Total=sum(totals), Rate=sum(r.Rate for r in rows), Http5xx=sum(r.Http5xx for r in rows),
+                            BytesIn=sum(r.BytesIn for r in rows), BytesOut=sum(r.BytesOut for r in rows))]
+    if service.FIP:
+        fronts.append(fronts[0].model_copy(update={"Front": "fip", "Address": f"{service.FIP}:{service.ServicePort}",
+                                                   "Total": 40, "Sessions": 0, "Rate": 0}))
+    return BalancerView(Name=service.Name, Fronts=fronts, Replicas=rows)
+
+
 class FakeClient:
     description: str = "fake backend"
     backend: Any = None
@@ -136,6 +168,10 @@ class FakeClient:
         self.calls.append(f"service_events {name}")
         history = sample_history(await self.get_service(name))
         return history.model_copy(update={"Events": history.Events[-limit:]})
+
+    async def balancer(self, name: str) -> BalancerView:
+        self.calls.append(f"balancer {name}")
+        return sample_balancer(await self.get_service(name))
 
     async def limits(self) -> Limits:
         return Limits(MaxReplicas=100)

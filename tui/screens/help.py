@@ -39,7 +39,8 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("d", "delete (asks first; can keep the containers running)"),
         ("c", "copy the highlighted container's id"),
         ("a", "copy the service's address"),
-        ("1 / 2 / 3 / 4", "replicas / logs / spec / events tab (events: what happened and why, live)"),
+        ("1 / 2 / 3 / 4 / 5", "replicas / logs / spec / events / balancer tab (events: what happened and why, live;"
+                              " balancer: each replica's share of the traffic, live)"),
         ("l", "logs of the highlighted replica (again: all replicas)"),
         ("/", "search the logs (in the logs tab)"),
         ("escape", "back to the services"),

@@ -1,6 +1,7 @@
 """`ServiceScreen`: one service — its state and progress (bytes pulled, while its image is pulled),
 its replicas (live, with the balancer's health and CPU / memory from the stats stream), its logs
-(live, searchable), every field of its spec and its history (events: what happened and why, live);
+(live, searchable), every field of its spec, its history (events: what happened and why, live) and
+the balancer's counters (traffic share per replica, live while shown);
 with the actions scale, update image, floating IP, delete, and copying a container id or the
 service's address.
 
@@ -37,6 +38,7 @@ from tui.formatting import (
 from tui.messages import ContainersChanged, HistoryChanged, PullProgressed, ServicesChanged
 from tui.screens.actions import ServiceActions
 from tui.screens.base import Banner, ConsoleScreen
+from tui.widgets.service.balancer_pane import BalancerPane
 from tui.widgets.service.containers_table import ContainersTable
 from tui.widgets.service.events_pane import EventsPane
 from tui.widgets.service.log_pane import LogPane
@@ -96,6 +98,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         Binding("2", "tab('logs')", "Logs", show=False),
         Binding("3", "tab('spec')", "Spec", show=False),
         Binding("4", "tab('events')", "Events", show=False),
+        Binding("5", "tab('balancer')", "Balancer", show=False),
         Binding("m", "message", "Message", show=False),
     ]
 
@@ -124,6 +127,8 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
                 yield DataTable(id="spec-table", cursor_type="row", show_header=False)
             with TabPane("Events", id="events"):
                 yield EventsPane(self.service_name, id="events-pane")
+            with TabPane("Balancer", id="balancer"):
+                yield BalancerPane(self.service_name, id="balancer-pane")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -314,6 +319,11 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
             pane.show_now()
         else:
             pane.hidden()
+        balancer = self.query_one(BalancerPane)
+        if event.pane.id == "balancer":
+            balancer.show_now()
+        else:
+            balancer.hidden()
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
@@ -331,6 +341,8 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
             self.query_one(ContainersTable).focus()
         elif tab == "events":
             self.query_one("#events-table", DataTable).focus()
+        elif tab == "balancer":
+            self.query_one("#balancer-table", DataTable).focus()
 
     def action_events(self) -> None:
         self.action_tab("events")
