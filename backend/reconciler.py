@@ -124,7 +124,7 @@ class Reconciler:
         self._healing: dict[str, dict[str, str]] = {}
         self._departures: dict[str, dict[str, Departure]] = {}  # service uid -> leaving replica id -> ...
         self._pulls: dict[str, Pull] = {}  # service name -> the pull of its image
-        self._pull_pool = ThreadPoolExecutor(max_workers=PULL_WORKERS, thread_name_prefix="reconciler-pull")
+        self._pull_slots = threading.BoundedSemaphore(PULL_WORKERS)
         self._stop_pool = ThreadPoolExecutor(max_workers=STOP_WORKERS, thread_name_prefix="reconciler-stop")
         self._clock = clock  # monotonic seconds: backoff deadlines
         self.queue = WorkQueue(clock)
@@ -159,8 +159,7 @@ class Reconciler:
         self._stopping.set()
         self.balancers.stop()
         self.queue.shutdown()
-        for pool in (self._pull_pool, self._stop_pool):
-            pool.shutdown(wait=False, cancel_futures=True)  # a pull or stop under way finishes on its own
+        self._stop_pool.shutdown(wait=False, cancel_futures=True)  # a stop under way finishes (STOP_TIMEOUT)
         # Teardowns under way finish (bounded: a stop grace each); those not started yet are left
         # to the next backend, which finds the services marked deleting.
         self._teardowns.shutdown(wait=False, cancel_futures=True)
@@ -362,7 +361,8 @@ class Reconciler:
         network = self._ensure_network(record)
         try:
             if not self._image_ready(record):
-                return self._pull(record)
+                self._pull(record)  # it reports its own progress; the service is looked at again after it
+                return None
         except ImageUnavailable as exc:
             return Outcome(ServiceStatus.error, str(exc), backoff=True)
         observed = self._observe(record)
@@ -468,22 +468,32 @@ class Reconciler:
             return True
         return self.engine.has_image(record.spec.Image)
 
-    def _pull(self, record: ServiceRecord) -> Outcome | None:
+    def _pull(self, record: ServiceRecord) -> None:
         """Pull the service's image on the pull pool, unless that runs already; the service is looked
         at again when it ends. The pull reports its own progress (`_pulling`); a failed one is an
         error, retried with backoff."""
         pull = self._pulls.get(record.name)
         if pull is not None and pull.image == record.spec.Image:
-            return None  # under way (a pull of an image no longer wanted just ends)
+            return  # under way (a pull of an image no longer wanted just ends)
         image = record.spec.Image
-        done = self._pull_pool.submit(self._pull_image, record, image)
+        done: Future[str] = Future()
         self._pulls[record.name] = Pull(image, done)
         done.add_done_callback(lambda _: self.queue.add(record.name))
-        return None
+        # A thread of its own, not a pool's: a pull may outlast the backend, which must not wait for
+        # it to exit; PULL_WORKERS of them pull at once, the others wait their turn.
+        threading.Thread(target=self._pull_image, args=(record, image, done), name=f"pull-{record.name}", daemon=True).start()
 
-    def _pull_image(self, record: ServiceRecord, image: str) -> str:
-        with engine_calls():
-            return self.engine.ensure_image(image, on_progress=lambda progress: self._pulling(record, progress))
+    def _pull_image(self, record: ServiceRecord, image: str, done: Future[str]) -> None:
+        with self._pull_slots:
+            if self._stopping.is_set() or not done.set_running_or_notify_cancel():
+                return
+            try:
+                with engine_calls():
+                    done.set_result(
+                        self.engine.ensure_image(image, on_progress=lambda progress: self._pulling(record, progress))
+                    )
+            except BaseException as exc:  # the sync that looks next raises it
+                done.set_exception(exc)
 
     def _pulling(self, record: ServiceRecord, progress: PullProgress) -> None:
         """A pull of the service's image got further: say so in its status message and as a `pull`
