@@ -36,6 +36,8 @@ from backend.models import (
     ContainerInfo,
     ErrorBody,
     FieldError,
+    Revision,
+    RollbackRequest,
     Service,
     ServiceHistory,
     ServiceSpec,
@@ -355,6 +357,22 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
         `deleting`; a `deleted` event on /events when it is gone), 204 when it is gone already. A
         repeated DELETE during the teardown changes nothing (the first `keep` holds)."""
         return Response(status_code=204 if backend.delete(name, keep, volumes) else 202)
+
+    @app.get("/services/{name}/revisions", response_model=list[Revision], responses=_ERRORS)
+    def service_revisions(name: str) -> list[Revision]:
+        """Extension: the service's revisions, newest first (every change of Image is one): number,
+        image, when, by whom, outcome (rolling, active, failed, rolled back, superseded) and why."""
+        return backend.revisions(name)
+
+    @app.post("/services/{name}/rollback", response_model=Service, responses=_ERRORS,
+              openapi_extra=_body_schema(RollbackRequest))
+    async def rollback_service(name: str, request: Request) -> Service:
+        """Extension: back to the last revision whose replicas were all ready (or {"Revision": N}): a
+        new revision with that image, rolled out like an image update. 400 for an unknown revision,
+        the current one, or nothing to go back to; 409 while the service is being deleted."""
+        raw = await _read_body(request)
+        wanted = await run_in_threadpool(_parse, raw or b"{}", RollbackRequest, {})
+        return await run_in_threadpool(backend.rollback, name, wanted.Revision)
 
     @app.get("/services/{name}/volumes", response_model=list[VolumeInfo], responses=_ERRORS)
     def service_volumes(name: str) -> list[VolumeInfo]:

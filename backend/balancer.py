@@ -1,13 +1,20 @@
 """The balancers: the HAProxy containers in front of each service, and what they see.
 
-Each service has one balancer container published on `IP:ServicePort` and, while a floating IP is
-attached, a second one published on `FIP:ServicePort` (so attaching or detaching never disturbs the
-service's own address). Both sit on the service's network and carry the same server set.
+Each service has one balancer container listening on `IP:ServicePort` and, while a floating IP is
+attached, a second one on `FIP:ServicePort` (so attaching or detaching never disturbs the service's
+own address). Both carry the same server set.
+
+A balancer runs in the host's network namespace and binds its address itself: no docker-proxy on
+the path, and HAProxy sees each client's real address (`source`, client-address affinity,
+X-Forwarded-For). It reaches the replicas on their bridge addresses from the host. Its master process
+runs as root with every capability dropped but binding ports < 1024, changing user and signalling;
+the worker that serves traffic runs as user haproxy (`user`/`group` in the config).
 
 This module owns the container side of that (backend/haproxy.py owns the HAProxy text); every call
 on a container goes through the engine (backend/engine.py):
 - creating a balancer: render the config, copy it in (put_archive, no bind mounts: a remote
-  DOCKER_HOST works too), start it;
+  DOCKER_HOST works too) with a fresh runtime-API secret, start it, and tell a taken address
+  ("address IP:port already in use") from a taken runtime-API port (another port is chosen);
 - changing its server set through the runtime API (`docker exec … busybox nc`), never a reload:
   a new replica gets no traffic until it passed `rise` checks, also when it is a new container in a
   slot at the same address as the one it replaces; a leaving one is drained first;
@@ -23,12 +30,14 @@ from __future__ import annotations
 
 import io
 import logging
+import random
 import tarfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypedDict
 
 import docker.errors
 from docker.models.containers import Container
@@ -42,15 +51,44 @@ from backend.store import ServiceRecord
 log = logging.getLogger(__name__)
 
 LABEL_SLOT = "io.hyperservice.slot"  # on a replica: the balancer slot it occupies (s1, s2, ...)
-LABEL_ADDRESS = "io.hyperservice.address"  # on a balancer: the host address it is published on
+LABEL_ADDRESS = "io.hyperservice.address"  # on a balancer: the host address it listens on
 LABEL_FRONT = "io.hyperservice.front"  # on a balancer: "ip" (the service's own) or "fip"
-HAPROXY_UID = 99  # user haproxy in the official image and in the offline test image
+LABEL_ADMIN_PORT = "io.hyperservice.admin-port"  # on a balancer: its runtime API's port on the host's loopback
+FILE_OWNER_UID = 0  # files copied in belong to root: the master process reads them, holding no DAC capability
+
+
+class ContainerOptions(TypedDict):
+    network_mode: str
+    user: str
+    cap_drop: list[str]
+    cap_add: list[str]
+    security_opt: list[str]
+
+
+# How every balancer container runs (see the module docstring); bench/lb_throughput.py runs its
+# "HAProxy alone" the same way.
+CONTAINER_OPTIONS: ContainerOptions = {
+    "network_mode": "host",
+    "user": "0",
+    "cap_drop": ["ALL"],
+    "cap_add": ["NET_BIND_SERVICE", "SETUID", "SETGID", "KILL"],
+    "security_opt": ["no-new-privileges"],
+}
+ADMIN_PORT_ATTEMPTS = 5  # runtime-API ports tried (each a new container) before giving up
 DRAIN_WAIT = 10.0  # seconds a leaving replica's requests get to finish before it is stopped
 LOG_OPTIONS = {"max-size": "1m", "max-file": "2"}  # health lines flow through the log: keep it small
 
 
 class BalancerError(Exception):
     """The balancer refused a runtime command, or could not be reached."""
+
+
+class StartFailed(BalancerError):
+    """HAProxy exited at start (e.g. an address it binds is taken): the container is of no use."""
+
+
+class AdminPortTaken(StartFailed):
+    """The runtime-API port chosen for a new balancer is taken on the host: choose another."""
 
 
 @dataclass(frozen=True)
@@ -65,13 +103,18 @@ def armed_slots(record: ServiceRecord, slots: int) -> int:
     return min(slots, max(haproxy.MIN_ARMED_SLOTS, record.spec.Replicas + 2))
 
 
-def balancer_config(record: ServiceRecord, servers: dict[str, str], slots: int) -> haproxy.BalancerConfig:
+def balancer_config(
+    record: ServiceRecord, servers: dict[str, str], slots: int, address: str, admin_port: int
+) -> haproxy.BalancerConfig:
+    """The config of the balancer listening on `address` (the service's IP or FIP) at ServicePort."""
     spec = record.spec
     return haproxy.BalancerConfig(
         service=record.name,
         protocol=spec.Protocol,
         algorithm=spec.Algorithm,
         session_affinity=spec.SessionAffinity,
+        listen=f"{address}:{spec.ServicePort}",
+        admin_port=admin_port,
         container_port=spec.ContainerPort or spec.ServicePort,
         health_interval=spec.HealthCheckInterval,
         health_fall=spec.HealthCheckFall,
@@ -85,12 +128,23 @@ def balancer_config(record: ServiceRecord, servers: dict[str, str], slots: int) 
 def _archive(files: dict[str, tuple[bytes, int]]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
+        # The private directory first: root's, searchable (the worker reaches the CLI socket in it).
+        folder = tarfile.TarInfo(haproxy.PRIVATE_DIR.lstrip("/"))
+        folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+        tar.addfile(folder)
         for path, (content, mode) in files.items():
             info = tarfile.TarInfo(path.lstrip("/"))
             info.size, info.mode, info.mtime = len(content), mode, int(time.time())
-            info.uid = info.gid = HAPROXY_UID
+            info.uid = info.gid = FILE_OWNER_UID
             tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
+
+
+def _admin_port(container: Container) -> int:
+    try:
+        return int(container.labels[LABEL_ADMIN_PORT])
+    except (KeyError, ValueError):
+        raise BalancerError(f"the balancer {container.name} has no runtime-API port label") from None
 
 
 class Balancers:
@@ -130,11 +184,13 @@ class Balancers:
     def containers(self, ref: ServiceRef) -> list[Container]:
         return self.engine.balancers(ref)
 
-    def ensure(self, record: ServiceRecord, network: str, servers: dict[str, str]) -> list[Container]:
+    def ensure(self, record: ServiceRecord, servers: dict[str, str]) -> list[Container]:
         """Balancers for the service's address (and FIP) exist and run; extra ones are removed.
 
         A balancer created here starts with `servers` in its config: they start UP-unchecked, which
-        the health board reports as "starting" until their first check.
+        the health board reports as "starting" until their first check. One that is not running
+        (stopped, or exiting again and again because an address it binds was taken meanwhile) is
+        made anew, and so is one of an earlier kind (published through docker-proxy).
         """
         ref = ServiceRef(record.name, record.uid)
         wanted = {"ip": record.ip, **({"fip": record.fip} if record.fip else {})}
@@ -142,45 +198,66 @@ class Balancers:
         result: list[Container] = []
         for container in existing:
             front = container.labels.get(LABEL_FRONT, "")
-            if wanted.get(front) != container.labels.get(LABEL_ADDRESS) or container.status in ("exited", "dead"):
+            if (
+                wanted.get(front) != container.labels.get(LABEL_ADDRESS)
+                or container.status != "running"
+                or not container.labels.get(LABEL_ADMIN_PORT)
+            ):
                 self.forget(object_id(container))
                 self.engine.remove(container, graceful=False)
         existing = self.containers(ref)
         fronts = {c.labels.get(LABEL_FRONT): c for c in existing}
         for front, address in wanted.items():
-            balancer = fronts.get(front)
-            if balancer is None:
-                balancer = self._create(record, network, servers, front, address)
-            elif balancer.status != "running":
-                self.engine.start(balancer)
-                self.forget(object_id(balancer))
-            result.append(balancer)
+            found = fronts.get(front)
+            result.append(found if found is not None else self._create(record, servers, front, address))
         primary = next(c for c in result if c.labels.get(LABEL_FRONT) == "ip")
         self._follow(record, primary)
         return result
 
-    def _create(self, record: ServiceRecord, network: str, servers: dict[str, str], front: str, address: str) -> Container:
-        ref = ServiceRef(record.name, record.uid)
+    def _create(self, record: ServiceRecord, servers: dict[str, str], front: str, address: str) -> Container:
+        """A running balancer on `address`:ServicePort. Its runtime-API port is chosen at random from
+        haproxy.ADMIN_PORTS; when something on the host holds it already, another is tried."""
         image = self.resolve_image()
-        labels = self.engine.labels(ref, ROLE_BALANCER, **{LABEL_FRONT: front, LABEL_ADDRESS: address})
+        for _ in range(ADMIN_PORT_ATTEMPTS):
+            try:
+                return self._create_once(record, servers, front, address, image, random.choice(haproxy.ADMIN_PORTS))
+            except AdminPortTaken as exc:
+                log.info("%s", exc)
+        raise BalancerError(
+            f"no free port for the runtime API of {record.name}'s balancer after {ADMIN_PORT_ATTEMPTS} tries "
+            f"(ports {haproxy.ADMIN_PORTS.start}-{haproxy.ADMIN_PORTS.stop - 1} of 127.0.0.1)"
+        )
+
+    def _create_once(
+        self, record: ServiceRecord, servers: dict[str, str], front: str, address: str, image: str, admin_port: int
+    ) -> Container:
+        ref = ServiceRef(record.name, record.uid)
+        labels = self.engine.labels(
+            ref, ROLE_BALANCER, **{LABEL_FRONT: front, LABEL_ADDRESS: address, LABEL_ADMIN_PORT: str(admin_port)}
+        )
         container = self.engine.create_container(
             image=image,
             name=f"{record.name}-{'lb' if front == 'ip' else 'fip'}-{record.uid[:5]}",
             labels=labels,
-            network=network,
-            ports={f"{haproxy.LISTEN_PORT}/tcp": (address, record.spec.ServicePort)},
             restart_policy={"Name": "unless-stopped"},
             log_config=LogConfig(type=LogConfig.types.JSON, config=LOG_OPTIONS),
+            **CONTAINER_OPTIONS,
         )
         try:
-            self._copy_files(container, record, servers)
+            self._copy_files(container, record, servers, admin_secret=haproxy.new_admin_secret())
             self.engine.start(container)
-        except Exception:
+            self._wait_listening(container)
+        except StartFailed:
             self.engine.remove(container, graceful=False)
             raise
-        self._wait_listening(container)
+        except Exception:
+            if container.status != "running":  # otherwise slow to answer: it stays, checked again next time
+                self.engine.remove(container, graceful=False)
+            raise
         with self._lock:
-            self._started[object_id(container)] = haproxy.started_state(balancer_config(record, servers, self.slots))
+            self._started[object_id(container)] = haproxy.started_state(
+                balancer_config(record, servers, self.slots, address, admin_port)
+            )
         return container
 
     def resolve_image(self) -> str:
@@ -218,20 +295,43 @@ class Balancers:
             return self.image
 
     def _wait_listening(self, container: Container, timeout: float = 10.0) -> None:
-        """Return once HAProxy answers its runtime API: it has bound its port, so the address works."""
+        """Return once HAProxy answers its runtime API: it has bound its addresses, so the service
+        address works. HAProxy exits at once when it cannot bind one: say which and why."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 self._ask(container, "show info")
                 return
             except BalancerError:
+                self.engine.refresh(container)
+                if container.status != "running" or container.attrs.get("RestartCount", 0):
+                    self._raise_start_failure(container)
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
 
-    def _copy_files(self, container: Container, record: ServiceRecord, servers: dict[str, str]) -> None:
-        config = balancer_config(record, servers, self.slots)
+    def _raise_start_failure(self, container: Container) -> None:
+        text = self.engine.error_log(container, lines=50).decode("utf-8", "replace")
+        failure = haproxy.parse_bind_failure(text)
+        if failure is None:
+            alerts = [line for line in text.splitlines() if "[ALERT]" in line]
+            raise StartFailed(f"the balancer {container.name} exited: {(alerts or ['no reason logged'])[-1][:200]}")
+        if failure.address == f"127.0.0.1:{container.labels.get(LABEL_ADMIN_PORT)}":
+            raise AdminPortTaken(f"runtime-API port {failure.address} of {container.name} is taken: choosing another")
+        if failure.in_use:
+            raise StartFailed(f"address {failure.address} already in use")
+        raise StartFailed(f"cannot listen on {failure.address}: {failure.reason}")
+
+    def _copy_files(
+        self, container: Container, record: ServiceRecord, servers: dict[str, str], admin_secret: str | None = None
+    ) -> None:
+        """Copy the config (and, when creating the balancer, its runtime-API secret) into it."""
+        config = balancer_config(
+            record, servers, self.slots, container.labels[LABEL_ADDRESS], _admin_port(container)
+        )
         files = haproxy.balancer_files(config, record.spec.SSLCert or None)
+        if admin_secret is not None:
+            files.update(haproxy.admin_secret_files(admin_secret))
         if not self.engine.copy_in(container, "/", _archive(files)):
             raise BalancerError(f"could not copy the configuration into {container.name}")
 
@@ -316,7 +416,7 @@ class Balancers:
         carried = {slot: snap.address for slot, snap in current.items() if snap.state != "MAINT" and not snap.spare}
         log.info("balancer %s: growing from %d to %d server slots", container.name, len(current), self.slots)
         self._copy_files(container, record, carried)
-        code, output = self.engine.exec(container, haproxy.reload_exec_argv())
+        code, output = self.engine.exec(container, haproxy.reload_exec_argv(_admin_port(container)))
         if code != 0:
             text = output.decode("utf-8", "replace")
             raise BalancerError(f"the balancer {container.name} did not reload with more slots: {text[:200]}")
@@ -353,9 +453,12 @@ class Balancers:
         return sorted(answers, key=lambda answer: answer[0] != "ip")
 
     def _ask(self, container: Container, command: str) -> str:
-        code, output = self.engine.exec(container, haproxy.runtime_exec_argv(command))
+        try:
+            code, output = self.engine.exec(container, haproxy.runtime_exec_argv(command, _admin_port(container)))
+        except docker.errors.APIError as exc:  # e.g. the container is restarting
+            raise BalancerError(f"the balancer {container.name} did not answer its runtime API: {exc}") from exc
         text = output.decode("utf-8", "replace")
-        if code != 0:
+        if code != 0 or not text:  # every CLI answer has at least a newline: nothing = not taken
             raise BalancerError(f"the balancer {container.name} did not answer its runtime API: {text.strip()[:200]}")
         return text
 

@@ -58,6 +58,8 @@ from backend.models import (
     BalancerView,
     ContainerInfo,
     FieldError,
+    Revision,
+    RevisionOutcome,
     Service,
     ServiceHistory,
     ServiceSpec,
@@ -158,7 +160,7 @@ class Backend:
 
     def create(self, spec: ServiceSpec, by: str = LOCAL) -> Service:
         try:
-            record = self.store.insert(spec, ServiceStatus.created, "Service is created")
+            record = self.store.insert(spec, ServiceStatus.created, "Service is created", by=by)
         except (AddressPoolExhausted, NetworkPoolExhausted) as exc:
             raise Conflict(str(exc)) from None
         except NameTaken:
@@ -193,7 +195,9 @@ class Backend:
         if change.FIP:
             self._check_fip_pool(change.FIP)
         try:
-            record = self.store.apply_update(name, replicas=change.Replicas, image=change.Image, fip=change.FIP)
+            record = self.store.apply_update(
+                name, replicas=change.Replicas, image=change.Image, fip=change.FIP, by=by
+            )
         except ServiceDeleting:
             raise Conflict(f"service {name} is being deleted") from None
         except FipTaken as exc:
@@ -209,6 +213,53 @@ class Backend:
             self.reconciler.report(name, ServiceStatus.updating, f"Rolling out {change.Image}")
         elif change.Replicas is not None and change.Replicas != before.spec.Replicas:
             self.reconciler.report(name, ServiceStatus.scaling, f"Scaling to {change.Replicas} replicas")
+        self.hub.publish("service", "updated", Name=name)
+        self.reconciler.enqueue(name)
+        return self.get(name)
+
+    def revisions(self, name: str) -> list[Revision]:
+        """The service's revisions, newest first."""
+        found = self.store.revisions(name)
+        if found is None:
+            raise NotFound(f"no service named {name}")
+        return found
+
+    def rollback(self, name: str, revision: int | None = None, by: str = LOCAL) -> Service:
+        """Roll back by hand: a new revision with the image of `revision` (default: the last one whose
+        replicas were all ready, before the current one), rolled out like any image update; the
+        revision left ends `rolled back`. Invalid for an unknown revision, the current one, or when
+        there is nothing to go back to; Conflict while the service is being deleted."""
+        record = self._record(name)
+        if record.deleting:
+            raise Conflict(f"service {name} is being deleted")
+        if revision is None:
+            target = self.store.last_good(record.uid, record.revision)
+            if target is None:
+                raise Invalid(f"service {name} has no earlier revision that was ever ready: nothing to roll back to")
+        else:
+            target = self.store.revision(record.uid, revision)
+            if target is None:
+                reason = f"service {name} has no revision {revision}"
+                raise Invalid(f"invalid request: Revision: {reason}", [FieldError(field="Revision", message=reason)])
+            if target.Number == record.revision:
+                reason = f"revision {revision} is the current revision of {name}"
+                raise Invalid(f"invalid request: Revision: {reason}", [FieldError(field="Revision", message=reason)])
+        why = f"rollback to revision {target.Number}"
+        try:
+            updated = self.store.apply_update(
+                name, image=target.Image, by=by, reason=why,
+                ending=(RevisionOutcome.rolled_back, f"rolled back by {by or 'hand'} to revision {target.Number}"),
+            )
+        except ServiceDeleting:
+            raise Conflict(f"service {name} is being deleted") from None
+        if updated is None:
+            raise NotFound(f"no service named {name}")
+        self.history.record(
+            name=name, type="action", action="rollback", by=by,
+            message=f"rollback from revision {record.revision} ({record.spec.Image}) to revision {target.Number} "
+                    f"({target.Image}), as revision {updated.revision}",
+        )
+        self.reconciler.report(name, ServiceStatus.updating, f"Rolling back to revision {target.Number} ({target.Image})")
         self.hub.publish("service", "updated", Name=name)
         self.reconciler.enqueue(name)
         return self.get(name)

@@ -130,6 +130,10 @@ class Engine(Protocol):
         """Run `argv` inside it; its exit code and output."""
         ...
 
+    def error_log(self, container: Container, lines: int) -> bytes:
+        """The last `lines` of its stderr (why it exited)."""
+        ...
+
     def follow_log(self, container: Container, since: float) -> ClosableStream[bytes]:
         """Its stdout from `since` (epoch seconds) on, with timestamps, as it comes (blocking)."""
         ...

@@ -23,8 +23,11 @@ How a balancer is driven (measured in notes/haproxy-findings.md):
   connection failed (`timeout connect` is short: the replicas sit on the same bridge) is retried on
   another replica (`retries`, `option redispatch`); in http mode an idempotent request whose replica
   closed without answering is retried too (`retry-on ... empty-response`).
-  The commands reach HAProxy through `docker exec <lb> sh -c '... | busybox nc 127.0.0.1 9999'`
-  (`runtime_exec_argv()`), which works with a remote DOCKER_HOST too.
+  The commands reach HAProxy through `docker exec <lb> sh -c '... | busybox nc 127.0.0.1 <admin port>'`
+  (`runtime_exec_argv()`), which works with a remote DOCKER_HOST too. The balancer runs in the host's
+  network namespace (it binds IP:ServicePort itself, no docker-proxy), so its runtime API listens on a
+  port of the host's loopback chosen per balancer and answers only a client that sends the
+  balancer's secret first (`runtime-api` in the config; the secret is a file in the container).
 * The config file is re-rendered with the current assignments after each change (so a restarted
   container comes back with the right servers); a reload is only needed when the slot count has to
   grow: `reload_exec_argv()` (SIGUSR2 to the master, server states carried over, seamless).
@@ -42,6 +45,7 @@ from __future__ import annotations
 import csv
 import ipaddress
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,21 +56,33 @@ from typing import Literal
 CONFIG_DIR = "/usr/local/etc/haproxy"
 CONFIG_PATH = f"{CONFIG_DIR}/haproxy.cfg"  # where the official image's CMD reads its config
 CERT_PATH = f"{CONFIG_DIR}/service.pem"  # httpsTerm: certificate chain + key, copied next to the config
+# The balancer's private files, in a directory of root's inside the container. The master process
+# runs as root (it binds IP:ServicePort, ports < 1024 too) with every capability dropped but the few
+# it needs, so it can only read and write files root owns; the worker runs as user haproxy.
+PRIVATE_DIR = "/var/lib/hyperservice"
 # Server states saved just before a reload and loaded by the new worker, so a DOWN replica stays
 # DOWN across the reload (a fresh worker would start it UP and send it traffic until its first check).
-# /var/lib/haproxy is the haproxy user's writable home in both images.
-STATE_PATH = "/var/lib/haproxy/server-state"
+STATE_PATH = f"{PRIVATE_DIR}/server-state"
 # A state file holding only its format version: loads silently and restores nothing. Copy it in when
 # creating the container (otherwise every start warns "Can't open global server state file"); the
 # reload puts it back once the new worker runs, so a later restart never applies stale state.
 EMPTY_SERVER_STATE = "1\n"
-# The balancer runs unprivileged (user haproxy) so it listens on a high port; Docker publishes
-# IP:ServicePort onto it.
-LISTEN_PORT = 18080
-# Runtime API on the container's own loopback: unreachable from the replicas' network and from the
-# host, reachable with `docker exec`. TCP rather than a unix socket because busybox nc (the only
-# client in both images: no socat in the official one) cannot speak to unix sockets.
-RUNTIME_API_PORT = 9999
+# The runtime API. The real CLI is a unix socket in the container's private directory (its own mount
+# namespace: nothing outside the container reaches it). busybox nc, the only client in both images
+# (no socat in the official one), cannot speak to unix sockets, so the `runtime-api` proxy forwards
+# a TCP port on the host's loopback to it, for clients that send the balancer's secret first.
+# The balancer shares the host's network namespace, so that port is a host port: each balancer has
+# its own (chosen from ADMIN_PORTS when it is created), and the secret keeps other local processes
+# out; the replicas (other network namespaces) cannot reach the host's loopback at all.
+CLI_SOCKET_PATH = f"{PRIVATE_DIR}/cli.sock"
+RUNTIME_API = "runtime-api"
+ADMIN_PORTS = range(20000, 30000)  # below Linux's ephemeral range (32768+): outgoing connections don't take them
+# The secret is a run of spaces and tabs: the CLI skips leading blanks, so the secret can simply
+# precede the command on the same line, and the CLI's answer is exactly the command's.
+ADMIN_SECRET_LENGTH = 128  # characters: 128 bits
+ADMIN_SECRET_PATH = f"{PRIVATE_DIR}/admin.secret"  # the secret itself: what runtime_exec_argv() sends
+ADMIN_KEY_PATH = f"{PRIVATE_DIR}/admin.key"  # its hex form: the gate's pattern file
+ADMIN_GATE_WAIT = "5s"  # how long the gate waits for the secret's bytes before refusing
 FRONTEND = "service"
 BACKEND = "replicas"  # fixed, so no user-supplied value ever becomes an HAProxy identifier
 SLOT_PREFIX = "s"
@@ -166,6 +182,8 @@ class BalancerConfig:
     protocol: Protocol
     algorithm: Algorithm
     session_affinity: bool
+    listen: str  # "IP:ServicePort" the balancer binds (the service's own address, or its floating IP)
+    admin_port: int  # the runtime API's port on the host's loopback (see RUNTIME_API)
     container_port: int  # the port the replicas listen on (pass it to assign_slot_commands)
     health_interval: int  # seconds between checks (HealthCheckInterval)
     health_fall: int  # consecutive failures -> DOWN (HealthCheckFall)
@@ -179,6 +197,7 @@ class BalancerConfig:
     health_check_path: str = "/"  # http/httpsTerm: the URI of the `GET` check
     cert_path: str = CERT_PATH  # httpsTerm only: the PEM bundle inside the container
     state_path: str = STATE_PATH  # where a reload leaves the server states for the new worker
+    admin_key_path: str = ADMIN_KEY_PATH  # the runtime API's secret, hex (admin_secret_files())
 
     def __post_init__(self) -> None:
         for what, value in (
@@ -210,6 +229,13 @@ class BalancerConfig:
         ):
             if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
                 raise ValueError(f"{what} must be an integer between {low} and {high}")
+        if not isinstance(self.listen, str):
+            raise ValueError("listen must be a string")
+        split_address(self.listen)
+        if isinstance(self.admin_port, bool) or not isinstance(self.admin_port, int) or not 1024 <= self.admin_port <= 65535:
+            raise ValueError("admin_port must be an integer between 1024 and 65535")
+        if not isinstance(self.admin_key_path, str) or not _SAFE_PATH.match(_refuse_control(self.admin_key_path, "admin_key_path")):
+            raise ValueError("admin_key_path must be an absolute path without spaces or quotes")
         if not _SAFE_PATH.match(self.health_check_path):
             raise ValueError("health_check_path must be an absolute URI path without spaces or quotes")
         for what, path in (("cert_path", self.cert_path), ("state_path", self.state_path)):
@@ -246,13 +272,33 @@ def render_config(cfg: BalancerConfig) -> str:
         # Raw lines on stdout: the Docker log stream carries them to the backend (health events).
         "    log stdout format raw local0 info",
         f"    maxconn {MAXCONN}",
-        f"    stats socket ipv4@127.0.0.1:{RUNTIME_API_PORT} level admin",
+        # The master binds as root (ports < 1024 work), the worker that serves traffic does not.
+        "    user haproxy",
+        "    group haproxy",
+        # Without SO_REUSEPORT a second HAProxy (another balancer, another installation) binding the
+        # same address fails and says so, instead of silently sharing its connections.
+        "    noreuseport",
+        # 666: the directory is root's and the container's alone; the worker connects to it (gate below).
+        f"    stats socket {CLI_SOCKET_PATH} mode 666 level admin",
         "    stats timeout 30s",
         f"    server-state-file {cfg.state_path}",
     ]
     if cfg.protocol == "httpsTerm":
         lines += ["    ssl-default-bind-options ssl-min-ver TLSv1.2", "    tune.ssl.default-dh-param 2048"]
     lines += [
+        "",
+        # The runtime API on the host's loopback, for clients that send the secret first: the CLI
+        # skips the secret's leading blanks and runs the command that follows it. Before `defaults`,
+        # so none of the service's settings (mode, logging, server state) apply to it.
+        f"listen {RUNTIME_API}",
+        "    mode tcp",
+        f"    bind 127.0.0.1:{cfg.admin_port}",
+        "    timeout connect 2s",
+        "    timeout client 30s",
+        "    timeout server 30s",
+        f"    tcp-request inspect-delay {ADMIN_GATE_WAIT}",
+        f"    tcp-request content reject unless {{ req.payload(0,{ADMIN_SECRET_LENGTH}),hex -m str -f {cfg.admin_key_path} }}",
+        f"    server cli unix@{CLI_SOCKET_PATH}",
         "",
         "defaults",
         "    log global",
@@ -285,7 +331,7 @@ def render_config(cfg: BalancerConfig) -> str:
         "",
         f"frontend {FRONTEND}",
     ]
-    bind = f"    bind :{LISTEN_PORT}"
+    bind = f"    bind {cfg.listen}"
     if cfg.protocol == "httpsTerm":
         bind += f" ssl crt {cfg.cert_path} alpn h2,http/1.1"
     lines.append(bind)
@@ -443,18 +489,34 @@ def command_lines(commands: Sequence[str]) -> list[str]:
     return lines
 
 
-def runtime_exec_argv(line: str) -> list[str]:
-    """The `docker exec` argv that sends one CLI line to the balancer's runtime API.
+def _admin_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535:
+        raise ValueError("the admin port must be an integer between 1024 and 65535")
+    return port
 
-    The line travels as a positional argument ("$1"), never through shell parsing. `busybox nc`
-    exists in both the official alpine image and the offline test image (which has no `nc` link).
+
+def _ask_function(admin_port: int) -> str:
+    """A shell function `ask LINE`: the secret (read inside the container, never on a command line),
+    then LINE, to the runtime API; prints the answer (nothing at all when the gate refused)."""
+    return (
+        f"ask() {{ {{ busybox cat {ADMIN_SECRET_PATH} && printf '%s\\n' \"$1\"; }} "
+        f"| busybox nc 127.0.0.1 {_admin_port(admin_port)}; }}; "
+    )
+
+
+def runtime_exec_argv(line: str, admin_port: int) -> list[str]:
+    """The `docker exec` argv that sends one CLI line to the balancer's runtime API (on `admin_port`).
+
+    The line travels as a positional argument ("$1"), never through shell parsing; the secret is
+    read from its file inside the container. `busybox nc` exists in both the official alpine image
+    and the offline test image (which has no `nc` link). An empty answer means the runtime API
+    did not take the line (every CLI answer ends with at least a newline).
     """
     _refuse_control(line, "a runtime command line")
-    script = f'printf "%s\\n" "$1" | busybox nc 127.0.0.1 {RUNTIME_API_PORT}'
-    return ["sh", "-c", script, "hyperservice-cli", line]
+    return ["sh", "-c", _ask_function(admin_port) + 'ask "$1"', "hyperservice-cli", line]
 
 
-def reload_exec_argv(state_path: str = STATE_PATH) -> list[str]:
+def reload_exec_argv(admin_port: int, state_path: str = STATE_PATH) -> list[str]:
     """The `docker exec` argv of a seamless reload that keeps the servers' health across it.
 
     Saves `show servers state` to `state_path`, sends SIGUSR2 to the master (PID 1, same user),
@@ -467,11 +529,11 @@ def reload_exec_argv(state_path: str = STATE_PATH) -> list[str]:
     """
     if not _SAFE_PATH.match(state_path):
         raise ValueError("state_path must be an absolute path without spaces or quotes")
-    ask = f"busybox nc 127.0.0.1 {RUNTIME_API_PORT}"
     script = (
-        f"pid() {{ printf 'show info\\n' | {ask} | busybox grep '^Pid:'; }}; "
+        _ask_function(admin_port)
+        + "pid() { ask 'show info' | busybox grep '^Pid:'; }; "
         'old=$(pid) && [ -n "$old" ] || exit 1; '
-        f"printf 'show servers state\\n' | {ask} > {state_path}.new && busybox mv {state_path}.new {state_path} "
+        f"ask 'show servers state' > {state_path}.new && busybox mv {state_path}.new {state_path} "
         "&& kill -USR2 1 || exit 1; "
         "i=0; while [ $i -lt 100 ]; do busybox sleep 0.1; new=$(pid); "
         '[ -n "$new" ] && [ "$new" != "$old" ] && break; i=$((i+1)); done; '
@@ -481,8 +543,9 @@ def reload_exec_argv(state_path: str = STATE_PATH) -> list[str]:
 
 
 def balancer_files(cfg: BalancerConfig, ssl_pem: str | None = None) -> dict[str, tuple[bytes, int]]:
-    """What to copy into a balancer container (put_archive at "/", owner uid/gid 99 = haproxy):
-    absolute path -> (content, file mode). The PEM holds a private key: readable by haproxy only."""
+    """What to copy into a balancer container (put_archive at "/", owner root: the master process
+    reads them): absolute path -> (content, file mode). The PEM holds a private key: 0600.
+    The runtime API's secret is copied once, at creation (`admin_secret_files()`)."""
     files = {
         CONFIG_PATH: (render_config(cfg).encode(), 0o644),
         cfg.state_path: (EMPTY_SERVER_STATE.encode(), 0o644),
@@ -494,6 +557,49 @@ def balancer_files(cfg: BalancerConfig, ssl_pem: str | None = None) -> dict[str,
             raise ValueError("the PEM bundle must be text")
         files[cfg.cert_path] = (ssl_pem.encode(), 0o600)
     return files
+
+
+def new_admin_secret() -> str:
+    """A fresh runtime-API secret: ADMIN_SECRET_LENGTH random spaces and tabs (one bit each)."""
+    bits = secrets.randbits(ADMIN_SECRET_LENGTH)
+    return "".join(" \t"[(bits >> index) & 1] for index in range(ADMIN_SECRET_LENGTH))
+
+
+def admin_secret_files(secret: str, key_path: str = ADMIN_KEY_PATH) -> dict[str, tuple[bytes, int]]:
+    """The runtime API's secret as files for the container, root's only: the secret itself (sent by
+    `runtime_exec_argv()`) and its hex form (the pattern the `runtime-api` gate compares with)."""
+    if len(secret) != ADMIN_SECRET_LENGTH or secret.strip(" \t"):
+        raise ValueError(f"the secret must be {ADMIN_SECRET_LENGTH} spaces and tabs")
+    return {
+        ADMIN_SECRET_PATH: (secret.encode(), 0o600),
+        key_path: ((secret.encode().hex() + "\n").encode(), 0o600),
+    }
+
+
+@dataclass(frozen=True)
+class BindFailure:
+    """HAProxy could not bind one of its addresses at start-up (it then exits)."""
+
+    address: str  # "ip:port"
+    reason: str  # the system's words, e.g. "Address already in use"
+
+    @property
+    def in_use(self) -> bool:
+        return "already in use" in self.reason.lower()
+
+
+# 2.6: "[ALERT]    (1) : Binding [/usr/local/etc/haproxy/haproxy.cfg:23] for frontend service: cannot
+# bind socket (Address already in use) for [127.77.0.1:80]"; older and newer versions word the part
+# before the reason differently, so only "cannot bind socket (<reason>) ... [<address>]" is relied on.
+_BIND_FAILURE = re.compile(r"cannot bind socket \((?P<reason>[^)]*)\).*?\[(?P<address>\d+\.\d+\.\d+\.\d+:\d+)\]")
+
+
+def parse_bind_failure(log_text: str) -> BindFailure | None:
+    """The last bind failure HAProxy reported in `log_text` (its stderr), None when there is none."""
+    found = None
+    for match in _BIND_FAILURE.finditer(log_text):
+        found = BindFailure(match.group("address"), match.group("reason"))
+    return found
 
 
 # Answers that mean success: nothing at all, or an informational line.

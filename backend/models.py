@@ -597,6 +597,40 @@ class ServiceEvent(BaseModel):
     By: str = ""  # who asked, for operator actions
 
 
+class RevisionOutcome(StrEnum):
+    """What became of a revision: being rolled out, serving, failed (never ready), rolled back
+    (automatically or by hand), or replaced by a later revision after it served."""
+
+    rolling = "rolling"
+    active = "active"
+    failed = "failed"
+    rolled_back = "rolled back"
+    superseded = "superseded"
+
+
+class Revision(BaseModel):
+    """One revision of a service (`GET /services/{name}/revisions`): every change of its Image is one.
+
+    `Reason` says why it ended as it did ("revision 2's replicas kept exiting (code 1)") or what it
+    is ("rollback to revision 1"). `By`: who asked ("local", or "rollback" for an automatic one)."""
+
+    Number: int
+    Image: str
+    Created: str  # RFC 3339, UTC
+    By: str = ""
+    Outcome: RevisionOutcome
+    Reason: str = ""
+
+
+class RollbackRequest(BaseModel):
+    """The body of `POST /services/{name}/rollback` (optional): the revision to go back to; without
+    it, the last revision that was ever fully ready before the current one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    Revision: int | None = Field(None, ge=1, description="The revision to go back to")
+
+
 class EventGroup(BaseModel):
     """Recent trouble of one cause, grouped ("1 replica OOM-killed 3 times in the last 5 min")."""
 

@@ -147,7 +147,7 @@ def plan(
     dead = [v for v in present if v not in alive]  # exited, stopped by hand, or DOWN for too long
     current = [v for v in alive if v.replica.revision == str(desired.revision)]
     outdated = [v for v in alive if v.replica.revision != str(desired.revision)]
-    ready_now = [v for v in current if _ready(v)]
+    ready_now = [v for v in current if ready(v)]
     wanted = desired.replicas
 
     # Roll: at most one replica above `wanted` (the draining ones count: they still run), never
@@ -161,11 +161,11 @@ def plan(
     # A leaving replica keeps its slot until it is gone: its requests may still be finishing there.
     create_in = _free_slots([v.replica.slot for v in staying + leaving], to_create)
     stop = [v for v in leaving if v.leaving == Leaving.DRAINED]
-    crashing = [v for v in current if _crash_looping(v.replica)]
+    crashing = [v for v in current if crash_looping(v.replica)]
     heals = [Heal(v.replica, _why_dead(v, desired), replaced=index < len(create_in)) for index, v in enumerate(dead)]
     # A replacement heals until it is ready (or gone: then its own replacement says why).
     still_healing = {
-        key: why for key, why in (healing or {}).items() if any(v.replica.id == key and not _ready(v) for v in current)
+        key: why for key, why in (healing or {}).items() if any(v.replica.id == key and not ready(v) for v in current)
     }
 
     changes = bool(create_in or dead or drain or stop)
@@ -266,7 +266,8 @@ def _names(views: list[ReplicaView]) -> str:
     return ", ".join(v.replica.name for v in views[:3]) + (" ..." if len(views) > 3 else "")
 
 
-def _ready(view: ReplicaView) -> bool:
+def ready(view: ReplicaView) -> bool:
+    """Running, and UP at its balancer."""
     return view.replica.state == "running" and view.health == "UP"
 
 
@@ -274,14 +275,15 @@ def _down_too_long(view: ReplicaView, desired: Desired) -> bool:
     return view.health == "DOWN" and view.down_for > desired.replace_down_after
 
 
-def _crash_looping(replica: Replica) -> bool:
+def crash_looping(replica: Replica) -> bool:
+    """Restarting now, or restarted CRASH_LOOP_RESTARTS times and not running."""
     return replica.state == "restarting" or (replica.restarts >= CRASH_LOOP_RESTARTS and replica.state != "running")
 
 
 def _least_useful(views: list[ReplicaView]) -> list[ReplicaView]:
     """Removal order: not-ready replicas first, then the newest (keep the proven ones)."""
     newest_first = sorted(views, key=lambda v: v.replica.created, reverse=True)
-    return sorted(newest_first, key=_ready)  # stable: among equals, newest stays first
+    return sorted(newest_first, key=ready)  # stable: among equals, newest stays first
 
 
 def _free_slots(used: Iterable[str], count: int) -> list[str]:

@@ -62,8 +62,20 @@ from backend.docker_driver import (
 from backend.engine import Engine
 from backend.events import EventHub
 from backend.history import History, exit_reason
-from backend.models import ServiceStatus
-from backend.planner import ALIVE_STATES, Desired, Leaving, Outcome, Plan, Replica, ReplicaView, plan
+from backend.models import RevisionOutcome, ServiceStatus
+from backend.planner import (
+    ALIVE_STATES,
+    SOON,
+    Desired,
+    Leaving,
+    Outcome,
+    Plan,
+    Replica,
+    ReplicaView,
+    crash_looping,
+    plan,
+    ready,
+)
 from backend.settings import Settings
 from backend.store import ServiceRecord, Store, rfc3339_now
 from backend.workqueue import WorkQueue
@@ -74,6 +86,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 RECONNECT_FIRST, RECONNECT_MAX = 0.05, 0.5  # seconds between pings while the engine is away
 TEARDOWN_WORKERS = 16  # deleted services torn down at once (mostly waiting out a stop grace)
 TEARDOWN_WAIT_ON_STOP = 15.0  # seconds a stopping backend waits for the teardowns under way
+START_GRACE = 10.0  # seconds a new replica gets to start, on top of its health checks, in a rollout
 PULL_WORKERS = 2  # images pulled at once (a pull may take minutes: never on a worker)
 STOP_WORKERS = 8  # drained replicas stopped at once (a stop may take STOP_TIMEOUT: never on a worker)
 
@@ -145,6 +158,8 @@ class Reconciler:
         self.clock: Callable[[], float] = time.monotonic  # for the orphan grace period (tests move it)
         self._unknown_since: dict[str, float] = {}  # uid of objects the store does not know -> first seen
         self._orphans_lock = threading.Lock()  # the resync loop and a direct call never interleave
+        # service uid -> (revision rolled back to, why): the service's message once it is active again
+        self._rolled_back: dict[str, tuple[int, str]] = {}
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -352,6 +367,11 @@ class Reconciler:
         outcome = self._converge(record)
         if outcome is None:  # nothing to say yet (an image pull reports its own progress)
             return None
+        if outcome.status == ServiceStatus.active:
+            self.store.revision_ready(record.uid, record.revision)
+            note = self._rolled_back.get(record.uid)
+            if note and note[0] == record.revision:
+                outcome.message = note[1]
         self.report(name, outcome.status, outcome.message, record.generation)
         return self._backoff(name) if outcome.backoff else outcome.again_in
 
@@ -366,6 +386,9 @@ class Reconciler:
         except ImageUnavailable as exc:
             return Outcome(ServiceStatus.error, str(exc), backoff=True)
         observed = self._observe(record)
+        rolled_back = self._check_rollout(record, observed)
+        if rolled_back is not None:
+            return rolled_back
         desired = Desired(record.spec.Image, record.spec.Replicas, record.revision, self.replace_down_after)
         healing = self._healing.get(record.uid, {})
         step = plan(desired, observed, healing, active=record.status == ServiceStatus.active)
@@ -399,7 +422,7 @@ class Reconciler:
         # The balancers are made (or checked) while the new replicas start, not after them: they start
         # with the staying replicas, and the new ones join through the gate below once they run.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            balancers_ready = pool.submit(self.balancers.ensure, record, network, _servers(step.serving, port))
+            balancers_ready = pool.submit(self.balancers.ensure, record, _servers(step.serving, port))
             try:
                 created = self._create_replicas(record, network, list(step.create_in))
             except Exception:
@@ -436,6 +459,36 @@ class Reconciler:
             departure.stopping = None  # the next step tries again (after the backoff)
             raise error
         return Leaving.STOPPING
+
+    def _check_rollout(self, record: ServiceRecord, observed: list[ReplicaView]) -> Outcome | None:
+        """A rollout whose new replicas fail is rolled back to the last revision that was ever ready:
+        when a replica of the revision being rolled out keeps exiting, or is not ready within
+        `rollout_deadline`. The store makes that revision current again, with its image; its replicas,
+        which a rolling update never removes before a new one is ready, serve on, and the failed ones
+        are outdated now and go. None when there is nothing to roll back."""
+        ours = [v for v in observed if v.leaving == Leaving.NO and v.replica.revision == str(record.revision)]
+        if not ours:
+            return None  # nothing of this revision runs yet (e.g. its image is being pulled)
+        revision = self.store.revision(record.uid, record.revision)
+        if revision is None or revision.Outcome != RevisionOutcome.rolling:
+            return None
+        reason = rollout_failure(ours, rollout_deadline(record))
+        if reason is None:
+            return None
+        good = self.store.last_good(record.uid, record.revision)
+        if good is None:
+            return None  # nothing to go back to: the replicas are healed, the service says why
+        why = f"revision {record.revision}'s {reason}"
+        if self.store.roll_back(record.uid, record.revision, good.Number, why) is None:
+            return None  # the service changed meanwhile: the next look sees it
+        message = f"rolled back to revision {good.Number} ({good.Image}): {why}"
+        log.warning("service %s: %s", record.name, message)
+        self._rolled_back[record.uid] = (good.Number, message)
+        self.history.record(name=record.name, type="action", action="rollback", by="auto", message=message)
+        self.hub.publish("service", "updated", Name=record.name)
+        # said now: the sync's own report is for the generation before the rollback, so it is dropped
+        self.report(record.name, ServiceStatus.updating, f"Rolling back to revision {good.Number} ({good.Image}): {why}")
+        return Outcome(ServiceStatus.updating, message, again_in=SOON)  # converge on the revision rolled back to
 
     def _busy_slots(self, record: ServiceRecord, slots: list[str]) -> set[str]:
         """Which of the draining replicas' `slots` some balancer still has a request on (one question
@@ -690,6 +743,41 @@ def engine_note(message: str, since: str) -> str:
 def _servers(replicas: Sequence[Replica], port: int) -> dict[str, str]:
     """slot -> ip:port of the replicas that have both (a replica just created has both)."""
     return {r.slot: f"{r.ip}:{port}" for r in replicas if r.slot and r.ip}
+
+
+def rollout_deadline(record: ServiceRecord) -> float:
+    """Seconds a replica of a new revision gets to be ready: its health checks' rise, a fall's worth
+    more and two intervals of slack, after START_GRACE."""
+    spec = record.spec
+    return (spec.HealthCheckRise + spec.HealthCheckFall + 2) * spec.HealthCheckInterval + START_GRACE
+
+
+def rollout_failure(replicas: list[ReplicaView], deadline: float, now: datetime | None = None) -> str | None:
+    """Why the replicas of a revision being rolled out failed ("replicas kept exiting (code 1)"),
+    or None while they may still come up."""
+    now = now or datetime.now(UTC)
+    for view in replicas:
+        replica = view.replica
+        exited = replica.state in ("exited", "dead") and replica.exit_code not in (None, 0)
+        if replica.oom_killed and (exited or crash_looping(replica)):
+            return "replicas ran out of memory"
+        if exited or crash_looping(replica):
+            return f"replicas kept exiting (code {replica.exit_code})"
+    for view in replicas:
+        created = docker_time(view.replica.created)
+        overdue = created is not None and (now - created).total_seconds() > deadline
+        if view.replica.state == "running" and overdue and not ready(view):
+            return f"replica {view.replica.name} was not UP within {deadline:g} s"
+    return None
+
+
+def docker_time(text: str) -> datetime | None:
+    """Docker's RFC 3339 time with nanoseconds ('2024-05-01T12:00:00.123456789Z') as a datetime."""
+    found = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6})\d*)?(Z|[+-]\d\d:\d\d)$", text or "")
+    if not found:
+        return None
+    seconds, fraction, zone = found.groups()
+    return datetime.fromisoformat(f"{seconds}.{(fraction or '0').ljust(6, '0')}{'+00:00' if zone == 'Z' else zone}")
 
 
 def describe_failure(exc: Exception) -> str:

@@ -33,12 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backend.models import EventType, ServiceEvent, ServiceSpec
+from backend.models import EventType, Revision, RevisionOutcome, ServiceEvent, ServiceSpec
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "backend.lock"
 EVENTS_KEPT = 500  # history entries kept per service; older ones are pruned as new ones come
+REVISIONS_KEPT = 20  # revisions kept per service; the oldest are pruned as new ones come
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +79,19 @@ CREATE TABLE IF NOT EXISTS events (
     by        TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_by_service ON events (uid, id);
+-- each service's revisions (GET /services/{name}/revisions): every change of its Image is one; the
+-- last REVISIONS_KEPT per service instance, dropped with it. services.revision is the current one.
+CREATE TABLE IF NOT EXISTS revisions (
+    uid       TEXT NOT NULL,            -- services.uid
+    number    INTEGER NOT NULL,         -- never reused: a new revision is the highest number + 1
+    image     TEXT NOT NULL,
+    created   TEXT NOT NULL,            -- RFC 3339
+    by        TEXT NOT NULL DEFAULT '',
+    outcome   TEXT NOT NULL,            -- rolling, active, failed, rolled back, superseded
+    reason    TEXT NOT NULL DEFAULT '',
+    ready     INTEGER NOT NULL DEFAULT 0, -- all its replicas were ready once: a revision to go back to
+    PRIMARY KEY (uid, number)
+);
 """
 
 
@@ -254,6 +268,12 @@ class Store:
         if "subnet" not in columns:  # before per-service subnets: the networks got Docker's defaults
             self._db.execute("ALTER TABLE services ADD COLUMN subnet TEXT")
             self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS services_subnet ON services (subnet)")
+        # services from before revisions were kept: their current revision is the one known good one
+        self._db.execute(
+            "INSERT INTO revisions (uid, number, image, created, outcome, ready)"
+            " SELECT uid, revision, json_extract(spec, '$.Image'), created, 'active', 1 FROM services"
+            " WHERE NOT EXISTS (SELECT 1 FROM revisions WHERE revisions.uid = services.uid)"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -285,8 +305,9 @@ class Store:
 
     # -- services -------------------------------------------------------------------------
 
-    def insert(self, spec: ServiceSpec, status: str, message: str) -> ServiceRecord:
-        """Store a new service with a free address; NameTaken if the name exists (atomic)."""
+    def insert(self, spec: ServiceSpec, status: str, message: str, by: str = "") -> ServiceRecord:
+        """Store a new service with a free address, and its revision 1; NameTaken if the name exists
+        (atomic)."""
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM services WHERE name = ?", (spec.Name,)).fetchone():
                 raise NameTaken(spec.Name)
@@ -324,7 +345,20 @@ class Store:
                     subnet,
                 ),
             )
+            self._add_revision(db, record.uid, 1, spec.Image, by)
             return record
+
+    def _add_revision(self, db: sqlite3.Connection, uid: str, number: int, image: str, by: str, reason: str = "") -> None:
+        """A new revision, being rolled out; the oldest beyond REVISIONS_KEPT go (inside a transaction)."""
+        db.execute(
+            "INSERT INTO revisions (uid, number, image, created, by, outcome, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (uid, number, image, rfc3339_now(), by, RevisionOutcome.rolling.value, reason),
+        )
+        db.execute(
+            "DELETE FROM revisions WHERE uid = ? AND number <= "
+            "(SELECT number FROM revisions WHERE uid = ? ORDER BY number DESC LIMIT 1 OFFSET ?)",
+            (uid, uid, REVISIONS_KEPT),
+        )
 
     def _free_address(self) -> str:
         used = {row[0] for row in self._db.execute("SELECT ip FROM services")}
@@ -417,22 +451,26 @@ class Store:
             return self._db.execute(query, values).rowcount > 0
 
     def apply_update(
-        self, name: str, *, replicas: int | None = None, image: str | None = None, fip: str | None = None
+        self, name: str, *, replicas: int | None = None, image: str | None = None, fip: str | None = None,
+        by: str = "", reason: str = "", ending: tuple[RevisionOutcome, str] | None = None,
     ) -> ServiceRecord | None:
         """Change the given fields of one service, and only those, in one transaction.
 
         Each field is written in place (`json_set` on the stored spec), never by rewriting a spec read
         earlier, so concurrent updates of different fields never undo each other. A new image is a new
-        revision, even when the reference is the same (a redeploy). `fip` "" detaches. None if the
+        revision, even when the reference is the same (a redeploy): numbered above every earlier one,
+        recorded with `by` and `reason`; the revision it replaces, if it was still rolling out, ends
+        `superseded` (or as `ending` says: outcome, reason). `fip` "" detaches. None if the
         service is gone; ServiceDeleting if it is being deleted; FipTaken if another service holds
         the floating IP (then nothing changed).
         """
         with self._transaction() as db:
-            row = db.execute("SELECT deleting FROM services WHERE name = ?", (name,)).fetchone()
+            row = db.execute("SELECT deleting, uid, revision FROM services WHERE name = ?", (name,)).fetchone()
             if row is None:
                 return None
             if row[0]:
                 raise ServiceDeleting(name)
+            uid, revision = row[1], row[2]
             spec_expression = "spec"
             columns: list[str] = []
             values: list[object] = []
@@ -442,7 +480,20 @@ class Store:
             if image is not None:
                 spec_expression = f"json_set({spec_expression}, '$.Image', ?)"
                 values.append(image)
-                columns.append("revision = revision + 1")
+                highest = db.execute("SELECT MAX(number) FROM revisions WHERE uid = ?", (uid,)).fetchone()[0]
+                number = max(highest or 0, revision) + 1
+                columns.append(f"revision = {number}")
+                outcome, why = ending or (RevisionOutcome.superseded, "replaced before it was ready")
+                db.execute(
+                    "UPDATE revisions SET outcome = ?, reason = ? WHERE uid = ? AND number = ? AND outcome = ?",
+                    (outcome.value, why, uid, revision, RevisionOutcome.rolling.value),
+                )
+                if ending:  # the revision left is rolled back even when it was serving already
+                    db.execute(
+                        "UPDATE revisions SET outcome = ?, reason = ? WHERE uid = ? AND number = ? AND outcome = ?",
+                        (outcome.value, why, uid, revision, RevisionOutcome.active.value),
+                    )
+                self._add_revision(db, uid, number, image, by, reason)
             if fip is not None:
                 if fip:
                     holder = db.execute("SELECT name FROM services WHERE fip = ? AND name != ?", (fip, name)).fetchone()
@@ -503,6 +554,7 @@ class Store:
                 "INSERT OR REPLACE INTO deleted (name, uid, at) VALUES (?, ?, ?)", (record.name, record.uid, rfc3339_now())
             )
             db.execute("DELETE FROM events WHERE uid = ?", (record.uid,))
+            db.execute("DELETE FROM revisions WHERE uid = ?", (record.uid,))
             if record.keep:
                 db.execute(
                     "INSERT OR REPLACE INTO released (uid, name, at) VALUES (?, ?, ?)",
@@ -582,6 +634,86 @@ class Store:
                 (row[0], -1 if limit is None else limit),
             ).fetchall()
         return [_event(item) for item in reversed(rows)]
+
+
+    # -- revisions ----------------------------------------------------------------------------
+
+    def revisions(self, name: str) -> list[Revision] | None:
+        """The service's revisions, newest first; None if it is not known."""
+        with self._lock:
+            row = self._db.execute("SELECT uid FROM services WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return None
+            rows = self._db.execute(
+                f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE uid = ? ORDER BY number DESC", (row[0],)
+            ).fetchall()
+        return [_revision(item) for item in rows]
+
+    def revision(self, uid: str, number: int) -> Revision | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE uid = ? AND number = ?", (uid, number)
+            ).fetchone()
+        return _revision(row) if row else None
+
+    def last_good(self, uid: str, before: int) -> Revision | None:
+        """The newest revision below `before` whose replicas were all ready once (one to go back to)."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE uid = ? AND number < ? AND ready = 1"
+                " ORDER BY number DESC LIMIT 1",
+                (uid, before),
+            ).fetchone()
+        return _revision(row) if row else None
+
+    def revision_ready(self, uid: str, number: int) -> bool:
+        """All replicas of revision `number`, the current one, are ready: it is `active` (and one to go
+        back to), the one active before it `superseded`. True when that changed anything."""
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE revisions SET outcome = ?, ready = 1 WHERE uid = ? AND number = ? AND outcome = ?"
+                " AND EXISTS (SELECT 1 FROM services WHERE uid = ? AND revision = ?)",
+                (RevisionOutcome.active.value, uid, number, RevisionOutcome.rolling.value, uid, number),
+            ).rowcount
+            if changed:
+                db.execute(
+                    "UPDATE revisions SET outcome = ? WHERE uid = ? AND number != ? AND outcome = ?",
+                    (RevisionOutcome.superseded.value, uid, number, RevisionOutcome.active.value),
+                )
+        return changed > 0
+
+    def roll_back(self, uid: str, failed: int, to: int, reason: str) -> ServiceRecord | None:
+        """Automatic rollback: revision `failed` (still the current one, still rolling out) ends
+        `rolled back` with `reason`, and `to` becomes the current revision again, with its image (its
+        replicas, labelled with its number, are the ones to keep). None when the service changed
+        meanwhile (another revision, being deleted) or `to` is not known: nothing was done."""
+        with self._transaction() as db:
+            target = db.execute("SELECT image FROM revisions WHERE uid = ? AND number = ?", (uid, to)).fetchone()
+            moved = target is not None and db.execute(
+                "UPDATE services SET spec = json_set(spec, '$.Image', ?), revision = ?, generation = generation + 1"
+                " WHERE uid = ? AND revision = ? AND deleting = 0",
+                (target[0], to, uid, failed),
+            ).rowcount
+            if not moved:
+                return None
+            db.execute(
+                "UPDATE revisions SET outcome = ?, reason = ? WHERE uid = ? AND number = ?",
+                (RevisionOutcome.rolled_back.value, reason, uid, failed),
+            )
+            db.execute(
+                "UPDATE revisions SET outcome = ? WHERE uid = ? AND number = ?",
+                (RevisionOutcome.active.value, uid, to),
+            )
+            found = db.execute(f"SELECT {_COLUMNS} FROM services WHERE uid = ?", (uid,)).fetchone()
+        return _record(found)
+
+
+_REVISION_COLUMNS = "number, image, created, by, outcome, reason"
+
+
+def _revision(row: Sequence[Any]) -> Revision:
+    number, image, created, by, outcome, reason = row
+    return Revision(Number=number, Image=image, Created=created, By=by, Outcome=outcome, Reason=reason)
 
 
 def rfc3339(at: float) -> str:

@@ -52,7 +52,7 @@ class MemoryDriver:
         self.replicas: dict[str, list[SimpleNamespace]] = {}
         self.health: dict[tuple[str, str], ReplicaHealth] = {}  # (service uid, slot) -> as a balancer says
 
-    def health_of(self, uid: str, slot: str | None) -> ReplicaHealth | None:
+    def health_of(self, uid: str, slot: str | None, container_id: str = "") -> ReplicaHealth | None:
         return self.health.get((uid, slot or ""))
 
     def set_health(self, replica: SimpleNamespace, health: str) -> None:

@@ -2,7 +2,7 @@
 """Regenerate screenshots/: SVGs of the console's screens, on fixed sample data.
 
 The services view, the create form, the service view (replicas with health, CPU and memory; logs;
-events), the floating IP dialog and help.
+events, balancer, revisions), the floating IP dialog and help.
 
 The console runs headless on fixed sample data (tests/tui/fakes.py, the data of the snapshot tests),
 so the pictures only change when the console's look does. Usage: python scripts/screenshots.py
@@ -26,6 +26,8 @@ SHOTS = [
     ("service", ["down", "down", "enter"]),
     ("service-logs", ["down", "down", "enter", "2"]),
     ("service-events", ["down", "down", "enter", "4"]),
+    ("service-balancer", ["down", "down", "enter", "5"]),
+    ("service-revisions", ["down", "down", "enter", "6"]),
     ("floating-ip", ["down", "f", "down", "down"]),
     ("help", ["question_mark"]),
 ]

@@ -43,9 +43,11 @@ def echo_replica(tls_pem: str | None = None) -> dict:
             "ContainerPort": ECHO_PORT}
 
 
-def get(host: str, port: int, path: str = "/", headers: dict | None = None, timeout: float = 5.0) -> tuple[int, str, dict]:
-    """One request on a new connection: (status, body, headers)."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+def get(
+    host: str, port: int, path: str = "/", headers: dict | None = None, timeout: float = 5.0, source: str | None = None
+) -> tuple[int, str, dict]:
+    """One request on a new connection (from the local address `source` when given): (status, body, headers)."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout, source_address=(source, 0) if source else None)
     try:
         connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
@@ -54,9 +56,9 @@ def get(host: str, port: int, path: str = "/", headers: dict | None = None, time
         connection.close()
 
 
-def who(host: str, port: int, headers: dict | None = None) -> str:
-    """The replica (hostname) that answered one request."""
-    status, body, _ = get(host, port, headers=headers)
+def who(host: str, port: int, headers: dict | None = None, source: str | None = None) -> str:
+    """The replica (hostname) that answered one request (sent from the local address `source`)."""
+    status, body, _ = get(host, port, headers=headers, source=source)
     assert status == 200, (status, body)
     return body.split()[0]
 

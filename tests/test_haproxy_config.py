@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import socket
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,12 +38,22 @@ def state_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def admin_key_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The runtime API's pattern file, as admin_secret_files() makes it (haproxy -c loads it)."""
+    path = tmp_path_factory.mktemp("admin") / "admin.key"
+    path.write_bytes(hx.admin_secret_files(hx.new_admin_secret(), str(path))[str(path)][0])
+    return str(path)
+
+
 def make(protocol: str = "http", algorithm: str = "roundrobin", affinity: bool = False, **changes) -> hx.BalancerConfig:
     values = dict(
         service="web",
         protocol=protocol,
         algorithm=algorithm,
         session_affinity=affinity,
+        listen="127.77.0.3:80",
+        admin_port=23456,
         container_port=8080,
         health_interval=5,
         health_fall=3,
@@ -81,8 +93,9 @@ def sections(config: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize(("protocol", "algorithm", "affinity"), COMBINATIONS)
-def test_every_combination_passes_haproxy_check(protocol, algorithm, affinity, pem_path, state_path, tmp_path):
-    config = hx.render_config(make(protocol, algorithm, affinity, cert_path=pem_path, state_path=state_path))
+def test_every_combination_passes_haproxy_check(protocol, algorithm, affinity, pem_path, state_path, admin_key_path, tmp_path):
+    config = hx.render_config(make(
+        protocol, algorithm, affinity, cert_path=pem_path, state_path=state_path, admin_key_path=admin_key_path))
     result = haproxy_check(config, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -98,13 +111,29 @@ def test_semantics_of_every_combination(protocol, algorithm, affinity, pem_path)
 
     assert f"mode {'http' if http else 'tcp'}" in defaults
     assert "log stdout format raw local0 info" in parts["global"]
-    assert f"stats socket ipv4@127.0.0.1:{hx.RUNTIME_API_PORT} level admin" in parts["global"]
+    # the master binds (as root), the worker serving traffic runs as haproxy; no port sharing
+    assert {"user haproxy", "group haproxy", "noreuseport"} <= set(parts["global"])
+    # the CLI only on a unix socket in the container's private directory ...
+    assert [d for d in parts["global"] if d.startswith("stats socket")] == [
+        f"stats socket {hx.CLI_SOCKET_PATH} mode 666 level admin"]
+    assert hx.CLI_SOCKET_PATH.startswith(hx.PRIVATE_DIR + "/")
+    # ... reached over the host's loopback only through the gate that wants the secret first
+    assert parts[f"listen {hx.RUNTIME_API}"] == [
+        "mode tcp",
+        "bind 127.0.0.1:23456",
+        "timeout connect 2s",
+        "timeout client 30s",
+        "timeout server 30s",
+        f"tcp-request inspect-delay {hx.ADMIN_GATE_WAIT}",
+        f"tcp-request content reject unless {{ req.payload(0,{hx.ADMIN_SECRET_LENGTH}),hex -m str -f {hx.ADMIN_KEY_PATH} }}",
+        f"server cli unix@{hx.CLI_SOCKET_PATH}",
+    ]
     assert "option redispatch 1" in defaults and "retries 3" in defaults
     assert "timeout connect 1s" in defaults
     assert "timeout check 2s" in defaults  # inter 5 s, capped at CHECK_TIMEOUT_MAX
 
     bind = [d for d in frontend if d.startswith("bind ")]
-    assert bind[0].startswith(f"bind :{hx.LISTEN_PORT}")
+    assert len(bind) == 1 and bind[0].startswith("bind 127.77.0.3:80")  # the service's address, bound itself
     assert (f"ssl crt {pem_path}" in bind[0]) == (protocol == "httpsTerm")
     assert ("option forwardfor" in frontend) == http
     proto = [d for d in frontend if "X-Forwarded-Proto" in d]
@@ -193,8 +222,8 @@ def test_tcp_sessions_may_idle_longer_than_http_ones():
     assert "timeout client 60s" in http_defaults and "timeout tunnel 1h" in http_defaults
 
 
-def test_many_slots_and_no_servers_are_valid(state_path, tmp_path):
-    config = hx.render_config(make(servers=(), slots=200, state_path=state_path))
+def test_many_slots_and_no_servers_are_valid(state_path, admin_key_path, tmp_path):
+    config = hx.render_config(make(servers=(), slots=200, state_path=state_path, admin_key_path=admin_key_path))
     result = haproxy_check(config, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert config.count(" weight 0\n") == hx.MIN_ARMED_SLOTS
@@ -211,7 +240,8 @@ def test_slot_names_round_trip():
 # --- nothing can be smuggled in ---------------------------------------------------------------
 
 CONTROL_CHARACTERS = ["\n", "\r", "\x00", "\t", "\x1b", "\x7f"]
-STRING_FIELDS = ["service", "protocol", "algorithm", "health_check_path", "cert_path", "state_path"]
+STRING_FIELDS = ["service", "protocol", "algorithm", "health_check_path", "cert_path", "state_path", "listen",
+                 "admin_key_path"]
 
 
 @pytest.mark.parametrize("field", STRING_FIELDS)
@@ -251,6 +281,15 @@ def test_control_character_in_a_server_is_refused(char):
         {"container_port": 70000},
         {"slots": 0},
         {"session_affinity": "yes"},
+        {"listen": ":80"},
+        {"listen": "127.77.0.3"},
+        {"listen": "127.77.0.3:0"},
+        {"listen": "127.77.0.3:80 ssl crt /etc/passwd"},
+        {"listen": "localhost:80"},
+        {"admin_port": 80},  # below 1024
+        {"admin_port": 70000},
+        {"admin_port": "23456"},
+        {"admin_key_path": "key file"},
     ],
     ids=repr,
 )
@@ -269,7 +308,9 @@ def test_runtime_commands_refuse_smuggling():
     with pytest.raises(ValueError):
         hx.command_lines(["show info; shutdown frontend service"])
     with pytest.raises(ValueError):
-        hx.runtime_exec_argv("show info\n")
+        hx.runtime_exec_argv("show info\n", 23456)
+    with pytest.raises(ValueError):
+        hx.runtime_exec_argv("show info", 80)
 
 
 # --- runtime API helpers ----------------------------------------------------------------------
@@ -301,17 +342,90 @@ def test_command_lines_batch_within_the_cli_buffer():
 
 
 def test_exec_argv_passes_the_command_as_an_argument_not_as_shell_text():
-    argv = hx.runtime_exec_argv("show servers state replicas")
+    argv = hx.runtime_exec_argv("show servers state replicas", 23456)
     assert argv[:2] == ["sh", "-c"]
     assert "$1" in argv[2] and "show servers" not in argv[2]
     assert argv[-1] == "show servers state replicas"
-    assert f"busybox nc 127.0.0.1 {hx.RUNTIME_API_PORT}" in argv[2]
-    reload = hx.reload_exec_argv()
-    assert "kill -USR2 1" in reload[2]
+    assert "busybox nc 127.0.0.1 23456" in argv[2]
+    # the secret is read from its file inside the container, never passed on a command line
+    assert f"busybox cat {hx.ADMIN_SECRET_PATH} && printf" in argv[2]
+    reload = hx.reload_exec_argv(23456)
+    assert "kill -USR2 1" in reload[2] and "busybox nc 127.0.0.1 23456" in reload[2]
     # the saved states are replaced by the empty file once the new worker runs
     assert reload[2].endswith(f"printf '1\\n' > {hx.STATE_PATH}; [ $i -lt 100 ]")
     with pytest.raises(ValueError):
-        hx.reload_exec_argv("/tmp/x; reboot")
+        hx.reload_exec_argv(23456, "/tmp/x; reboot")
+    with pytest.raises(ValueError):
+        hx.reload_exec_argv(99)
+
+
+def test_the_admin_secret_is_blanks_the_cli_skips_and_its_key_is_its_hex():
+    secret = hx.new_admin_secret()
+    assert len(secret) == hx.ADMIN_SECRET_LENGTH and not secret.strip(" \t")
+    assert secret != hx.new_admin_secret()  # 128 random bits
+    files = hx.admin_secret_files(secret)
+    assert files[hx.ADMIN_SECRET_PATH] == (secret.encode(), 0o600)
+    assert files[hx.ADMIN_KEY_PATH] == ((secret.encode().hex() + "\n").encode(), 0o600)
+    assert all(path.startswith(hx.PRIVATE_DIR + "/") for path in files)
+    for bad in ("", " " * 127, "x" * 128, " " * 127 + "\n"):
+        with pytest.raises(ValueError):
+            hx.admin_secret_files(bad)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports of 127.0.0.1 free a moment ago (the kernel's choice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for each in sockets:
+            each.bind(("127.0.0.1", 0))
+        return [each.getsockname()[1] for each in sockets]
+    finally:
+        for each in sockets:
+            each.close()
+
+
+def test_the_gate_passes_the_secret_and_the_cli_runs_the_command_after_it(admin_key_path, state_path, tmp_path):
+    """The real 2.6 binary on the host: the runtime-api gate forwards a line that starts with the
+    secret to the CLI, which answers exactly the command after it; anything else gets nothing."""
+    secret = bytes.fromhex(Path(admin_key_path).read_text().strip())
+    admin_port, service_port = free_ports(2)
+    config = hx.render_config(make("tcp", admin_port=admin_port, listen=f"127.0.0.1:{service_port}", servers=(),
+                                   state_path=state_path, admin_key_path=admin_key_path))
+    # as an unprivileged process of the host, with the CLI socket in a directory of the test's
+    config = config.replace(hx.CLI_SOCKET_PATH, str(tmp_path / "cli.sock"))
+    config = config.replace("    user haproxy\n    group haproxy\n", "")
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    process = subprocess.Popen([HAPROXY, "-db", "-f", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def send(payload: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=10) as connection:
+            connection.sendall(payload)
+            connection.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+            return answer
+
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                answer = send(secret + b"show servers state replicas\n")
+                break
+            except OSError:
+                assert process.poll() is None, process.communicate()[1]
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert answer.startswith(b"1\n# be_id be_name")  # the command's own answer, nothing before it
+        assert send(b"show servers state replicas\n") == b""
+        wrong = bytes(b ^ (0x20 ^ 0x09) if i == 0 else b for i, b in enumerate(secret))  # one blank flipped
+        assert send(wrong + b"show info\n") == b""
+        assert send(b" " * hx.ADMIN_SECRET_LENGTH + b"show info\n") == b""
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
 
 
 def test_balancer_files(pem_path):
@@ -323,6 +437,28 @@ def test_balancer_files(pem_path):
     assert hx.CERT_PATH not in hx.balancer_files(make("http"))
     with pytest.raises(ValueError):
         hx.balancer_files(make("httpsTerm"))
+
+
+def test_bind_failures_captured_from_2_6():
+    log = (
+        "[NOTICE]   (1) : haproxy version is 2.6.12-1+deb12u4\n"
+        "[ALERT]    (1) : Binding [/usr/local/etc/haproxy/haproxy.cfg:24] for frontend service: cannot bind socket "
+        "(Address already in use) for [127.77.250.9:81]\n"
+        "[ALERT]    (1) : [haproxy.main()] Some protocols failed to start their listeners! Exiting.\n"
+    )
+    failure = hx.parse_bind_failure(log)
+    assert failure == hx.BindFailure("127.77.250.9:81", "Address already in use") and failure.in_use
+    admin = hx.parse_bind_failure(
+        "[ALERT]    (1) : Binding [/usr/local/etc/haproxy/haproxy.cfg:19] for proxy runtime-api: cannot bind socket "
+        "(Address already in use) for [127.0.0.1:23999]\n"
+    )
+    assert admin is not None and admin.address == "127.0.0.1:23999"
+    foreign = hx.parse_bind_failure(
+        "[ALERT]    (1) : Binding [/usr/local/etc/haproxy/haproxy.cfg:24] for frontend service: cannot bind socket "
+        "(Cannot assign requested address) for [10.99.99.99:81]\n"
+    )
+    assert foreign is not None and foreign.address == "10.99.99.99:81" and not foreign.in_use
+    assert hx.parse_bind_failure("[NOTICE]   (1) : Loading success.\n") is None
 
 
 def test_runtime_errors_on_answers_captured_from_2_6():

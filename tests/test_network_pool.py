@@ -208,6 +208,7 @@ async def test_a_full_pool_answers_a_clear_error_creates_nothing_and_a_delete_fr
 
 
 @pytest.mark.docker
+@pytest.mark.timeout(900)  # 120 containers on 2 shared cores
 async def test_sixty_services_at_once_beyond_dockers_default_pools(backend_factory, docker_client):
     # Docker's default pools hold ~30 bridge networks; the product's own pool is not limited by them.
     backend = backend_factory(max_replicas=2, workers=4)
@@ -217,7 +218,7 @@ async def test_sixty_services_at_once_beyond_dockers_default_pools(backend_facto
             body = web_body(name, 1, HealthCheckInterval=1, HealthCheckRise=1)
             assert (await api.post("/services/create", json=body)).status_code == 201
         for name in names:
-            await wait_status(api, name, "active", timeout=300)
+            await wait_status(api, name, "active", timeout=600)
         statuses = {s["Name"]: s["Status"] for s in (await api.get("/services")).json()}
     assert statuses == dict.fromkeys(names, "active")
     subnets = {backend.store.get(name).subnet for name in names}

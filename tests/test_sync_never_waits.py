@@ -164,6 +164,9 @@ class MemoryEngine:
     def exec(self, container: Container, argv: list[str]) -> tuple[int, bytes]:
         raise NotImplementedError
 
+    def error_log(self, container: Container, lines: int) -> bytes:
+        raise NotImplementedError
+
     def follow_log(self, container: Container, since: float) -> Any:
         raise NotImplementedError
 
@@ -175,7 +178,7 @@ class BusyBalancers:
     def __init__(self) -> None:
         self.servers: dict[str, dict[str, str]] = {}
 
-    def ensure(self, record: ServiceRecord, network: str, servers: dict[str, str]) -> list[Container]:
+    def ensure(self, record: ServiceRecord, servers: dict[str, str]) -> list[Container]:
         return []
 
     def set_servers(

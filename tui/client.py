@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from backend.models import BalancerView, ContainerInfo, FieldError, Service, ServiceHistory
+from backend.models import BalancerView, ContainerInfo, FieldError, Revision, Service, ServiceHistory
 
 IN_PROCESS_URL = "http://hyperservice.local"
 _END = object()
@@ -104,6 +104,10 @@ class ConsoleClient(Protocol):
     async def images(self, prefix: str = "", limit: int | None = None) -> list[str]: ...
 
     async def service_events(self, name: str, limit: int = 100, window: int | None = None) -> ServiceHistory: ...
+
+    async def revisions(self, name: str) -> list[Revision]: ...
+
+    async def rollback(self, name: str, revision: int | None = None) -> Service: ...
 
     async def limits(self) -> Limits: ...
 
@@ -344,6 +348,11 @@ class ApiClient:
         body: dict[str, Any] = {"Revision": revision} if revision is not None else {}
         response = await self._request("POST", f"/services/{name}/rollback", json=body)
         return Service.model_validate(response.json())
+
+    async def revisions(self, name: str) -> list[Revision]:
+        """The service's revisions, newest first: `GET /services/{name}/revisions`."""
+        response = await self._request("GET", f"/services/{name}/revisions")
+        return [Revision.model_validate(item) for item in response.json()]
 
     async def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
         """A GET route's answer as the backend's JSON, unparsed (for a route this client has no typed

@@ -74,6 +74,9 @@ class DockerEngine(DockerDriver):
         code, output = container.exec_run(argv)
         return code or 0, output if isinstance(output, bytes) else str(output).encode()
 
+    def error_log(self, container: Container, lines: int) -> bytes:
+        return container.logs(stdout=False, stderr=True, tail=lines)
+
     def follow_log(self, container: Container, since: float) -> ClosableStream[bytes]:
         stream = self.client.api.logs(
             object_id(container), stream=True, follow=True, stdout=True, stderr=False, timestamps=True, since=int(since)

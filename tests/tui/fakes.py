@@ -18,6 +18,8 @@ from backend.models import (
     BalancerReplica,
     BalancerView,
     ContainerInfo,
+    Revision,
+    RevisionOutcome,
     Service,
     ServiceEvent,
     ServiceHistory,
@@ -94,6 +96,18 @@ LOG_LINES = [
     else f"{_at(60 - i * 7)[:-1]}Z web-bcdex | GET /api/health 200 2 bytes"
     for i in range(8)
 ]
+
+
+def sample_revisions(service: Service) -> list[Revision]:
+    """Newest first: the current image active; before it one rolled back by itself (its replicas
+    kept exiting), one superseded, and the first."""
+    rows = [
+        (4, service.Image, 600, "local", RevisionOutcome.active, ""),
+        (3, "nginx:1.28-rc1", 1800, "local", RevisionOutcome.rolled_back, "revision 3's replicas kept exiting (code 1)"),
+        (2, "nginx:1.26", 86400, "ci", RevisionOutcome.superseded, ""),
+        (1, "nginx:1.25", 3 * 86400, "local", RevisionOutcome.superseded, ""),
+    ]
+    return [Revision(Number=n, Image=i, Created=_at(ago), By=by, Outcome=o, Reason=r) for n, i, ago, by, o, r in rows]
 
 
 def sample_history(service: Service) -> ServiceHistory:
@@ -204,6 +218,14 @@ class FakeClient:
         raise ApiError(409, f"a service named {body.get('Name')} already exists")
 
     async def update_service(self, name: str, **changes: Any) -> Service:
+        return await self.get_service(name)
+
+    async def revisions(self, name: str) -> list[Revision]:
+        self.calls.append(f"revisions {name}")
+        return sample_revisions(await self.get_service(name))
+
+    async def rollback(self, name: str, revision: int | None = None) -> Service:
+        self.calls.append(f"rollback {name} {revision}")
         return await self.get_service(name)
 
     async def delete_service(self, name: str, keep: bool = False) -> bool:

@@ -113,3 +113,11 @@ def test_service_view_balancer(snap_compare):
 
 def test_service_view_balancer_80x24(snap_compare):
     assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys("down", "down", "enter", "5"))
+
+
+def test_service_view_revisions(snap_compare):
+    assert snap_compare(fake_app(), terminal_size=(100, 30), run_before=keys("down", "down", "enter", "6"))
+
+
+def test_rollback_dialog(snap_compare):
+    assert snap_compare(fake_app(), terminal_size=(80, 24), run_before=keys("down", "down", "enter", "6", "down", "r"))

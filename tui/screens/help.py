@@ -39,8 +39,9 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("d", "delete (asks first; can keep the containers running)"),
         ("c", "copy the highlighted container's id"),
         ("a", "copy the service's address"),
-        ("1 / 2 / 3 / 4 / 5", "replicas / logs / spec / events / balancer tab (events: what happened and why, live;"
-                              " balancer: each replica's share of the traffic, live)"),
+        ("1 – 6", "replicas / logs / spec / events / balancer / revisions tab (events: what happened and why, live;"
+                  " balancer: each replica's share of the traffic, live)"),
+        ("r", "roll back (asks first): to the highlighted revision in the revisions tab, else the last good one"),
         ("l", "logs of the highlighted replica (again: all replicas)"),
         ("/", "search the logs (in the logs tab)"),
         ("escape", "back to the services"),

@@ -42,6 +42,7 @@ from tui.widgets.service.balancer_pane import BalancerPane
 from tui.widgets.service.containers_table import ContainersTable
 from tui.widgets.service.events_pane import EventsPane
 from tui.widgets.service.log_pane import LogPane
+from tui.widgets.service.revisions_pane import RevisionsPane
 
 BUSY = ("created", "scaling", "updating", "deleting")
 STATS_FLUSH_SECONDS = 0.25  # samples of several replicas arriving close together are drawn together
@@ -99,6 +100,8 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         Binding("3", "tab('spec')", "Spec", show=False),
         Binding("4", "tab('events')", "Events", show=False),
         Binding("5", "tab('balancer')", "Balancer", show=False),
+        Binding("6", "tab('revisions')", "Revisions", show=False),
+        Binding("r", "rollback", "Rollback", show=False),  # said in the Revisions tab and the help
         Binding("m", "message", "Message", show=False),
     ]
 
@@ -129,6 +132,8 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
                 yield EventsPane(self.service_name, id="events-pane")
             with TabPane("Balancer", id="balancer"):
                 yield BalancerPane(self.service_name, id="balancer-pane")
+            with TabPane("Revisions", id="revisions"):
+                yield RevisionsPane(self.service_name, id="revisions-pane")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -311,6 +316,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
     def on_history_changed(self, message: HistoryChanged) -> None:
         if message.name == self.service_name:
             self.query_one(EventsPane).changed()
+            self.query_one(RevisionsPane).changed()  # updates and rollbacks are in the history
 
     @on(TabbedContent.TabActivated, "#tabs")
     def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
@@ -324,6 +330,11 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
             balancer.show_now()
         else:
             balancer.hidden()
+        revisions = self.query_one(RevisionsPane)
+        if event.pane.id == "revisions":
+            revisions.show_now()
+        else:
+            revisions.hidden()
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
@@ -343,6 +354,33 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
             self.query_one("#events-table", DataTable).focus()
         elif tab == "balancer":
             self.query_one("#balancer-table", DataTable).focus()
+        elif tab == "revisions":
+            self.query_one("#revisions-table", DataTable).focus()
+
+    def action_rollback(self) -> None:
+        """Roll back, after a confirmation: on the Revisions tab to the highlighted revision, elsewhere
+        to the last good one (the backend picks it, and refuses the current one or nothing to go to)."""
+        from tui.screens.rollback import RollbackDialog
+
+        service = self.target_service()
+        if service is None:
+            return
+        target = None
+        if self.query_one(TabbedContent).active == "revisions":
+            target = self.query_one(RevisionsPane).selected()
+        app, name, number = self.app, service.Name, target.Number if target else None
+
+        def done(confirmed: bool | None) -> None:
+            if not confirmed:
+                return
+
+            async def rollback() -> None:
+                app.notify(f"Rolling {name} back…", timeout=3)
+                app.remember(await app.client.rollback(name, number))
+
+            app.run_worker(rollback(), group="action", exit_on_error=False)
+
+        self.app.push_screen(RollbackDialog(name, service.Image, target), done)
 
     def action_events(self) -> None:
         self.action_tab("events")
