@@ -346,8 +346,9 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
         change = await _validated(request, ServiceUpdate, backend.validation_context)
         return await run_in_threadpool(backend.update, name, change)
 
-    @app.delete("/services/{name}", status_code=202,
-                responses={**_ERRORS, 204: {"description": "the service is gone already (deleted before)"}})
+    @app.delete("/services/{name}", status_code=202, response_class=Response,
+                responses={**_ERRORS, 202: {"description": "accepted: the service is being torn down"},
+                           204: {"description": "the service is gone already (deleted before)"}})
     def delete_service(
         name: str,
         keep: bool = Query(False, description="leave the replicas running"),

@@ -63,7 +63,7 @@ async def test_concurrent_deletes_answer_at_once_and_tear_down_in_parallel(api: 
     for name in names:
         assert (await api.post("/services/create", json=web_body(name, 1, **DEAF))).status_code == 201
     for name in names:
-        await wait_status(api, name, "active", 120)
+        await wait_status(api, name, "active", 300)
     uids = [backend.store.get(name).uid for name in names]
 
     real_remove = backend.driver.remove

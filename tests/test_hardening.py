@@ -390,10 +390,13 @@ def test_health_check_bounds_are_what_the_balancer_accepts(tmp_path):
                                        "HealthCheckFall": MAX_CHECK_COUNT, "HealthCheckRise": MAX_CHECK_COUNT})
     state = tmp_path / "state"
     state.write_text(hx.EMPTY_SERVER_STATE)
+    admin_key = tmp_path / "admin.key"  # the runtime API's secret, as the balancer gets it
+    admin_key.write_bytes(hx.admin_secret_files(hx.new_admin_secret(), str(admin_key))[str(admin_key)][0])
     config = hx.BalancerConfig(
         service=spec.Name, protocol="http", algorithm="roundrobin", session_affinity=False, container_port=80,
         health_interval=spec.HealthCheckInterval, health_fall=spec.HealthCheckFall, health_rise=spec.HealthCheckRise,
-        slots=MAX_REPLICAS_LIMIT + 1, state_path=str(state),
+        slots=MAX_REPLICAS_LIMIT + 1, state_path=str(state), listen="127.0.0.1:80", admin_port=20000,
+        admin_key_path=str(admin_key),
     )
     result = haproxy_check(hx.render_config(config), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
