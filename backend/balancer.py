@@ -1,4 +1,4 @@
-"""The balancers on Docker: the HAProxy containers in front of each service, and what they see.
+"""The balancers: the HAProxy containers in front of each service, and what they see.
 
 Each service has one balancer container listening on `IP:ServicePort` and, while a floating IP is
 attached, a second one on `FIP:ServicePort` (so attaching or detaching never disturbs the service's
@@ -10,7 +10,8 @@ X-Forwarded-For). It reaches the replicas on their bridge addresses from the hos
 runs as root with every capability dropped but binding ports < 1024, changing user and signalling;
 the worker that serves traffic runs as user haproxy (`user`/`group` in the config).
 
-This module owns the Docker side of that (backend/haproxy.py owns the HAProxy text):
+This module owns the container side of that (backend/haproxy.py owns the HAProxy text); every call
+on a container goes through the engine (backend/engine.py):
 - creating a balancer: render the config, copy it in (put_archive, no bind mounts: a remote
   DOCKER_HOST works too) with a fresh runtime-API secret, start it, and tell a taken address
   ("address IP:port already in use") from a taken runtime-API port (another port is chosen);
@@ -43,7 +44,8 @@ from docker.models.containers import Container
 from docker.types import LogConfig
 
 from backend import haproxy
-from backend.docker_driver import ROLE_BALANCER, DockerDriver, ImageUnavailable, ServiceRef, object_id
+from backend.docker_driver import ROLE_BALANCER, ImageUnavailable, ServiceRef, object_id
+from backend.engine import Engine
 from backend.store import ServiceRecord
 
 log = logging.getLogger(__name__)
@@ -150,14 +152,14 @@ class Balancers:
 
     def __init__(
         self,
-        driver: DockerDriver,
+        engine: Engine,
         image: str,
         slots: int,
         on_health: Callable[[str, str, ReplicaHealth], None],
         fallback_image: str = "",
         on_notice: Callable[[str], None] | None = None,
     ) -> None:
-        self.driver = driver
+        self.engine = engine
         self.image = image  # the configured image
         self.fallback_image = fallback_image
         self._on_notice = on_notice  # (a sentence for the operator)
@@ -180,7 +182,7 @@ class Balancers:
     # -- containers --------------------------------------------------------------------------
 
     def containers(self, ref: ServiceRef) -> list[Container]:
-        return self.driver.containers(ref, ROLE_BALANCER)
+        return self.engine.balancers(ref)
 
     def ensure(self, record: ServiceRecord, servers: dict[str, str]) -> list[Container]:
         """Balancers for the service's address (and FIP) exist and run; extra ones are removed.
@@ -202,7 +204,7 @@ class Balancers:
                 or not container.labels.get(LABEL_ADMIN_PORT)
             ):
                 self.forget(object_id(container))
-                self.driver.remove(container, graceful=False)
+                self.engine.remove(container, graceful=False)
         existing = self.containers(ref)
         fronts = {c.labels.get(LABEL_FRONT): c for c in existing}
         for front, address in wanted.items():
@@ -230,29 +232,27 @@ class Balancers:
         self, record: ServiceRecord, servers: dict[str, str], front: str, address: str, image: str, admin_port: int
     ) -> Container:
         ref = ServiceRef(record.name, record.uid)
-        labels = self.driver.labels(
+        labels = self.engine.labels(
             ref, ROLE_BALANCER, **{LABEL_FRONT: front, LABEL_ADDRESS: address, LABEL_ADMIN_PORT: str(admin_port)}
         )
-        container = self.driver.client.containers.create(
+        container = self.engine.create_container(
             image=image,
             name=f"{record.name}-{'lb' if front == 'ip' else 'fip'}-{record.uid[:5]}",
             labels=labels,
-            restart_policy={"Name": "unless-stopped"},  # type: ignore[arg-type]
+            restart_policy={"Name": "unless-stopped"},
             log_config=LogConfig(type=LogConfig.types.JSON, config=LOG_OPTIONS),
-            detach=True,
             **CONTAINER_OPTIONS,
         )
         try:
             self._copy_files(container, record, servers, admin_secret=haproxy.new_admin_secret())
-            container.start()
-            container.reload()
+            self.engine.start(container)
             self._wait_listening(container)
         except StartFailed:
-            container.remove(force=True)
+            self.engine.remove(container, graceful=False)
             raise
         except Exception:
             if container.status != "running":  # otherwise slow to answer: it stays, checked again next time
-                container.remove(force=True)
+                self.engine.remove(container, graceful=False)
             raise
         with self._lock:
             self._started[object_id(container)] = haproxy.started_state(
@@ -269,10 +269,10 @@ class Balancers:
         Otherwise the configured image, pulled; if that fails, the error names the fix.
         """
         with self._image_lock:
-            if self.driver.has_image(self.image):
+            if self.engine.has_image(self.image):
                 return self.image
             fallback = self.fallback_image
-            if fallback and fallback != self.image and self.driver.has_image(fallback):
+            if fallback and fallback != self.image and self.engine.has_image(fallback):
                 if not self._noticed_fallback:
                     self._noticed_fallback = True
                     notice = (
@@ -284,7 +284,7 @@ class Balancers:
                         self._on_notice(notice)
                 return fallback
             try:
-                self.driver.ensure_image(self.image)
+                self.engine.ensure_image(self.image)
             except ImageUnavailable as exc:
                 if not fallback or fallback == self.image:
                     raise
@@ -303,7 +303,7 @@ class Balancers:
                 self._ask(container, "show info")
                 return
             except BalancerError:
-                container.reload()
+                self.engine.refresh(container)
                 if container.status != "running" or container.attrs.get("RestartCount", 0):
                     self._raise_start_failure(container)
                 if time.monotonic() > deadline:
@@ -311,7 +311,7 @@ class Balancers:
                 time.sleep(0.05)
 
     def _raise_start_failure(self, container: Container) -> None:
-        text = container.logs(stdout=False, stderr=True, tail=50).decode("utf-8", "replace")
+        text = self.engine.error_log(container, lines=50).decode("utf-8", "replace")
         failure = haproxy.parse_bind_failure(text)
         if failure is None:
             alerts = [line for line in text.splitlines() if "[ALERT]" in line]
@@ -332,14 +332,15 @@ class Balancers:
         files = haproxy.balancer_files(config, record.spec.SSLCert or None)
         if admin_secret is not None:
             files.update(haproxy.admin_secret_files(admin_secret))
-        if not container.put_archive("/", _archive(files)):
+        if not self.engine.copy_in(container, "/", _archive(files)):
             raise BalancerError(f"could not copy the configuration into {container.name}")
 
     def remove_all(self, ref: ServiceRef) -> None:
         containers = self.containers(ref)
         for container in containers:
             self.forget(object_id(container))
-        self.driver.remove_many(containers, graceful=False)
+        for container in containers:
+            self.engine.remove(container, graceful=False)
         with self._lock:
             self._boards.pop(ref.uid, None)
 
@@ -415,25 +416,22 @@ class Balancers:
         carried = {slot: snap.address for slot, snap in current.items() if snap.state != "MAINT" and not snap.spare}
         log.info("balancer %s: growing from %d to %d server slots", container.name, len(current), self.slots)
         self._copy_files(container, record, carried)
-        code, output = container.exec_run(haproxy.reload_exec_argv(_admin_port(container)))
+        code, output = self.engine.exec(container, haproxy.reload_exec_argv(_admin_port(container)))
         if code != 0:
-            text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+            text = output.decode("utf-8", "replace")
             raise BalancerError(f"the balancer {container.name} did not reload with more slots: {text[:200]}")
         with self._lock:
             self._applied.pop(object_id(container), None)
         return haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
 
-    def wait_drained(self, balancers: list[Container], slots: list[str], timeout: float = DRAIN_WAIT) -> None:
-        """Wait (bounded) until no balancer has a session open on `slots`."""
-        if not slots:
-            return
-        deadline = time.monotonic() + timeout
+    def busy_slots(self, balancers: list[Container], slots: list[str]) -> set[str]:
+        """Which of `slots` some balancer still has a session open on (one question each, no waiting:
+        the reconciler asks again on its next step, until DRAIN_WAIT is over)."""
+        busy: set[str] = set()
         for container in balancers:
-            while time.monotonic() < deadline:
-                counts = haproxy.parse_session_counts(self._ask(container, haproxy.SHOW_SERVER_STATS))
-                if all(counts.get(slot, 0) == 0 for slot in slots):
-                    break
-                time.sleep(0.2)
+            counts = haproxy.parse_session_counts(self._ask(container, haproxy.SHOW_SERVER_STATS))
+            busy |= {slot for slot in slots if counts.get(slot, 0)}
+        return busy
 
     def traffic(self, ref: ServiceRef) -> list[tuple[str, str, list[haproxy.TrafficStats]]]:
         """(front, host address, `show stat` rows) of each of the service's balancers that answers,
@@ -456,10 +454,10 @@ class Balancers:
 
     def _ask(self, container: Container, command: str) -> str:
         try:
-            code, output = container.exec_run(haproxy.runtime_exec_argv(command, _admin_port(container)))
+            code, output = self.engine.exec(container, haproxy.runtime_exec_argv(command, _admin_port(container)))
         except docker.errors.APIError as exc:  # e.g. the container is restarting
             raise BalancerError(f"the balancer {container.name} did not answer its runtime API: {exc}") from exc
-        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+        text = output.decode("utf-8", "replace")
         if code != 0 or not text:  # every CLI answer has at least a newline: nothing = not taken
             raise BalancerError(f"the balancer {container.name} did not answer its runtime API: {text.strip()[:200]}")
         return text
@@ -546,9 +544,7 @@ class Balancers:
     def _read_health(self, name: str, uid: str, primary: Container, since: float) -> None:
         board = self.board(uid)
         try:
-            stream = self.driver.client.api.logs(
-                object_id(primary), stream=True, follow=True, stdout=True, stderr=False, timestamps=True, since=int(since)
-            )
+            stream = self.engine.follow_log(primary, since)
             pending = b""
             for chunk in stream:
                 if self._stopping.is_set():

@@ -49,6 +49,7 @@ from backend.docker_driver import (
     volume_label,
     volume_name,
 )
+from backend.engines.docker import DockerEngine
 from backend.events import EventHub
 from backend.history import DEFAULT_WINDOW, History
 from backend.models import (
@@ -121,7 +122,7 @@ class Backend:
         )
         try:
             limits = ReplicaLimits(settings.pids_limit, settings.log_max_size, settings.log_max_file)
-            self.driver = DockerDriver(self.store.tenant, docker_client, limits)
+            self.driver = DockerEngine(self.store.tenant, docker_client, limits)
             self.hub = EventHub()
             self.reconciler = Reconciler(self.store, self.driver, self.hub, settings)
             self.followers = Followers()

@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from backend.docker_driver import LABEL_ROLE, LABEL_UID, ROLE_REPLICA, DockerDriver
+from backend.docker_driver import LABEL_ROLE, LABEL_UID, ROLE_REPLICA
+from backend.engine import Engine
 from backend.events import EventHub
 from backend.models import EventGroup, EventType, ServiceEvent, ServiceHistory
 from backend.store import Store
@@ -41,11 +42,11 @@ CAUSE_ORDER = ("OOM-killed", "exited", "replaced", "went DOWN")
 
 class History:
     def __init__(
-        self, store: Store, hub: EventHub, driver: DockerDriver, clock: Callable[[], float] = time.time
+        self, store: Store, hub: EventHub, engine: Engine, clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
         self.hub = hub
-        self.driver = driver
+        self.engine = engine
         self.clock = clock
         self._lock = threading.Lock()
         # container id -> when (monotonic): its `oom` came; it died (its next start is a restart); the
@@ -138,7 +139,7 @@ class History:
             exit_code = _int(attributes.get("exitCode"))
             if not oom and exit_code == OOM_EXIT_CODE:  # the `oom` event may come late, or not at all
                 try:
-                    oom = self.driver.oom_killed(container_id)
+                    oom = self.engine.oom_killed(container_id)
                 except Exception as exc:  # the engine went away meanwhile: say what we know
                     log.debug("could not inspect %s: %s", replica, exc)
             self.record(

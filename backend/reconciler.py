@@ -1,11 +1,21 @@
-"""The reconciler: drives what runs on Docker towards what the store says each service should be.
+"""The reconciler: drives what runs on the engine towards what the store says each service should be.
 
 Controller-style, as in Kubernetes' sample-controller:
-- Docker events, API calls and a periodic resync only mark a service dirty (add its name to a queue);
-- `sync(name)` compares the desired state (store) with the observed one (Docker) and takes the next
-  idempotent step: create the network, pull the image, replace dead replicas, scale up or down, roll
-  outdated replicas to the new image one at a time (one extra replica at most, never fewer ready
-  replicas than asked for), tear a deleted service down;
+- engine events, API calls and a periodic resync only mark a service dirty (add its name to a queue);
+- `sync(name)` takes the next idempotent step for one service, read top to bottom as
+    observe (`_observe`): the engine's replicas, each with its health at the balancer and, for one
+      taken out of the balancers, how far it is on its way out;
+    plan (`backend.planner.plan`, pure): which replicas to create in which slots, which to replace
+      (and why), drain, stop, and what to report (scale, replace dead or too-long-DOWN replicas, roll
+      outdated ones with one extra at most and never fewer ready than asked for, report a crash loop,
+      say what heals);
+    apply (`_apply`): through the engine (backend/engine.py) and the balancers;
+    report (`report`): the service's status and message, as a `service`/`status` event too;
+  before that it makes sure of the service's network and image;
+- a step never waits: a replica taken out of the balancers drains while the service is looked at
+  again, and is stopped by a later step (once no request is left on it, or after DRAIN_WAIT) on the
+  stop pool; a missing image is pulled on the pull pool (its progress reported as it comes); so the
+  workers stay free for the other services;
 - a step that waits for something asks to be looked at again shortly; a step that fails is retried
   with exponential backoff, and the service shows `error` with the reason meanwhile. Events and the
   resync leave a service alone while it waits out its backoff; an operator's change (`enqueue`)
@@ -23,87 +33,98 @@ Controller-style, as in Kubernetes' sample-controller:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import docker.errors
-from docker.models.containers import Container
 from docker.models.networks import Network
-from docker.types import CancellableStream
 
-from backend.balancer import LABEL_SLOT, Balancers, ReplicaHealth
+from backend.balancer import DRAIN_WAIT, BalancerError, Balancers, ReplicaHealth
 from backend.docker_driver import (
-    LABEL_REVISION,
     LABEL_SERVICE,
-    ROLE_REPLICA,
     TEARDOWN_STOP_TIMEOUT,
-    DockerDriver,
+    ClosableStream,
     EngineUnavailable,
     ImageUnavailable,
     PullProgress,
     ServiceRef,
     SubnetTaken,
     engine_calls,
-    object_id,
     object_name,
-    replica_address,
 )
+from backend.engine import Engine
 from backend.events import EventHub
-from backend.haproxy import slot_name
 from backend.history import History, exit_reason
 from backend.models import RevisionOutcome, ServiceStatus
+from backend.planner import (
+    ALIVE_STATES,
+    SOON,
+    Desired,
+    Leaving,
+    Outcome,
+    Plan,
+    Replica,
+    ReplicaView,
+    crash_looping,
+    plan,
+    ready,
+)
 from backend.settings import Settings
 from backend.store import ServiceRecord, Store, rfc3339_now
 from backend.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
-SOON = 0.25  # seconds before looking again at a service whose step is still under way
-WAIT_FOR_HEALTH = 2.0  # ... whose replicas wait for their health checks (health events come sooner)
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 RECONNECT_FIRST, RECONNECT_MAX = 0.05, 0.5  # seconds between pings while the engine is away
 TEARDOWN_WORKERS = 16  # deleted services torn down at once (mostly waiting out a stop grace)
 TEARDOWN_WAIT_ON_STOP = 15.0  # seconds a stopping backend waits for the teardowns under way
-CRASH_LOOP_RESTARTS = 3  # a replica restarted this often without staying up is reported
 START_GRACE = 10.0  # seconds a new replica gets to start, on top of its health checks, in a rollout
-ALIVE_STATES = ("running", "restarting", "created", "paused")
+PULL_WORKERS = 2  # images pulled at once (a pull may take minutes: never on a worker)
+STOP_WORKERS = 8  # drained replicas stopped at once (a stop may take STOP_TIMEOUT: never on a worker)
 
 
 @dataclass
-class Outcome:
-    """What one sync found: the status to report, and when to look again (None: when told)."""
+class Departure:
+    """A replica taken out of the balancers, on its way out."""
 
-    status: str
-    message: str
-    again_in: float | None = None
+    deadline: float  # (reconciler clock) when it is stopped even with requests still on it
+    stopping: Future[None] | None = None  # its graceful stop and removal, once under way
+
+
+@dataclass
+class Pull:
+    """An image pull under way (or done) for one service."""
+
+    image: str
+    done: Future[str]
 
 
 class Reconciler:
     def __init__(
         self,
         store: Store,
-        driver: DockerDriver,
+        engine: Engine,
         hub: EventHub,
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self.driver = driver
+        self.engine = engine
         self.hub = hub
-        self.history = History(store, hub, driver)  # each service's story, kept in the store
+        self.history = History(store, hub, engine)  # each service's story, kept in the store
         self.resync_seconds = settings.resync_seconds
         self.replace_down_after = settings.replace_down_after
         workers = settings.workers
         self.balancers = Balancers(
-            driver,
+            engine,
             settings.lb_image,
             settings.max_replicas + 1,
             self._on_health,
@@ -114,6 +135,10 @@ class Reconciler:
         # service uid -> replacement container id -> why it was made ("replica X ...; replacing"),
         # until the replacement is ready: the service's message while it heals
         self._healing: dict[str, dict[str, str]] = {}
+        self._departures: dict[str, dict[str, Departure]] = {}  # service uid -> leaving replica id -> ...
+        self._pulls: dict[str, Pull] = {}  # service name -> the pull of its image
+        self._pull_slots = threading.BoundedSemaphore(PULL_WORKERS)
+        self._stop_pool = ThreadPoolExecutor(max_workers=STOP_WORKERS, thread_name_prefix="reconciler-stop")
         self._clock = clock  # monotonic seconds: backoff deadlines
         self.queue = WorkQueue(clock)
         self._workers = workers
@@ -121,7 +146,7 @@ class Reconciler:
         self._stopping = threading.Event()
         self._failures: dict[str, int] = {}  # consecutive failed steps per service
         self._retry_at: dict[str, float] = {}  # when a failed service is due again (monotonic)
-        self._events_stream: CancellableStream[Any] | None = None
+        self._events_stream: ClosableStream[dict[str, Any]] | None = None
         self._engine_lock = threading.Lock()
         self.engine_error: str | None = None  # why the engine can't be reached, None when it can
         self.engine_down_since: str | None = None  # since when (RFC 3339), None when it can
@@ -149,6 +174,7 @@ class Reconciler:
         self._stopping.set()
         self.balancers.stop()
         self.queue.shutdown()
+        self._stop_pool.shutdown(wait=False, cancel_futures=True)  # a stop under way finishes (STOP_TIMEOUT)
         # Teardowns under way finish (bounded: a stop grace each); those not started yet are left
         # to the next backend, which finds the services marked deleting.
         self._teardowns.shutdown(wait=False, cancel_futures=True)
@@ -217,8 +243,8 @@ class Reconciler:
         while not self._stopping.is_set():
             try:
                 with engine_calls():
-                    self.driver.ping()
-                    stream = self.driver.events()
+                    self.engine.ping()
+                    stream = self.engine.events()
                 self._events_stream = stream
                 self._engine_up()
                 delay = RECONNECT_FIRST
@@ -293,7 +319,7 @@ class Reconciler:
         """A call found the engine unreachable. Away for real: say so, and leave the service be (the
         watcher resyncs every service on the engine's return). Only a hiccup: look again soon."""
         try:
-            self.driver.ping()
+            self.engine.ping()
         except EngineUnavailable as exc:
             self._engine_down(str(exc))
             return
@@ -339,129 +365,114 @@ class Reconciler:
             self._start_teardown(record)
             return None
         outcome = self._converge(record)
+        if outcome is None:  # nothing to say yet (an image pull reports its own progress)
+            return None
         if outcome.status == ServiceStatus.active:
             self.store.revision_ready(record.uid, record.revision)
             note = self._rolled_back.get(record.uid)
             if note and note[0] == record.revision:
                 outcome.message = note[1]
         self.report(name, outcome.status, outcome.message, record.generation)
-        return outcome.again_in
+        return self._backoff(name) if outcome.backoff else outcome.again_in
 
-    def _converge(self, record: ServiceRecord) -> Outcome:
-        spec, ref = record.spec, ServiceRef(record.name, record.uid)
+    def _converge(self, record: ServiceRecord) -> Outcome | None:
+        """One step for a live service: observe -> plan (backend.planner: pure) -> apply (through the
+        engine); `sync` reports the outcome (None: nothing to report yet)."""
         network = self._ensure_network(record)
         try:
-            self.driver.ensure_image(spec.Image, on_progress=lambda progress: self._pulling(record, progress))
+            if not self._image_ready(record):
+                self._pull(record)  # it reports its own progress; the service is looked at again after it
+                return None
         except ImageUnavailable as exc:
-            return Outcome(ServiceStatus.error, str(exc), again_in=self._backoff(record.name))
-
-        def ready(container: Container) -> bool:
-            return container.status == "running" and self._health(record, container) == "UP"
-
-        replicas = self.driver.containers(ref, ROLE_REPLICA)
-        alive = [c for c in replicas if c.status in ALIVE_STATES and not self._down_too_long(record, c)]
-        dead = [c for c in replicas if c not in alive]  # exited, stopped by hand, or DOWN for too long
-        current = [c for c in alive if c.labels.get(LABEL_REVISION) == str(record.revision)]
-        outdated = [c for c in alive if c.labels.get(LABEL_REVISION) != str(record.revision)]
-        ready_now = [c for c in current if ready(c)]
-        desired = spec.Replicas
-        rolled_back = self._check_rollout(record, current, dead, ready)
+            return Outcome(ServiceStatus.error, str(exc), backoff=True)
+        observed = self._observe(record)
+        rolled_back = self._check_rollout(record, observed)
         if rolled_back is not None:
             return rolled_back
+        desired = Desired(record.spec.Image, record.spec.Replicas, record.revision, self.replace_down_after)
+        healing = self._healing.get(record.uid, {})
+        step = plan(desired, observed, healing, active=record.status == ServiceStatus.active)
+        self._apply(record, object_name(network), step, {view.replica.id: view for view in observed})
+        return step.outcome
 
-        # Roll: at most one replica above `desired`, never fewer ready replicas than `desired`.
-        limit = desired + 1 if outdated else desired
-        to_create = max(0, min(desired - len(current), limit - len(current) - len(outdated)))
-        excess_outdated = max(0, len(ready_now) + len(outdated) - desired) if outdated else 0
-        excess_current = max(0, len(current) - desired)
-        leaving = _least_useful(outdated, ready)[:excess_outdated] + _least_useful(current, ready)[:excess_current]
+    def _observe(self, record: ServiceRecord) -> list[ReplicaView]:
+        """Each replica as the planner sees it: the engine's facts, its health at the balancer and,
+        for one taken out of the balancers, how far it is on its way out."""
+        replicas = {replica.id: replica for replica in self.engine.replicas(ServiceRef(record.name, record.uid))}
+        departures = self._departures.setdefault(record.uid, {})
+        for gone in set(departures) - set(replicas):
+            del departures[gone]
+        busy = self._busy_slots(record, [replicas[i].slot for i, d in departures.items() if d.stopping is None])
+        now, views = datetime.now(UTC), []
+        for replica in replicas.values():
+            known = self.balancers.health(record.uid, replica.slot, replica.id)
+            health = known.health if known else ""
+            down_for = (now - known.since).total_seconds() if known and known.health == "DOWN" else 0.0
+            leaving = Leaving.NO
+            if (departure := departures.get(replica.id)) is not None:
+                leaving = self._leaving(departure, replica, busy)
+            views.append(ReplicaView(replica, health=health, down_for=down_for, leaving=leaving))
+        return views
 
-        staying = [c for c in alive if c not in leaving]
-        port = spec.ContainerPort or spec.ServicePort
-        heals = self._heal(record, dead, to_create) if dead else []
+    def _apply(self, record: ServiceRecord, network: str, step: Plan, observed: dict[str, ReplicaView]) -> None:
+        """Take the planned step; nothing here waits for a drain, a stop or a pull."""
+        if step.heals:
+            self._heal(record, step)
+        port = record.spec.ContainerPort or record.spec.ServicePort
         # The balancers are made (or checked) while the new replicas start, not after them: they start
         # with the staying replicas, and the new ones join through the gate below once they run.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            balancers_ready = pool.submit(self.balancers.ensure, record, _servers(staying, port))
+            balancers_ready = pool.submit(self.balancers.ensure, record, _servers(step.serving, port))
             try:
-                created = self._create_replicas(
-                    record, object_name(network), to_create, _free_slots(staying, to_create)
-                )
+                created = self._create_replicas(record, network, list(step.create_in))
             except Exception:
                 with contextlib.suppress(Exception):
                     balancers_ready.result()
                 raise
             balancers = balancers_ready.result()
-        serving = staying + created
-        self.store.update(record.name, containers=[object_id(c) for c in serving])
-        self._owners[record.uid] = {c.labels.get(LABEL_SLOT, ""): (object_id(c), object_name(c)) for c in serving}
-        healing = self._healing.setdefault(record.uid, {})
-        healing.update({object_id(replacement): message for replacement, message in zip(created, heals, strict=False)})
-
-        # The balancers carry exactly the serving replicas, each slot gated for the container now in it
-        # (a replacement often gets its predecessor's slot and address); the leaving ones are drained,
-        # then stopped.
-        owners = {c.labels[LABEL_SLOT]: object_id(c) for c in serving if c.labels.get(LABEL_SLOT)}
+        serving = [*step.serving, *created]
+        self.store.update(record.name, containers=[r.id for r in serving])
+        self._owners[record.uid] = {r.slot: (r.id, r.name) for r in serving}
+        replaced = [heal for heal in step.heals if heal.replaced]
+        self._healing[record.uid] = {
+            **step.healing, **{new.id: heal.message for new, heal in zip(created, replaced, strict=False)}
+        }
+        # The balancers carry exactly the serving replicas, each slot gated for the replica now in it
+        # (a replacement often gets its predecessor's slot and address); the ones taken out drain
+        # there until a later step stops them; the dead ones serve nothing and go at once.
+        owners = {r.slot: r.id for r in serving if r.slot}
         self.balancers.set_servers(record, balancers, _servers(serving, port), owners)
-        if leaving:
-            self.balancers.wait_drained(balancers, [c.labels.get(LABEL_SLOT, "") for c in leaving])
-        if dead or leaving:
-            self._record_removals(record, dead, leaving, outdated)
-            self.driver.remove_many(dead, graceful=False)
-            self.driver.remove_many(leaving)
+        departures = self._departures.setdefault(record.uid, {})
+        for replica in step.drain:
+            departures[replica.id] = Departure(deadline=self._clock() + DRAIN_WAIT)
+        self._record_removals(record, step, observed)
+        for replica in step.stop:
+            departures[replica.id].stopping = self._stop_later(record.name, replica)
+        self.engine.remove_replicas(step.replace, graceful=False)
 
-        crashing = [c for c in current if _crash_looping(c)]
-        if crashing:
-            return Outcome(ServiceStatus.error, describe_crash(crashing[0]), again_in=self._backoff(record.name))
-        changed = bool(created or leaving or dead)
-        # Healing is not scaling: while a replacement is not ready, say what it replaces and why.
-        for container in current:
-            if object_id(container) in healing and ready(container):
-                del healing[object_id(container)]
-        for gone in set(healing) - {object_id(c) for c in current + created}:
-            del healing[gone]
-        if healing and not outdated:
-            return Outcome(ServiceStatus.degraded, "; ".join(dict.fromkeys(healing.values())),
-                           again_in=SOON if changed else WAIT_FOR_HEALTH)
-        if changed:
-            return self._progress(record, len(ready_now), outdated, again_in=SOON)
-        paused = [c for c in current if c.status == "paused"]
-        down = [c for c in current if self._health(record, c) == "DOWN" and c not in paused]
-        if not outdated and len(current) == desired and (down or paused):
-            problems = []
-            if paused:
-                problems.append(f"{_names(paused)} paused (not answering)")
-            if down:
-                problems.append(f"{len(down)} of {desired} replicas DOWN (failing their health check: {_names(down)})")
-            return Outcome(
-                ServiceStatus.degraded,
-                "; ".join(problems) + f"; replaced if still DOWN after {self.replace_down_after:g} s",
-                again_in=WAIT_FOR_HEALTH,
-            )
-        if not outdated and len(current) == desired and record.status == ServiceStatus.active:
-            # Every replica is there and none changed, only their health is not confirmed yet (the
-            # engine or a balancer restarted): nothing scales, so the service stays active.
-            return Outcome(ServiceStatus.active, "Scaling complete", again_in=WAIT_FOR_HEALTH)
-        if outdated or len(ready_now) < desired:
-            # Waiting for health checks: the balancer's health events wake us sooner.
-            return self._progress(record, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
-        return Outcome(ServiceStatus.active, "Scaling complete")
+    def _leaving(self, departure: Departure, replica: Replica, busy: set[str]) -> Leaving:
+        stopping = departure.stopping
+        if stopping is None:
+            drained = replica.state != "running" or replica.slot not in busy or self._clock() >= departure.deadline
+            return Leaving.DRAINED if drained else Leaving.DRAINING
+        if stopping.done() and (error := stopping.exception()) is not None:
+            departure.stopping = None  # the next step tries again (after the backoff)
+            raise error
+        return Leaving.STOPPING
 
-    def _check_rollout(
-        self, record: ServiceRecord, current: list[Container], dead: list[Container], ready: Callable[[Container], bool]
-    ) -> Outcome | None:
+    def _check_rollout(self, record: ServiceRecord, observed: list[ReplicaView]) -> Outcome | None:
         """A rollout whose new replicas fail is rolled back to the last revision that was ever ready:
         when a replica of the revision being rolled out keeps exiting, or is not ready within
         `rollout_deadline`. The store makes that revision current again, with its image; its replicas,
         which a rolling update never removes before a new one is ready, serve on, and the failed ones
         are outdated now and go. None when there is nothing to roll back."""
-        ours = [c for c in current + dead if c.labels.get(LABEL_REVISION) == str(record.revision)]
+        ours = [v for v in observed if v.leaving == Leaving.NO and v.replica.revision == str(record.revision)]
         if not ours:
             return None  # nothing of this revision runs yet (e.g. its image is being pulled)
         revision = self.store.revision(record.uid, record.revision)
         if revision is None or revision.Outcome != RevisionOutcome.rolling:
             return None
-        reason = rollout_failure(record, ours, ready, rollout_deadline(record))
+        reason = rollout_failure(ours, rollout_deadline(record))
         if reason is None:
             return None
         good = self.store.last_good(record.uid, record.revision)
@@ -479,6 +490,64 @@ class Reconciler:
         self.report(record.name, ServiceStatus.updating, f"Rolling back to revision {good.Number} ({good.Image}): {why}")
         return Outcome(ServiceStatus.updating, message, again_in=SOON)  # converge on the revision rolled back to
 
+    def _busy_slots(self, record: ServiceRecord, slots: list[str]) -> set[str]:
+        """Which of the draining replicas' `slots` some balancer still has a request on (one question
+        to each balancer; one that does not answer counts as busy: the drain deadline holds)."""
+        if not slots:
+            return set()
+        balancers = self.balancers.containers(ServiceRef(record.name, record.uid))
+        try:
+            return self.balancers.busy_slots([b for b in balancers if b.status == "running"], slots)
+        except (BalancerError, docker.errors.APIError) as exc:
+            log.info("service %s: drain not checked: %s", record.name, exc)
+            return set(slots)
+
+    def _stop_later(self, name: str, replica: Replica) -> Future[None]:
+        """Stop (StopSignal, then kill after the stop timeout) and remove a drained replica on the
+        stop pool; the service is looked at again once that is done."""
+        stopping = self._stop_pool.submit(self.engine.remove_replicas, [replica])
+        stopping.add_done_callback(lambda _: self.queue.add(name))
+        return stopping
+
+    def _image_ready(self, record: ServiceRecord) -> bool:
+        """Whether the engine has the service's image (a pull of it that ended is taken in: a
+        failed one is raised, as ImageUnavailable)."""
+        pull = self._pulls.get(record.name)
+        if pull is not None and pull.image == record.spec.Image:
+            if not pull.done.done():
+                return False
+            del self._pulls[record.name]
+            pull.done.result()  # raises what the pull raised
+            return True
+        return self.engine.has_image(record.spec.Image)
+
+    def _pull(self, record: ServiceRecord) -> None:
+        """Pull the service's image on the pull pool, unless that runs already; the service is looked
+        at again when it ends. The pull reports its own progress (`_pulling`); a failed one is an
+        error, retried with backoff."""
+        pull = self._pulls.get(record.name)
+        if pull is not None and pull.image == record.spec.Image:
+            return  # under way (a pull of an image no longer wanted just ends)
+        image = record.spec.Image
+        done: Future[str] = Future()
+        self._pulls[record.name] = Pull(image, done)
+        done.add_done_callback(lambda _: self.queue.add(record.name))
+        # A thread of its own, not a pool's: a pull may outlast the backend, which must not wait for
+        # it to exit; PULL_WORKERS of them pull at once, the others wait their turn.
+        threading.Thread(target=self._pull_image, args=(record, image, done), name=f"pull-{record.name}", daemon=True).start()
+
+    def _pull_image(self, record: ServiceRecord, image: str, done: Future[str]) -> None:
+        with self._pull_slots:
+            if self._stopping.is_set() or not done.set_running_or_notify_cancel():
+                return
+            try:
+                with engine_calls():
+                    done.set_result(
+                        self.engine.ensure_image(image, on_progress=lambda progress: self._pulling(record, progress))
+                    )
+            except BaseException as exc:  # the sync that looks next raises it
+                done.set_exception(exc)
+
     def _pulling(self, record: ServiceRecord, progress: PullProgress) -> None:
         """A pull of the service's image got further: say so in its status message and as a `pull`
         event (bytes and layers, for a progress bar). A service in `error` (its image could not be
@@ -492,113 +561,72 @@ class Reconciler:
             Total=progress.total, Percent=progress.percent, Layers=progress.layers, LayersDone=progress.layers_done,
         )
 
-    def _record_removals(
-        self, record: ServiceRecord, dead: list[Container], leaving: list[Container], outdated: list[Container]
-    ) -> None:
-        """Tell the history why replicas go (their `die` is then no trouble)."""
-        self.history.expect_removal(object_id(c) for c in dead + leaving)
-        for container in dead:
-            state = container.attrs.get("State") or {}
-            if container.status in ALIVE_STATES:  # alive, but DOWN for too long
-                known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT))
-                down_for = (datetime.now(UTC) - known.since).total_seconds() if known else self.replace_down_after
+    def _record_removals(self, record: ServiceRecord, step: Plan, observed: dict[str, ReplicaView]) -> None:
+        """Tell the history why replicas go (their `die` is then no trouble): the dead ones as they
+        are removed, the drained ones as they are stopped."""
+        self.history.expect_removal(r.id for r in (*step.replace, *step.stop))
+        for replica in step.replace:
+            if replica.state in ALIVE_STATES:  # alive, but DOWN for too long
+                down_for = observed[replica.id].down_for
                 reason, exit_code, oom = f"DOWN for {down_for:.0f} s", None, False
             else:
-                exit_code, oom = state.get("ExitCode"), bool(state.get("OOMKilled"))
+                exit_code, oom = replica.exit_code, replica.oom_killed
                 reason = exit_reason(exit_code, oom)
             self.history.record(
-                name=record.name, type="replica", action="replace", replica=object_name(container),
-                message=f"replaced {object_name(container)} ({reason})", exit_code=exit_code, oom_killed=oom,
+                name=record.name, type="replica", action="replace", replica=replica.name,
+                message=f"replaced {replica.name} ({reason})", exit_code=exit_code, oom_killed=oom,
             )
-        for container in leaving:
-            why = (f"rolled to {record.spec.Image}" if container in outdated
+        for replica in step.stop:
+            why = (f"rolled to {record.spec.Image}" if replica.revision != str(record.revision)
                    else f"scaled down to {record.spec.Replicas}")
             self.history.record(
-                name=record.name, type="replica", action="remove", replica=object_name(container),
-                message=f"removed {object_name(container)} ({why})",
+                name=record.name, type="replica", action="remove", replica=replica.name,
+                message=f"removed {replica.name} ({why})",
             )
 
-    def _heal(self, record: ServiceRecord, dead: list[Container], replacements: int) -> list[str]:
-        """Replicas that died or stopped answering are replaced (the first `replacements` of them):
-        one event each, and the service says so at once, before the replacements are even created.
-        Answers the message of each replaced one, in order (the service's message until its
-        replacement is ready)."""
-        messages = []
-        for index, container in enumerate(dead):
-            reason = self._why_dead(record, container)
-            replaced = index < replacements
-            message = f"replica {object_name(container)} {reason}; {'replacing' if replaced else 'removing'}"
-            if replaced:
-                messages.append(message)
+    def _heal(self, record: ServiceRecord, step: Plan) -> None:
+        """Replicas that died or stopped answering are replaced (or only removed, when the service
+        shrank meanwhile): one event each, and the service says so at once, before the replacements
+        are even created (the planner's outcome keeps saying it until they are ready)."""
+        for heal in step.heals:
             self.hub.publish(
-                "service", "heal", Name=record.name, Replica=object_name(container), Id=object_id(container),
-                Reason=reason,
-                Replaced=replaced, Message=message,
+                "service", "heal", Name=record.name, Replica=heal.replica.name, Id=heal.replica.id,
+                Reason=heal.reason, Replaced=heal.replaced, Message=heal.message,
             )
+        messages = [heal.message for heal in step.heals if heal.replaced]
         if messages:
             self.report(record.name, ServiceStatus.degraded, "; ".join(messages))
-        return messages
-
-    def _why_dead(self, record: ServiceRecord, container: Container) -> str:
-        if self._down_too_long(record, container):
-            return "not answering health checks"
-        state = container.attrs.get("State") or {}
-        if state.get("OOMKilled"):
-            return "ran out of memory"
-        if container.status in ("exited", "dead"):
-            return f"exited (code {state.get('ExitCode')})"
-        return f"is {container.status}"
 
     def _ensure_network(self, record: ServiceRecord) -> Network:
         """The service's network on its own subnet of the network pool; when someone else on the engine
         took that subnet meanwhile (another installation, a kept network), move to a free one."""
         ref = ServiceRef(record.name, record.uid)
-        existing = self.driver.find_network(ref)
+        existing = self.engine.find_network(ref)
         if existing is not None:
             return existing
         subnet = record.subnet or self.store.assign_subnet(record.name)
         try:
-            return self.driver.ensure_network(ref, subnet)
+            return self.engine.ensure_network(ref, subnet)
         except SubnetTaken:
-            subnet = self.store.assign_subnet(record.name, avoid=self.driver.used_subnets())
+            subnet = self.store.assign_subnet(record.name, avoid=self.engine.used_subnets())
             log.info("service %s: subnet taken on the engine, moving to %s", record.name, subnet)
-            return self.driver.ensure_network(ref, subnet)
+            return self.engine.ensure_network(ref, subnet)
 
-    def _health(self, record: ServiceRecord, container: Container) -> str:
-        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT), object_id(container))
-        return known.health if known else ""
-
-    def _down_too_long(self, record: ServiceRecord, container: Container) -> bool:
-        known = self.balancers.health(record.uid, container.labels.get(LABEL_SLOT), object_id(container))
-        if known is None or known.health != "DOWN":
-            return False
-        return (datetime.now(UTC) - known.since).total_seconds() > self.replace_down_after
-
-    def _progress(self, record: ServiceRecord, ready: int, outdated: list[Container], again_in: float) -> Outcome:
-        desired = record.spec.Replicas
-        if outdated:
-            return Outcome(
-                ServiceStatus.updating,
-                f"Rolling out {record.spec.Image}: {len(outdated)} of {desired} replicas still on the old image",
-                again_in,
-            )
-        return Outcome(ServiceStatus.scaling, f"Scaling to {desired} replicas ({ready} ready)", again_in)
-
-    def _create_replicas(self, record: ServiceRecord, network: str, count: int, slots: list[str]) -> list[Container]:
-        """Create and start `count` replicas at once, each in its own balancer slot."""
-        if not count:
+    def _create_replicas(self, record: ServiceRecord, network: str, slots: list[str]) -> list[Replica]:
+        """Create and start a replica in each of `slots`, all at once."""
+        if not slots:
             return []
         ref = ServiceRef(record.name, record.uid)
-        with ThreadPoolExecutor(max_workers=min(16, count)) as pool:
+        with ThreadPoolExecutor(max_workers=min(16, len(slots))) as pool:
             futures = [
-                pool.submit(self.driver.create_replica, ref, record.spec, record.revision, network, {LABEL_SLOT: slot})
+                pool.submit(self.engine.start_replica, ref, record.spec, record.revision, network, slot)
                 for slot in slots
             ]
             errors = [error for f in futures if (error := f.exception()) is not None]
             created = [f.result() for f in futures if f.exception() is None]
         if errors:
-            self.history.expect_removal(object_id(c) for c in created)
-            self.driver.remove_many(created, graceful=False)  # nothing half-created
+            self.history.expect_removal(r.id for r in created)
+            self.engine.remove_replicas(created, graceful=False)  # nothing half-created
             raise errors[0]
         return created
 
@@ -648,14 +676,15 @@ class Reconciler:
         ref = ServiceRef(record.name, record.uid)
         self.balancers.remove_all(ref)  # the address stops answering first
         if not record.keep:
-            containers = self.driver.containers(ref)
-            self.history.expect_removal(object_id(c) for c in containers)  # their exits are no trouble
-            self.driver.remove_many(containers, stop_timeout=TEARDOWN_STOP_TIMEOUT)
-            self.driver.remove_network(ref)
+            self.history.expect_removal(r.id for r in self.engine.replicas(ref))  # their exits are no trouble
+            self.engine.remove_containers(ref, stop_timeout=TEARDOWN_STOP_TIMEOUT)
+            self.engine.remove_network(ref)
             if record.remove_volumes:  # only when the delete asked for it: volumes hold the data
-                self.driver.remove_service_volumes(record.name)
+                self.engine.remove_service_volumes(record.name)
         self._owners.pop(record.uid, None)
         self._healing.pop(record.uid, None)
+        self._departures.pop(record.uid, None)
+        self._pulls.pop(record.name, None)
         self.store.forget(record)
         self.hub.publish("service", "deleted", Name=record.name)
 
@@ -672,7 +701,7 @@ class Reconciler:
             self._collect_orphans()
 
     def _collect_orphans(self) -> None:
-        owned = self.driver.owned_uids()
+        owned = self.engine.owned_uids()
         known = self.store.known_uids()
         now = self.clock()
         for uid in list(self._unknown_since):
@@ -692,8 +721,8 @@ class Reconciler:
                 continue
             log.info("removing orphaned objects of service %s (uid %s)", name, uid)
             ref = ServiceRef(name, uid)
-            self.driver.remove_many(self.driver.containers(ref), graceful=False)
-            self.driver.remove_network(ref)
+            self.engine.remove_containers(ref, graceful=False)
+            self.engine.remove_network(ref)
             del self._unknown_since[uid]
             self.hub.publish("orphan", "removed", Name=name, Uid=uid)
 
@@ -711,37 +740,9 @@ def engine_note(message: str, since: str) -> str:
     return f"{message} (Docker engine unreachable since {since}; waiting for it)"
 
 
-def _servers(containers: list[Container], port: int) -> dict[str, str]:
+def _servers(replicas: Sequence[Replica], port: int) -> dict[str, str]:
     """slot -> ip:port of the replicas that have both (a replica just created has both)."""
-    return {
-        c.labels[LABEL_SLOT]: address
-        for c in containers
-        if c.labels.get(LABEL_SLOT) and (address := replica_address(c, port))
-    }
-
-
-def _names(containers: list[Container]) -> str:
-    return ", ".join(object_name(c) for c in containers[:3]) + (" ..." if len(containers) > 3 else "")
-
-
-def _free_slots(staying: list[Container], count: int) -> list[str]:
-    """The lowest `count` balancer slots no staying replica occupies."""
-    used = {c.labels.get(LABEL_SLOT) for c in staying}
-    free = (slot_name(index) for index in itertools.count(1) if slot_name(index) not in used)
-    return list(itertools.islice(free, count))
-
-
-def _least_useful(containers: list[Container], is_ready: Callable[[Container], bool]) -> list[Container]:
-    """Removal order: not-ready replicas first, then the newest (keep the proven ones)."""
-    newest_first = sorted(containers, key=lambda c: c.attrs.get("Created", ""), reverse=True)
-    return sorted(newest_first, key=is_ready)  # stable: among equals, newest stays first
-
-
-def _crash_looping(container: Container) -> bool:
-    state = container.attrs.get("State") or {}
-    return container.status == "restarting" or (
-        container.attrs.get("RestartCount", 0) >= CRASH_LOOP_RESTARTS and state.get("Status") != "running"
-    )
+    return {r.slot: f"{r.ip}:{port}" for r in replicas if r.slot and r.ip}
 
 
 def rollout_deadline(record: ServiceRecord) -> float:
@@ -751,25 +752,22 @@ def rollout_deadline(record: ServiceRecord) -> float:
     return (spec.HealthCheckRise + spec.HealthCheckFall + 2) * spec.HealthCheckInterval + START_GRACE
 
 
-def rollout_failure(
-    record: ServiceRecord, replicas: list[Container], ready: Callable[[Container], bool], deadline: float,
-    now: datetime | None = None,
-) -> str | None:
+def rollout_failure(replicas: list[ReplicaView], deadline: float, now: datetime | None = None) -> str | None:
     """Why the replicas of a revision being rolled out failed ("replicas kept exiting (code 1)"),
     or None while they may still come up."""
     now = now or datetime.now(UTC)
-    for container in replicas:
-        state = container.attrs.get("State") or {}
-        exited = container.status in ("exited", "dead") and state.get("ExitCode") not in (None, 0)
-        if state.get("OOMKilled") and (exited or _crash_looping(container)):
+    for view in replicas:
+        replica = view.replica
+        exited = replica.state in ("exited", "dead") and replica.exit_code not in (None, 0)
+        if replica.oom_killed and (exited or crash_looping(replica)):
             return "replicas ran out of memory"
-        if exited or _crash_looping(container):
-            return f"replicas kept exiting (code {state.get('ExitCode')})"
-    for container in replicas:
-        created = docker_time(container.attrs.get("Created", ""))
+        if exited or crash_looping(replica):
+            return f"replicas kept exiting (code {replica.exit_code})"
+    for view in replicas:
+        created = docker_time(view.replica.created)
         overdue = created is not None and (now - created).total_seconds() > deadline
-        if container.status == "running" and overdue and not ready(container):
-            return f"replica {object_name(container)} was not UP within {deadline:g} s"
+        if view.replica.state == "running" and overdue and not ready(view):
+            return f"replica {view.replica.name} was not UP within {deadline:g} s"
     return None
 
 
@@ -780,21 +778,6 @@ def docker_time(text: str) -> datetime | None:
         return None
     seconds, fraction, zone = found.groups()
     return datetime.fromisoformat(f"{seconds}.{(fraction or '0').ljust(6, '0')}{'+00:00' if zone == 'Z' else zone}")
-
-
-def describe_crash(container: Container) -> str:
-    state = container.attrs.get("State") or {}
-    restarts = container.attrs.get("RestartCount", 0)
-    if state.get("OOMKilled"):
-        limit = int((container.attrs.get("HostConfig") or {}).get("Memory") or 0) // 2**20
-        return (
-            f"replica {container.name} keeps exiting (exit code {state.get('ExitCode')}, OOM-killed, {restarts} "
-            f"restarts): it needs more than its {limit} MiB of memory; choose a larger ContainerSize"
-        )
-    return (
-        f"replica {container.name} keeps exiting (exit code {state.get('ExitCode')}, "
-        f"{restarts} restarts); see its logs"
-    )
 
 
 def describe_failure(exc: Exception) -> str:

@@ -115,7 +115,7 @@ def build_backend(services: int, replicas: int, data_dir: Path) -> tuple[Backend
     backend = Backend(Settings(data_dir=data_dir, max_replicas=100))
     driver = MemoryDriver()
     backend.driver = driver  # type: ignore[assignment]
-    backend.reconciler.driver = driver  # type: ignore[assignment]
+    backend.reconciler.engine = driver  # type: ignore[assignment]
     backend.reconciler.balancers.health = driver.health_of  # type: ignore[method-assign]
     for index in range(services):
         spec = ServiceSpec.model_validate({"Name": f"svc-{index:03d}", "Image": "bench/web:1", "ServicePort": 80,

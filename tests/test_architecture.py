@@ -87,3 +87,22 @@ def test_the_check_catches_paths_outside(relative: str, text: str):
 def test_the_check_lets_the_repository_be():
     assert not escapes_the_repository(Path("tests/tui/x.py"), "ROOT = Path(__file__).resolve().parents[2]")
     assert not escapes_the_repository(Path("tests/images/build.sh"), 'root="$(cd "$(dirname "$0")/../.." && pwd)"')
+
+
+# -- the engine seam: above it, no Docker SDK call --------------------------------------------------
+
+ABOVE_THE_SEAM = ("backend/planner.py", "backend/reconciler.py", "backend/balancer.py", "backend/history.py")
+SDK_CALLS = {"client", "api", "exec_run", "put_archive", "get_archive", "reload", "logs", "prepare_model"}
+
+
+def test_above_the_engine_seam_nothing_calls_the_docker_sdk():
+    """The reconciler, its planner, the balancers and the history make every Docker call through the
+    engine (backend/engine.py; the docker one is backend/engines/docker.py), so another engine (swarm)
+    slots in: none of them reaches for the SDK's client or a container's own methods."""
+    found = {
+        f"{relative}:{node.lineno} .{node.attr}"
+        for relative in ABOVE_THE_SEAM
+        for node in ast.walk(ast.parse((ROOT / relative).read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in SDK_CALLS
+    }
+    assert found == set()

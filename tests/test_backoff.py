@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from backend.balancer import ReplicaHealth
-from backend.docker_driver import LABEL_SERVICE, DockerDriver, EngineUnavailable
+from backend.docker_driver import LABEL_SERVICE, EngineUnavailable
+from backend.engines.docker import DockerEngine
 from backend.events import EventHub
 from backend.models import ServiceSpec, ServiceStatus
-from backend.reconciler import BACKOFF_FIRST, BACKOFF_MAX, SOON, Outcome, Reconciler
+from backend.planner import SOON, Outcome
+from backend.reconciler import BACKOFF_FIRST, BACKOFF_MAX, Reconciler
 from backend.store import ServiceRecord, Store
 from tests.conftest import make_settings
 from tests.test_workqueue import FakeClock
@@ -58,7 +60,7 @@ class Rig:
         self.hub = EventHub()
         self.clock = FakeClock()
         # The driver is never called here: `_converge`, the only step that uses it, is scripted.
-        self.reconciler = Reconciler(self.store, DockerDriver(self.store.tenant), self.hub, settings, clock=self.clock)
+        self.reconciler = Reconciler(self.store, DockerEngine(self.store.tenant), self.hub, settings, clock=self.clock)
         self.queue = RecordingQueue()
         self.reconciler.queue = self.queue  # type: ignore[assignment]
         spec = ServiceSpec.model_validate({"Name": "web", "Image": "hbx/web:1", "ServicePort": 80, "Replicas": 1})

@@ -12,6 +12,7 @@ import pytest
 
 from backend import store as store_module
 from backend.models import RevisionOutcome, ServiceSpec
+from backend.planner import Replica, ReplicaView
 from backend.reconciler import docker_time, rollout_deadline, rollout_failure
 from backend.store import Store
 
@@ -88,13 +89,15 @@ def test_services_from_before_revisions_get_their_current_one(tmp_path: Path):
 # -- when a rollout has failed -----------------------------------------------------------------------
 
 
-def container(status: str, created: datetime, exit_code: int = 0, restarts: int = 0, oom: bool = False) -> Any:
-    stamp = created.strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
-    return SimpleNamespace(
-        status=status, name="svc-x", id="abc",
-        attrs={"Created": stamp, "RestartCount": restarts, "Name": "/svc-x",
-               "State": {"Status": status, "ExitCode": exit_code, "OOMKilled": oom}},
+def container(
+    status: str, created: datetime, exit_code: int = 0, restarts: int = 0, oom: bool = False, health: str = ""
+) -> ReplicaView:
+    stamp = created.strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"  # as Docker writes it (nanoseconds)
+    replica = Replica(
+        id="abc", name="svc-x", slot="s1", revision="2", state=status, created=stamp, restarts=restarts,
+        exit_code=exit_code, oom_killed=oom,
     )
+    return ReplicaView(replica, health=health)
 
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -103,11 +106,11 @@ RECORD: Any = SimpleNamespace(spec=spec())
 
 def test_a_replica_that_keeps_exiting_fails_the_rollout():
     restarting = container("restarting", NOW, exit_code=1, restarts=1)
-    assert rollout_failure(RECORD, [restarting], lambda c: False, 30, NOW) == "replicas kept exiting (code 1)"
+    assert rollout_failure([restarting], 30, NOW) == "replicas kept exiting (code 1)"
     exited = container("exited", NOW, exit_code=3)
-    assert rollout_failure(RECORD, [exited], lambda c: False, 30, NOW) == "replicas kept exiting (code 3)"
+    assert rollout_failure([exited], 30, NOW) == "replicas kept exiting (code 3)"
     oom = container("restarting", NOW, exit_code=137, oom=True)
-    assert rollout_failure(RECORD, [oom], lambda c: False, 30, NOW) == "replicas ran out of memory"
+    assert rollout_failure([oom], 30, NOW) == "replicas ran out of memory"
 
 
 def test_a_replica_not_ready_within_the_deadline_fails_it_and_not_before():
@@ -115,9 +118,10 @@ def test_a_replica_not_ready_within_the_deadline_fails_it_and_not_before():
     assert deadline == (2 + 3 + 2) * 5 + 10  # Rise 2, Fall 3, Interval 5: the spec's defaults
     young = container("running", NOW - timedelta(seconds=deadline - 1))
     old = container("running", NOW - timedelta(seconds=deadline + 1))
-    assert rollout_failure(RECORD, [young], lambda c: False, deadline, NOW) is None
-    assert rollout_failure(RECORD, [old], lambda c: True, deadline, NOW) is None  # ready: fine
-    assert "not UP within 45 s" in (rollout_failure(RECORD, [old], lambda c: False, deadline, NOW) or "")
+    old_and_up = container("running", NOW - timedelta(seconds=deadline + 1), health="UP")
+    assert rollout_failure([young], deadline, NOW) is None
+    assert rollout_failure([old_and_up], deadline, NOW) is None  # ready: fine
+    assert "not UP within 45 s" in (rollout_failure([old], deadline, NOW) or "")
 
 
 def test_docker_times_with_nanoseconds_are_read():
