@@ -217,6 +217,11 @@ class Reconciler:
                 # Not the service's failure: it keeps its last known status (see _engine_trouble).
                 self._engine_trouble(name, str(exc))
             except Exception as exc:  # any failure of a step: report it on the service, retry later
+                if self._stopping.is_set():
+                    # The backend is closing under this step (its pools refuse work): not the
+                    # service's failure; the next backend looks at it again.
+                    log.debug("sync of %s cut short by the backend stopping: %s", name, exc)
+                    continue
                 log.warning("sync of %s failed: %s", name, exc, exc_info=not isinstance(exc, docker.errors.APIError))
                 self.report(name, ServiceStatus.error, describe_failure(exc))
                 again_in = self._backoff(name)
