@@ -50,6 +50,7 @@ MAX_PATH_LENGTH = 4096  # WorkingDir, one Volumes entry (Linux PATH_MAX)
 MAX_GROUPS = 100
 MAX_GROUP_NAME = 63
 MAX_SSL_CERT = 64 * 1024  # a PEM chain and its key are a few kB
+MAX_REVISION = 2**31 - 1  # revision numbers are stored as SQLite integers (at most 2**63 - 1)
 
 # ---------------------------------------------------------------------------------------------
 # Vocabularies
@@ -647,7 +648,7 @@ class RollbackRequest(RequestBody):
     """The body of `POST /services/{name}/rollback` (optional): the revision to go back to; without
     it, the last revision that was ever fully ready before the current one."""
 
-    Revision: int | None = Field(None, ge=1, description="The revision to go back to")
+    Revision: int | None = Field(None, ge=1, le=MAX_REVISION, description="The revision to go back to")
 
 
 class EventGroup(BaseModel):

@@ -217,3 +217,10 @@ def test_whole_numbers_and_flags_still_pass():
     spec = ServiceSpec.model_validate({"Name": "web", "Image": "busybox", "Replicas": 2, "ServicePort": 80,
                                        "Tty": True, "StopSignal": 9})
     assert (spec.Replicas, spec.Tty, spec.StopSignal) == (2, True, "9")
+
+
+def test_a_revision_beyond_any_stored_number_is_a_field_error():
+    # The fuzzer's {"Revision": 11105096738359140352} overflowed SQLite's integer: a 500.
+    with pytest.raises(ValidationError) as caught:
+        RollbackRequest.model_validate({"Revision": 11105096738359140352})
+    assert [e.field for e in field_errors(caught.value)] == ["Revision"]
