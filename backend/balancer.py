@@ -15,7 +15,9 @@ on a container goes through the engine (backend/engine.py):
 - creating a balancer: render the config, copy it in (put_archive, no bind mounts: a remote
   DOCKER_HOST works too) with a fresh runtime-API secret, start it, and tell a taken address
   ("address IP:port already in use") from a taken runtime-API port (another port is chosen);
-- changing its server set through the runtime API (`docker exec … busybox nc`), never a reload:
+- changing its server set through the runtime API, never a reload: straight over the host's
+  loopback when the engine is on this host (backend/runtime_api.py, ~1 ms), else through
+  `docker exec … busybox nc` (70-200 ms):
   a new replica gets no traffic until it passed `rise` checks, also when it is a new container in a
   slot at the same address as the one it replaces; a leaving one is drained first;
 - following its log stream for health lines, so each replica's UP / DOWN / starting (with since
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import random
 import tarfile
 import threading
@@ -43,7 +46,7 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import LogConfig
 
-from backend import haproxy
+from backend import haproxy, runtime_api
 from backend.docker_driver import ROLE_BALANCER, ImageUnavailable, ServiceRef, object_id
 from backend.engine import Engine
 from backend.store import ServiceRecord
@@ -54,6 +57,7 @@ LABEL_SLOT = "io.hyperservice.slot"  # on a replica: the balancer slot it occupi
 LABEL_ADDRESS = "io.hyperservice.address"  # on a balancer: the host address it listens on
 LABEL_FRONT = "io.hyperservice.front"  # on a balancer: "ip" (the service's own) or "fip"
 LABEL_ADMIN_PORT = "io.hyperservice.admin-port"  # on a balancer: its runtime API's port on the host's loopback
+EXEC_POLL_AFTER = 1.0  # seconds a new balancer is polled over the loopback alone (see _wait_listening)
 FILE_OWNER_UID = 0  # files copied in belong to root: the master process reads them, holding no DAC capability
 
 
@@ -158,8 +162,14 @@ class Balancers:
         on_health: Callable[[str, str, ReplicaHealth], None],
         fallback_image: str = "",
         on_notice: Callable[[str], None] | None = None,
+        direct_runtime_api: bool | None = None,
     ) -> None:
         self.engine = engine
+        # Ask the runtime API over this host's loopback (None: when DOCKER_HOST says the engine is here).
+        self._direct = (runtime_api.engine_is_local(os.environ.get("DOCKER_HOST"))
+                        if direct_runtime_api is None else direct_runtime_api)
+        self._secrets: dict[str, str] = {}  # balancer container id -> its runtime-API secret (memory only)
+        self._exec_only: set[str] = set()  # balancers whose runtime API is not reachable from here
         self.image = image  # the configured image
         self.fallback_image = fallback_image
         self._on_notice = on_notice  # (a sentence for the operator)
@@ -243,8 +253,11 @@ class Balancers:
             log_config=LogConfig(type=LogConfig.types.JSON, config=LOG_OPTIONS),
             **CONTAINER_OPTIONS,
         )
+        secret = haproxy.new_admin_secret()
+        with self._lock:
+            self._secrets[object_id(container)] = secret
         try:
-            self._copy_files(container, record, servers, admin_secret=haproxy.new_admin_secret())
+            self._copy_files(container, record, servers, admin_secret=secret)
             self.engine.start(container)
             self._wait_listening(container)
         except StartFailed:
@@ -297,10 +310,13 @@ class Balancers:
     def _wait_listening(self, container: Container, timeout: float = 10.0) -> None:
         """Return once HAProxy answers its runtime API: it has bound its addresses, so the service
         address works. HAProxy exits at once when it cannot bind one: say which and why."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while True:
             try:
-                self._ask(container, "show info")
+                # Over the loopback only, at first: a `docker exec` per poll would cost more than the
+                # wait; after a second, through the engine too (the loopback here may not be its own).
+                self._ask(container, "show info", through_exec=time.monotonic() - started > EXEC_POLL_AFTER)
                 return
             except BalancerError:
                 self.engine.refresh(container)
@@ -348,6 +364,8 @@ class Balancers:
         with self._lock:
             self._applied.pop(container_id, None)
             self._started.pop(container_id, None)
+            self._secrets.pop(container_id, None)
+            self._exec_only.discard(container_id)
 
     # -- the server set ------------------------------------------------------------------------
 
@@ -452,7 +470,20 @@ class Balancers:
             answers.append((container.labels.get(LABEL_FRONT, ""), container.labels.get(LABEL_ADDRESS, ""), rows))
         return sorted(answers, key=lambda answer: answer[0] != "ip")
 
-    def _ask(self, container: Container, command: str) -> str:
+    def _ask(self, container: Container, command: str, through_exec: bool = True) -> str:
+        """The runtime API's answer to `command`: over the loopback when it reaches the balancer from
+        here, else (`through_exec`) through `docker exec`; BalancerError when neither answered."""
+        refused = False
+        if self._direct:
+            try:
+                answer = self._ask_direct(container, command)
+            except runtime_api.RuntimeApiRefused as exc:
+                if not through_exec:
+                    raise BalancerError(f"the balancer {container.name} did not answer its runtime API: {exc}") from None
+                refused = True
+            else:
+                if answer is not None:
+                    return answer
         try:
             code, output = self.engine.exec(container, haproxy.runtime_exec_argv(command, _admin_port(container)))
         except docker.errors.APIError as exc:  # e.g. the container is restarting
@@ -460,7 +491,42 @@ class Balancers:
         text = output.decode("utf-8", "replace")
         if code != 0 or not text:  # every CLI answer has at least a newline: nothing = not taken
             raise BalancerError(f"the balancer {container.name} did not answer its runtime API: {text.strip()[:200]}")
+        if refused:  # the loopback here is not the balancer's: ask it through the engine from now on
+            with self._lock:
+                self._exec_only.add(object_id(container))
         return text
+
+    def _ask_direct(self, container: Container, command: str) -> str | None:
+        """The answer over the host's loopback; None when this balancer is asked through the engine
+        (known unreachable from here, or its secret unreadable); RuntimeApiRefused when not reached."""
+        key = object_id(container)
+        with self._lock:
+            if key in self._exec_only:
+                return None
+            secret = self._secrets.get(key)
+        if secret is None:
+            secret = self._read_secret(container)
+            if secret is None:
+                return None
+        try:
+            return runtime_api.ask(_admin_port(container), secret, command)
+        except runtime_api.RuntimeApiRefused:
+            raise
+        except (OSError, ValueError) as exc:
+            raise BalancerError(f"the balancer {container.name} did not answer its runtime API: {exc}") from exc
+
+    def _read_secret(self, container: Container) -> str | None:
+        """The runtime-API secret of a balancer made by an earlier backend (read once, kept in memory)."""
+        try:
+            code, output = self.engine.exec(container, ["busybox", "cat", haproxy.ADMIN_SECRET_PATH])
+        except docker.errors.APIError:
+            return None
+        secret = output.decode("ascii", "replace")
+        if code != 0 or len(secret) != haproxy.ADMIN_SECRET_LENGTH or secret.strip(" \t"):
+            return None
+        with self._lock:
+            self._secrets[object_id(container)] = secret
+        return secret
 
     def _run(self, container: Container, commands: list[str]) -> None:
         for line in haproxy.command_lines(commands):
