@@ -57,6 +57,7 @@ LABEL_SLOT = "io.hyperservice.slot"  # on a replica: the balancer slot it occupi
 LABEL_ADDRESS = "io.hyperservice.address"  # on a balancer: the host address it listens on
 LABEL_FRONT = "io.hyperservice.front"  # on a balancer: "ip" (the service's own) or "fip"
 LABEL_ADMIN_PORT = "io.hyperservice.admin-port"  # on a balancer: its runtime API's port on the host's loopback
+BALANCER_PIDS_LIMIT = 256
 EXEC_POLL_AFTER = 1.0  # seconds a new balancer is polled over the loopback alone (see _wait_listening)
 FILE_OWNER_UID = 0  # files copied in belong to root: the master process reads them, holding no DAC capability
 
@@ -67,6 +68,7 @@ class ContainerOptions(TypedDict):
     cap_drop: list[str]
     cap_add: list[str]
     security_opt: list[str]
+    pids_limit: int
 
 
 # How every balancer container runs (see the module docstring); bench/lb_throughput.py runs its
@@ -77,6 +79,9 @@ CONTAINER_OPTIONS: ContainerOptions = {
     "cap_drop": ["ALL"],
     "cap_add": ["NET_BIND_SERVICE", "SETUID", "SETGID", "KILL"],
     "security_opt": ["no-new-privileges"],
+    # The master, one worker per CPU thread, a reload's second worker and a runtime command's sh+nc
+    # need a few dozen; a bound keeps a runaway in one balancer from exhausting the host's pids.
+    "pids_limit": BALANCER_PIDS_LIMIT,
 }
 ADMIN_PORT_ATTEMPTS = 5  # runtime-API ports tried (each a new container) before giving up
 DRAIN_WAIT = 10.0  # seconds a leaving replica's requests get to finish before it is stopped

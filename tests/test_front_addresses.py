@@ -19,7 +19,7 @@ import pytest
 
 from backend import balancer as balancer_module
 from backend import haproxy as hx
-from backend.balancer import LABEL_ADMIN_PORT, LABEL_FRONT
+from backend.balancer import BALANCER_PIDS_LIMIT, LABEL_ADMIN_PORT, LABEL_FRONT
 from backend.docker_driver import LABEL_ROLE, LABEL_SERVICE, LABEL_TENANT
 from tests.balancer_helpers import echo_replica, get, who
 from tests.conftest import WEB_IMAGE, make_settings, wait_status, web_body
@@ -146,6 +146,7 @@ async def test_port_80_is_bound_by_the_balancer_itself_no_docker_proxy(api, back
         host = balancer.attrs["HostConfig"]
         assert host["NetworkMode"] == "host" and not host.get("PortBindings")
         assert host["CapDrop"] == ["ALL"] and set(host["CapAdd"]) == {"NET_BIND_SERVICE", "SETUID", "SETGID", "KILL"}
+        assert host["PidsLimit"] == BALANCER_PIDS_LIMIT
         processes = balancer.top()["Processes"]
         users = sorted(row[0] for row in processes)
         assert users == ["99", "root"], processes  # the master binds as root, the worker runs as haproxy
