@@ -16,9 +16,10 @@ The rules, in one place:
   a new one created in the lowest free slot (often the same);
 - scaling creates in the lowest free slots and takes the least useful replicas out (not ready
   first, then the newest);
-- a roll (replicas of an older revision alive) runs at most one replica above `replicas`, counting
-  the ones still draining, and takes an old one out only while the ready new ones and the old ones
-  together are more than `replicas`: never fewer ready replicas than asked for;
+- a roll (replicas of an older revision alive) runs at most `parallelism` replicas above `replicas`
+  (the rollout parallelism: how many new replicas start in one step), counting the ones still
+  draining, and takes an old one out only while the ready new ones and the old ones together are more
+  than `replicas`: never fewer ready replicas than asked for;
 - a replica taken out is drained (its slot stays reserved, it no longer counts), then stopped; the
   planner never waits for either: it says what is under way and the reconciler looks again;
 - a replica restarting again and again is reported (`error`) and left alone: no replacement churn;
@@ -90,6 +91,7 @@ class Desired:
     replicas: int
     revision: int
     replace_down_after: float  # seconds a replica may stay DOWN before it is replaced
+    parallelism: int = 1  # a roll's new replicas started at once (see `rollout_surge`: the slots bound it)
 
 
 @dataclass
@@ -150,9 +152,9 @@ def plan(
     ready_now = [v for v in current if ready(v)]
     wanted = desired.replicas
 
-    # Roll: at most one replica above `wanted` (the draining ones count: they still run), never
-    # fewer ready replicas than `wanted`.
-    room = wanted + 1 - len(leaving) if outdated else wanted
+    # Roll: at most `parallelism` replicas above `wanted` (the draining ones count: they still run and
+    # hold a balancer slot), never fewer ready replicas than `wanted`.
+    room = wanted + max(1, desired.parallelism) - len(leaving) if outdated else wanted
     to_create = max(0, min(wanted - len(current), room - len(current) - len(outdated)))
     excess_outdated = max(0, len(ready_now) + len(outdated) - wanted) if outdated else 0
     excess_current = max(0, len(current) - wanted)
@@ -236,6 +238,13 @@ def _progress(desired: Desired, ready: int, outdated: list[ReplicaView], again_i
             again_in,
         )
     return Outcome(ServiceStatus.scaling, f"Scaling to {desired.replicas} replicas ({ready} ready)", again_in)
+
+
+def rollout_surge(parallelism: int, replicas: int, slots: int) -> int:
+    """The replicas a roll may run above `replicas`: the rollout parallelism, as far as the balancers'
+    `slots` (one server line per replica, draining ones included) leave room; at least one (a service
+    at the slots' limit still rolls, one replica at a time, in the spare slot kept for that)."""
+    return max(1, min(parallelism, slots - replicas))
 
 
 def describe_crash(replica: Replica) -> str:

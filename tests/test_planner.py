@@ -27,14 +27,17 @@ from backend.planner import (
     Replica,
     ReplicaView,
     plan,
+    rollout_surge,
 )
 
 IMAGE = "web:2"
 DOWN_AFTER = 60.0
 
 
-def want(replicas: int, revision: int = 1) -> Desired:
-    return Desired(image=IMAGE, replicas=replicas, revision=revision, replace_down_after=DOWN_AFTER)
+def want(replicas: int, revision: int = 1, parallelism: int = 1) -> Desired:
+    return Desired(
+        image=IMAGE, replicas=replicas, revision=revision, replace_down_after=DOWN_AFTER, parallelism=parallelism
+    )
 
 
 def rep(
@@ -160,6 +163,39 @@ CASES = [
     pytest.param(
         want(2, revision=2), [rep("s1"), rep("s2", state="exited")], ["s2", "s3"], ["s2@r1"], [], [],
         ServiceStatus.updating, id="roll-replaces-a-dead-old-one-with-a-new-one",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2), [rep(f"s{i}") for i in range(1, 5)], ["s5", "s6"], [], [], [],
+        ServiceStatus.updating, id="parallelism-2-starts-two-new-ones-at-once",
+    ),
+    pytest.param(
+        want(2, revision=2, parallelism=3), [rep("s1"), rep("s2")], ["s3", "s4"], [], [], [],
+        ServiceStatus.updating, id="parallelism-never-makes-more-new-ones-than-asked-for",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2),
+        [*(rep(f"s{i}") for i in range(1, 5)), rep("s5", revision=2, health="starting"), rep("s6", revision=2)],
+        [], [], ["s4@r1"], [], ServiceStatus.updating, id="parallelism-2-drains-one-old-per-new-one-ready",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2),
+        [*(rep(f"s{i}") for i in range(1, 5)), rep("s5", revision=2), rep("s6", revision=2)],
+        [], [], ["s3@r1", "s4@r1"], [], ServiceStatus.updating, id="parallelism-2-drains-two-once-two-are-ready",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2),
+        [rep("s1"), rep("s2"), rep("s3", leaving=Leaving.DRAINING), rep("s4", leaving=Leaving.STOPPING),
+         rep("s5", revision=2), rep("s6", revision=2)],
+        [], [], [], [], ServiceStatus.updating, id="parallelism-2-the-leaving-ones-count-while-they-run",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2),
+        [rep("s1"), rep("s2"), rep("s5", revision=2), rep("s6", revision=2)],
+        ["s3", "s4"], [], [], [], ServiceStatus.updating, id="parallelism-2-next-two-once-they-are-gone",
+    ),
+    pytest.param(
+        want(2, parallelism=3), [rep("s1")], ["s2"], [], [], [], ServiceStatus.scaling,
+        id="parallelism-is-no-business-of-scaling",
     ),
 ]
 
@@ -322,22 +358,44 @@ def play(desired: Desired, observed: list[ReplicaView], check) -> SimulatedEngin
     raise AssertionError("the plan never converged")
 
 
-@pytest.mark.parametrize("replicas", [1, 2, 3, 5])
-def test_a_rolling_update_never_runs_fewer_ready_nor_more_than_one_extra(replicas: int):
-    desired = want(replicas, revision=2)
+@pytest.mark.parametrize(
+    ("replicas", "parallelism"), [(1, 1), (2, 1), (3, 1), (5, 1), (1, 2), (4, 2), (5, 2), (6, 3), (3, 5)]
+)
+def test_a_rolling_update_never_runs_fewer_ready_nor_more_than_parallelism_extra(replicas: int, parallelism: int):
+    desired = want(replicas, revision=2, parallelism=parallelism)
+    steps_with_news: list[int] = []
     old = [rep(slot_name(i)) for i in range(1, replicas + 1)]
 
     def check(step: Plan, engine: SimulatedEngine) -> None:
         ready_served = [r for r in step.serving if engine.views[r.id].health == "UP"]
         assert len(ready_served) >= replicas, "the balancers would carry fewer ready replicas than asked for"
         running = len(engine.views) + len(step.create_in) - len(step.replace)
-        assert running <= replicas + 1, "more than one replica above the asked number"
+        assert running <= replicas + parallelism, "more than `parallelism` replicas above the asked number"
         assert all(r.state != "restarting" for r in step.crashing)
+        if step.create_in:
+            steps_with_news.append(len(step.create_in))
 
     engine = play(desired, old, check)
     assert sorted(v.replica.revision for v in engine.views.values()) == ["2"] * replicas
     slots = {v.replica.slot for v in engine.views.values()}
-    assert len(slots) == replicas and slots <= {slot_name(i) for i in range(1, replicas + 2)}  # the extra's slot
+    # the extra ones' slots
+    assert len(slots) == replicas and slots <= {slot_name(i) for i in range(1, replicas + parallelism + 1)}
+    # `parallelism` new replicas at a time (the last batch may be smaller)
+    assert steps_with_news[:-1] == [min(parallelism, replicas)] * (len(steps_with_news) - 1), steps_with_news
+    assert sum(steps_with_news) == replicas
+
+
+@pytest.mark.parametrize(
+    ("parallelism", "replicas", "slots", "surge"),
+    [
+        pytest.param(1, 3, 101, 1, id="default"),
+        pytest.param(2, 6, 101, 2, id="as-asked"),
+        pytest.param(4, 98, 101, 3, id="bounded-by-the-spare-slots"),
+        pytest.param(3, 100, 101, 1, id="at-the-limit-still-one-at-a-time"),
+    ],
+)
+def test_the_rollout_surge(parallelism: int, replicas: int, slots: int, surge: int):
+    assert rollout_surge(parallelism, replicas, slots) == surge
 
 
 @pytest.mark.parametrize(("start", "target"), [(4, 1), (1, 4), (3, 3)])

@@ -1,0 +1,344 @@
+"""Benchmark: a rolling image update of N replicas under steady load, hyperservice beside Docker Swarm.
+
+Per repetition, interleaved:
+
+- hyperservice: an in-process backend on the machine's main Docker engine (reached through httpx's
+  ASGI transport, as the console reaches it) with HYPERSERVICE_ROLLOUT_PARALLELISM = `--parallelism`.
+  A service of N replicas of hyperservice-test/web:1 (Protocol http, health check GET / every
+  `--interval` s, rise `--rise`, fall `--fall`) is made active, then, under steady load through its
+  address, `POST /services/NAME/update {"Image": "hyperservice-test/web:2"}`. Time to complete: from
+  the POST until the service reads `active` with N replicas, all of web:2.
+- swarm: `docker service update --image hyperservice-test/web:2` of a service of N replicas of web:1
+  on ONE node of the project's lab (scripts/swarm-lab: node1, the manager; the service is constrained
+  to it, so it is a single-node swarm as far as the service goes). The same health check as a Docker
+  HEALTHCHECK (`wget` of / every `--interval` s, `--fall` retries; swarm has no rise: one success
+  makes a task healthy), `--update-parallelism` = `--parallelism`, `--update-delay 0`,
+  `--update-order` = `--order` (start-first: like hyperservice, a new replica before an old one goes;
+  stop-first is swarm's default). Published through the routing mesh on the node's lab address; the
+  same steady load goes there. Time to complete: from the spawn of the CLI until the swarm API shows
+  N running tasks, all of web:2, and no other task still running (and, for reference, until the CLI
+  returns: it waits out `--update-monitor`, 5 s by default, after the last task).
+
+The main engine is never made a swarm (other tests use it): the swarm half runs on the lab.
+Failed requests: connection errors, timeouts and non-200 answers of the steady load (tests'
+`SteadyLoad`: `--threads` threads, a new connection per request). Medians over `--repeat` runs.
+
+    python -m bench.rolling_update                    # 6 replicas, parallelism 1, 3 repetitions
+    python -m bench.rolling_update --parallelism 2 --repeat 5
+    python -m bench.rolling_update --no-swarm         # hyperservice only
+
+Needs root for the lab and the offline test images (tests/images/build.sh). Everything it creates is
+named `hbx-roll-`; it is removed at the end, also on error or Ctrl-C (the lab itself is left up, as
+`scripts/swarm-lab up` found or made it; `scripts/swarm-lab down` removes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import docker
+import docker.errors
+import httpx
+
+from backend.api import create_app
+from backend.core import Backend
+from backend.docker_driver import LABEL_TENANT
+from backend.settings import Settings
+from tests.balancer_helpers import SteadyLoad
+from tests.swarm_lab import Lab, parse_env, swarm_lab
+
+OLD_IMAGE = "hyperservice-test/web:1"
+NEW_IMAGE = "hyperservice-test/web:2"
+LB_IMAGE = "hyperservice-test/haproxy:2.6"
+PREFIX = "hbx-roll-"
+LAB_NODE = "node1"  # the lab's manager: the swarm half runs on this one node only
+TRIAL_TIMEOUT = 300.0  # seconds a rollout may take before the trial counts as failed
+POLL = 0.2  # seconds between looks at the rollout's progress
+
+
+@dataclass
+class Trial:
+    """One rolling update: how long it took and what the load saw meanwhile."""
+
+    seconds: float | None  # None: not complete within TRIAL_TIMEOUT
+    ok: int
+    failed: int
+    errors: list[str] = field(default_factory=list)
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def eventually(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(POLL)
+    raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}; last: {last!r}")
+
+
+# -- hyperservice ------------------------------------------------------------------------------------
+
+
+class HyperserviceCase:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.data_dir = Path(tempfile.mkdtemp(prefix=PREFIX))
+        self.backend = Backend(
+            Settings(
+                data_dir=self.data_dir,
+                lb_image=LB_IMAGE,
+                address_pool=f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24",
+                network_pool=f"10.{random.randint(100, 250)}.0.0/16",
+                rollout_parallelism=args.parallelism,
+            )
+        )
+        self.backend.start()
+        self.api = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(self.backend)), base_url="http://hyperservice", timeout=120
+        )
+
+    async def trial(self, tag: str) -> Trial:
+        args, name = self.args, f"{PREFIX}hs-{tag}"
+        body = {
+            "Name": name, "Image": OLD_IMAGE, "ServicePort": 80, "Replicas": args.replicas, "Protocol": "http",
+            "HealthCheckInterval": args.interval, "HealthCheckRise": args.rise, "HealthCheckFall": args.fall,
+        }
+        created = await self.api.post("/services/create", json=body)
+        if created.status_code != 201:
+            raise RuntimeError(f"create answered {created.status_code}: {created.text}")
+        address = created.json()["IP"]
+        try:
+            await eventually(lambda: self._status(name, "active"), 180, f"{name} to be active")
+            with SteadyLoad(address, 80, threads=args.threads, max_seconds=TRIAL_TIMEOUT + 60) as load:
+                await eventually(lambda: load.result.ok >= 20, 30, "the load to get going")
+                started = time.monotonic()
+                response = await self.api.post(f"/services/{name}/update", json={"Image": NEW_IMAGE})
+                if response.status_code != 200:
+                    raise RuntimeError(f"update answered {response.status_code}: {response.text}")
+                seconds: float | None = None
+                with contextlib.suppress(RuntimeError):
+                    await eventually(lambda: self._rolled(name), TRIAL_TIMEOUT, f"{name} rolled to {NEW_IMAGE}")
+                    seconds = time.monotonic() - started
+                await asyncio.sleep(1.0)  # a second of load on the new replicas alone
+            return Trial(seconds, load.result.ok, load.result.failed, list(load.result.errors))
+        finally:
+            await self.api.delete(f"/services/{name}")
+            with contextlib.suppress(RuntimeError):
+                await eventually(lambda: self._gone(name), 60, f"{name} deleted")
+
+    async def _status(self, name: str, status: str) -> bool:
+        body = (await self.api.get(f"/services/{name}")).json()
+        if body.get("Status") == "error":
+            say(f"  ! {name}: {body.get('Message')}")
+        return body.get("Status") == status
+
+    async def _rolled(self, name: str) -> bool:
+        if not await self._status(name, "active"):
+            return False
+        containers = (await self.api.get(f"/services/{name}/containers")).json()
+        return len(containers) == self.args.replicas and all(c["Image"] == NEW_IMAGE for c in containers)
+
+    async def _gone(self, name: str) -> bool:
+        return (await self.api.get(f"/services/{name}")).status_code == 404
+
+    async def close(self) -> None:
+        await self.api.aclose()
+        tenant = self.backend.tenant
+        self.backend.close()
+        client = docker.from_env()
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL_TENANT}={tenant}"}):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+        for network in client.networks.list(filters={"label": f"{LABEL_TENANT}={tenant}"}):
+            with contextlib.suppress(docker.errors.NotFound):
+                network.remove()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+# -- swarm (one node of the lab) ------------------------------------------------------------------
+
+
+class SwarmCase:
+    def __init__(self, args: argparse.Namespace, lab: Lab) -> None:
+        self.args = args
+        self.lab = lab
+        self.host = lab.docker_host(LAB_NODE)
+        self.address = lab.address(LAB_NODE)
+        self.client = lab.engine(LAB_NODE)
+        for image in (OLD_IMAGE, NEW_IMAGE):
+            self.client.images.get(image)  # the lab copies them from the main engine
+
+    def _docker(self, *argv: str, timeout: float = TRIAL_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        environment = {**os.environ, "DOCKER_HOST": self.host}
+        return subprocess.run(["docker", *argv], capture_output=True, text=True, timeout=timeout, env=environment)
+
+    def _tasks(self, name: str) -> list[dict]:
+        return self.client.api.tasks(filters={"service": name})
+
+    def _converged(self, name: str, image: str) -> bool:
+        running = [t for t in self._tasks(name) if t["Status"]["State"] == "running"]
+        images = {t["Spec"]["ContainerSpec"]["Image"].split("@")[0] for t in running}
+        return len(running) == self.args.replicas and images == {image}
+
+    async def trial(self, tag: str) -> Trial:
+        args, name = self.args, f"{PREFIX}sw-{tag}"
+        port = random.randint(20000, 29999)
+        node = self.lab.env.get(f"HYPERSERVICE_LAB_{LAB_NODE.upper()}_HOSTNAME", LAB_NODE)
+        health = [
+            "--health-cmd", "wget -q -O /dev/null http://127.0.0.1/", f"--health-interval={args.interval}s",
+            f"--health-retries={args.fall}", "--health-timeout=2s", "--health-start-period=0s",
+        ]
+        created = self._docker(
+            "service", "create", "--detach", "--name", name, "--replicas", str(args.replicas),
+            "--constraint", f"node.hostname=={node}", "--publish", f"published={port},target=80,mode=ingress",
+            "--update-parallelism", str(args.parallelism), "--update-delay", "0s", "--update-order", args.order,
+            "--stop-grace-period", "10s", *health, OLD_IMAGE,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"docker service create failed: {created.stderr}")
+        try:
+            await eventually(lambda: self._converged(name, OLD_IMAGE), 180, f"{name}: {args.replicas} tasks running")
+            await eventually(lambda: _answers(self.address, port), 60, f"{name} answering on {self.address}:{port}")
+            with SteadyLoad(self.address, port, threads=args.threads, max_seconds=TRIAL_TIMEOUT + 60) as load:
+                await eventually(lambda: load.result.ok >= 20, 30, "the load to get going")
+                started = time.monotonic()
+                cli = await asyncio.create_subprocess_exec(
+                    "docker", "service", "update", "--image", NEW_IMAGE, name,
+                    env={**os.environ, "DOCKER_HOST": self.host},
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                )
+                seconds: float | None = None
+                with contextlib.suppress(RuntimeError):
+                    await eventually(lambda: self._converged(name, NEW_IMAGE), TRIAL_TIMEOUT, f"{name} on {NEW_IMAGE}")
+                    seconds = time.monotonic() - started
+                extra: dict[str, float] = {}
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(cli.wait(), TRIAL_TIMEOUT)
+                    extra["cli"] = time.monotonic() - started
+                await asyncio.sleep(1.0)
+            return Trial(seconds, load.result.ok, load.result.failed, list(load.result.errors), extra)
+        finally:
+            self._docker("service", "rm", name, timeout=60)
+            with contextlib.suppress(RuntimeError):
+                await eventually(lambda: not self.client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.name={name}"}), 60, f"{name}'s containers gone")
+
+
+def _answers(host: str, port: int) -> bool:
+    import http.client
+
+    try:
+        connection = http.client.HTTPConnection(host, port, timeout=2)
+        connection.request("GET", "/")
+        ok = connection.getresponse().status == 200
+        connection.close()
+        return ok
+    except OSError:
+        return False
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, unit: str = " s") -> str:
+    return "—" if value is None else f"{value:.1f}{unit}"
+
+
+async def run(args: argparse.Namespace) -> None:
+    cases: dict[str, HyperserviceCase | SwarmCase] = {}
+    hs = HyperserviceCase(args)
+    cases["hyperservice"] = hs
+    if not args.no_swarm:
+        lab = Lab(parse_env(swarm_lab("up")))
+        cases["swarm"] = SwarmCase(args, lab)
+    trials: dict[str, list[Trial]] = {kind: [] for kind in cases}
+    loads: list[float] = []
+    run_id = uuid.uuid4().hex[:4]
+    try:
+        for rep in range(args.repeat):
+            order = list(cases)[rep % len(cases):] + list(cases)[: rep % len(cases)]
+            for kind in order:
+                loads.append(os.getloadavg()[0])
+                trial = await cases[kind].trial(f"{run_id}{rep}")
+                trials[kind].append(trial)
+                cli = f", CLI returned {fmt(trial.extra['cli'])}" if "cli" in trial.extra else ""
+                say(f"  run {rep + 1}/{args.repeat} {kind:<12} {fmt(trial.seconds)}{cli}; requests ok {trial.ok}, "
+                    f"failed {trial.failed} {trial.errors[:3] if trial.failed else ''}   [load {loads[-1]:.1f}]")
+    finally:
+        await hs.close()
+    report(args, trials, loads)
+
+
+def report(args: argparse.Namespace, trials: dict[str, list[Trial]], loads: list[float]) -> None:
+    print(f"# Rolling update benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}\n")
+    print(f"{args.replicas} replicas rolled from {OLD_IMAGE} to {NEW_IMAGE}, parallelism {args.parallelism}, "
+          f"health check every {args.interval} s (rise {args.rise}, fall {args.fall}), steady load of "
+          f"{args.threads} threads (a new connection per request); machine: {os.cpu_count()} cores, "
+          f"1-min load average {min(loads):.1f}–{max(loads):.1f} (median {statistics.median(loads):.1f}).")
+    if "swarm" in trials:
+        print(f"swarm: Docker {docker.from_env().version().get('Version')} on node {LAB_NODE} of the project's lab "
+              f"(scripts/swarm-lab; the service constrained to that node: a single-node swarm), "
+              f"--update-order {args.order}, --update-delay 0s, routing mesh.")
+    print(f"\nMedians of {args.repeat} run(s):\n")
+    print("| | time to complete | failed requests | requests ok | runs (s) |")
+    print("|---|---:|---:|---:|---|")
+    medians: dict[str, float | None] = {}
+    for kind, runs in trials.items():
+        times = [t.seconds for t in runs if t.seconds is not None]
+        medians[kind] = median(times)
+        label = kind if kind == "hyperservice" else f"docker service update ({LAB_NODE} of the lab)"
+        print(f"| {label} | {fmt(medians[kind])} | {median([float(t.failed) for t in runs]):g} "
+              f"(total {sum(t.failed for t in runs)}) | {median([float(t.ok) for t in runs]):g} | "
+              f"{', '.join(fmt(t.seconds, '') for t in runs)} |")
+    cli = [t.extra["cli"] for t in trials.get("swarm", []) if "cli" in t.extra]
+    if cli:
+        print(f"\nswarm CLI returned after {fmt(median(cli))} (median; it waits out --update-monitor after the last task)")
+    hs_time, swarm_time = medians.get("hyperservice"), medians.get("swarm")
+    if hs_time and swarm_time:
+        print(f"\nhyperservice / swarm: {hs_time / swarm_time:.2f}×")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--replicas", type=int, default=6)
+    parser.add_argument("--parallelism", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--interval", type=int, default=1, help="health check interval, seconds")
+    parser.add_argument("--rise", type=int, default=2)
+    parser.add_argument("--fall", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4, help="threads of steady load")
+    parser.add_argument("--order", choices=("start-first", "stop-first"), default="start-first")
+    parser.add_argument("--no-swarm", action="store_true", help="hyperservice only")
+    args = parser.parse_args()
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
