@@ -14,8 +14,10 @@ Per repetition, interleaved:
   HEALTHCHECK (`wget` of / every `--interval` s, `--fall` retries; swarm has no rise: one success
   makes a task healthy), `--update-parallelism` = `--parallelism`, `--update-delay 0`,
   `--update-order` = `--order` (start-first: like hyperservice, a new replica before an old one goes;
-  stop-first is swarm's default). Published through the routing mesh on the node's lab address; the
-  same steady load goes there. Time to complete: from the spawn of the CLI until the swarm API shows
+  stop-first is swarm's default). The lab's kernel has no IPVS, so swarm's routing mesh and VIPs do
+  not work there: the service is `--endpoint-mode dnsrr`, each task published in host mode on a port
+  of its own, and the same steady load is spread over the tasks swarm lists as running (desired and
+  actual, refreshed every 0.2 s), as a client of a dnsrr service does it. Time to complete: from the spawn of the CLI until the swarm API shows
   N running tasks, all of web:2, and no other task still running (and, for reference, until the CLI
   returns: it waits out `--update-monitor`, 5 s by default, after the last task).
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import os
 import random
 import shutil
@@ -44,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -55,6 +59,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 import docker
 import docker.errors
 import httpx
+import requests
 
 from backend.api import create_app
 from backend.core import Backend
@@ -70,6 +75,7 @@ PREFIX = "hbx-roll-"
 LAB_NODE = "node1"  # the lab's manager: the swarm half runs on this one node only
 TRIAL_TIMEOUT = 300.0  # seconds a rollout may take before the trial counts as failed
 POLL = 0.2  # seconds between looks at the rollout's progress
+ATTEMPTS = 3  # tries of a swarm trial (the lab is shared: another session may take it down meanwhile)
 
 
 @dataclass
@@ -205,31 +211,41 @@ class SwarmCase:
         return len(running) == self.args.replicas and images == {image}
 
     async def trial(self, tag: str) -> Trial:
+        """One rollout; tried again (at most `ATTEMPTS` times) when the lab went away under it: the lab
+        is shared, and `scripts/swarm-lab up` brings it back."""
+        for attempt in range(1, ATTEMPTS + 1):
+            swarm_lab("up")  # idempotent: a healthy lab is left as it is
+            try:
+                return await self._trial(f"{tag}{attempt}")
+            except (docker.errors.DockerException, requests.exceptions.ConnectionError, RuntimeError) as exc:
+                if attempt == ATTEMPTS:
+                    raise
+                say(f"  ! swarm trial failed ({str(exc)[:200]}); the lab may have gone away: again")
+        raise AssertionError("unreachable")
+
+    async def _trial(self, tag: str) -> Trial:
         args, name = self.args, f"{PREFIX}sw-{tag}"
-        port = random.randint(20000, 29999)
-        node = self.lab.env.get(f"HYPERSERVICE_LAB_{LAB_NODE.upper()}_HOSTNAME", LAB_NODE)
         health = [
             "--health-cmd", "wget -q -O /dev/null http://127.0.0.1/", f"--health-interval={args.interval}s",
             f"--health-retries={args.fall}", "--health-timeout=2s", "--health-start-period=0s",
         ]
         created = self._docker(
             "service", "create", "--detach", "--name", name, "--replicas", str(args.replicas),
-            "--constraint", f"node.hostname=={node}", "--publish", f"published={port},target=80,mode=ingress",
-            "--update-parallelism", str(args.parallelism), "--update-delay", "0s", "--update-order", args.order,
-            "--stop-grace-period", "10s", *health, OLD_IMAGE,
+            "--constraint", f"node.hostname=={LAB_NODE}", "--endpoint-mode", "dnsrr",
+            "--publish", "mode=host,target=80", "--update-parallelism", str(args.parallelism),
+            "--update-delay", "0s", "--update-order", args.order, "--stop-grace-period", "10s", *health, OLD_IMAGE,
         )
         if created.returncode != 0:
             raise RuntimeError(f"docker service create failed: {created.stderr}")
         try:
             await eventually(lambda: self._converged(name, OLD_IMAGE), 180, f"{name}: {args.replicas} tasks running")
-            await eventually(lambda: _answers(self.address, port), 60, f"{name} answering on {self.address}:{port}")
-            with SteadyLoad(self.address, port, threads=args.threads, max_seconds=TRIAL_TIMEOUT + 60) as load:
+            with TaskLoad(self, name, threads=args.threads, max_seconds=TRIAL_TIMEOUT + 60) as load:
                 await eventually(lambda: load.result.ok >= 20, 30, "the load to get going")
                 started = time.monotonic()
                 cli = await asyncio.create_subprocess_exec(
                     "docker", "service", "update", "--image", NEW_IMAGE, name,
                     env={**os.environ, "DOCKER_HOST": self.host},
-                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
                 )
                 seconds: float | None = None
                 with contextlib.suppress(RuntimeError):
@@ -242,22 +258,69 @@ class SwarmCase:
                 await asyncio.sleep(1.0)
             return Trial(seconds, load.result.ok, load.result.failed, list(load.result.errors), extra)
         finally:
-            self._docker("service", "rm", name, timeout=60)
-            with contextlib.suppress(RuntimeError):
-                await eventually(lambda: not self.client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.name={name}"}), 60, f"{name}'s containers gone")
+            with contextlib.suppress(subprocess.SubprocessError):
+                self._docker("service", "rm", name, timeout=60)
+            label = {"label": f"com.docker.swarm.service.name={name}"}
+            with contextlib.suppress(RuntimeError, docker.errors.DockerException, requests.exceptions.ConnectionError):
+                await eventually(lambda: not self.client.containers.list(all=True, filters=label), 60, f"{name} gone")
+
+    def running_ports(self, name: str) -> list[int]:
+        """The host ports of the service's tasks swarm wants running and reports running."""
+        ports = []
+        for task in self.client.api.tasks(filters={"service": name, "desired-state": "running"}):
+            if task["Status"]["State"] == "running":
+                published = (task["Status"].get("PortStatus") or {}).get("Ports") or []
+                ports += [p["PublishedPort"] for p in published[:1] if p.get("PublishedPort")]
+        return ports
 
 
-def _answers(host: str, port: int) -> bool:
-    import http.client
+class TaskLoad(SteadyLoad):
+    """SteadyLoad spread over a swarm service's running tasks, the way a client of a `dnsrr` service
+    does it (the lab's kernel has no IPVS, so swarm's routing mesh and VIPs do not work there): each
+    request goes, on a new connection, to the next task swarm lists as running (desired and actual),
+    the list refreshed every POLL seconds."""
 
-    try:
-        connection = http.client.HTTPConnection(host, port, timeout=2)
-        connection.request("GET", "/")
-        ok = connection.getresponse().status == 200
-        connection.close()
-        return ok
-    except OSError:
-        return False
+    def __init__(self, case: SwarmCase, name: str, threads: int, max_seconds: float) -> None:
+        super().__init__(case.address, 0, threads=threads, max_seconds=max_seconds)
+        self.case, self.name = case, name
+        self.ports: list[int] = case.running_ports(name)
+        self._turn = 0
+        self._refresher = threading.Thread(target=self._refresh, daemon=True)
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(POLL) and time.monotonic() < self.deadline:
+            with contextlib.suppress(Exception):  # a slow answer of the manager: keep the last list
+                self.ports = self.case.running_ports(self.name)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self.deadline:
+            ports = self.ports
+            if not ports:
+                self._count(None, "no task running")
+                time.sleep(0.005)
+                continue
+            with self._lock:
+                self._turn += 1
+                port = ports[self._turn % len(ports)]
+            try:
+                connection = http.client.HTTPConnection(self.host, port, timeout=10)
+                connection.request("GET", "/")
+                response = connection.getresponse()
+                body = response.read().decode()
+                connection.close()
+                self._count(body, None if response.status == 200 else f"status {response.status}")
+            except Exception as exc:  # every failure counts
+                self._count(None, repr(exc))
+            time.sleep(0.005)
+
+    def __enter__(self) -> TaskLoad:
+        self._refresher.start()
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self._refresher.join(timeout=5)
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -293,19 +356,21 @@ async def run(args: argparse.Namespace) -> None:
                     f"failed {trial.failed} {trial.errors[:3] if trial.failed else ''}   [load {loads[-1]:.1f}]")
     finally:
         await hs.close()
-    report(args, trials, loads)
+    swarm_case = cases.get("swarm")
+    report(args, trials, loads, swarm_case.client.version().get("Version", "?") if isinstance(swarm_case, SwarmCase) else "")
 
 
-def report(args: argparse.Namespace, trials: dict[str, list[Trial]], loads: list[float]) -> None:
+def report(args: argparse.Namespace, trials: dict[str, list[Trial]], loads: list[float], lab_version: str) -> None:
     print(f"# Rolling update benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}\n")
     print(f"{args.replicas} replicas rolled from {OLD_IMAGE} to {NEW_IMAGE}, parallelism {args.parallelism}, "
           f"health check every {args.interval} s (rise {args.rise}, fall {args.fall}), steady load of "
           f"{args.threads} threads (a new connection per request); machine: {os.cpu_count()} cores, "
           f"1-min load average {min(loads):.1f}–{max(loads):.1f} (median {statistics.median(loads):.1f}).")
     if "swarm" in trials:
-        print(f"swarm: Docker {docker.from_env().version().get('Version')} on node {LAB_NODE} of the project's lab "
+        print(f"swarm: Docker {lab_version} on node {LAB_NODE} of the project's lab "
               f"(scripts/swarm-lab; the service constrained to that node: a single-node swarm), "
-              f"--update-order {args.order}, --update-delay 0s, routing mesh.")
+              f"--update-order {args.order}, --update-delay 0s, dnsrr (no IPVS in the lab's "
+              f"kernel, so no routing mesh): the load goes to the tasks swarm lists as running, refreshed every {POLL} s.")
     print(f"\nMedians of {args.repeat} run(s):\n")
     print("| | time to complete | failed requests | requests ok | runs (s) |")
     print("|---|---:|---:|---:|---|")
