@@ -393,7 +393,9 @@ class Reconciler:
         if rolled_back is not None:
             return rolled_back
         surge = rollout_surge(self.rollout_parallelism, record.spec.Replicas, self.slots)
-        desired = Desired(record.spec.Image, record.spec.Replicas, record.revision, self.replace_down_after, surge)
+        desired = Desired(
+            record.spec.Image, record.spec.Replicas, record.revision, self.replace_down_after, surge, self.slots
+        )
         healing = self._healing.get(record.uid, {})
         step = plan(desired, observed, healing, active=record.status == ServiceStatus.active)
         self._apply(record, object_name(network), step, {view.replica.id: view for view in observed})

@@ -34,9 +34,10 @@ IMAGE = "web:2"
 DOWN_AFTER = 60.0
 
 
-def want(replicas: int, revision: int = 1, parallelism: int = 1) -> Desired:
+def want(replicas: int, revision: int = 1, parallelism: int = 1, slots: int | None = None) -> Desired:
     return Desired(
-        image=IMAGE, replicas=replicas, revision=revision, replace_down_after=DOWN_AFTER, parallelism=parallelism
+        image=IMAGE, replicas=replicas, revision=revision, replace_down_after=DOWN_AFTER, parallelism=parallelism,
+        slots=slots,
     )
 
 
@@ -148,13 +149,18 @@ CASES = [
         [], [], ServiceStatus.updating, id="roll-waits-for-the-new-one-to-be-ready",
     ),
     pytest.param(
-        want(3, revision=2), [rep("s1"), rep("s2"), rep("s3"), rep("s4", revision=2)], [], [], ["s3@r1"], [],
-        ServiceStatus.updating, id="roll-drains-an-old-one-once-a-new-one-is-ready",
+        want(3, revision=2), [rep("s1"), rep("s2"), rep("s3"), rep("s4", revision=2)], ["s5"], [], ["s3@r1"], [],
+        ServiceStatus.updating, id="roll-drains-an-old-one-once-a-new-one-is-ready-and-starts-the-next",
     ),
     pytest.param(
         want(3, revision=2),
+        [rep("s1"), rep("s2"), rep("s3", leaving=Leaving.DRAINING), rep("s4", revision=2)], ["s5"], [], [], [],
+        ServiceStatus.updating, id="roll-goes-on-while-an-old-one-drains",
+    ),
+    pytest.param(
+        want(3, revision=2, slots=4),
         [rep("s1"), rep("s2"), rep("s3", leaving=Leaving.DRAINING), rep("s4", revision=2)], [], [], [], [],
-        ServiceStatus.updating, id="roll-waits-while-an-old-one-drains",
+        ServiceStatus.updating, id="roll-waits-for-a-slot-while-an-old-one-drains",
     ),
     pytest.param(
         want(3, revision=2), [rep("s1"), rep("s2"), rep("s4", revision=2)], ["s3"], [], [], [],
@@ -175,18 +181,25 @@ CASES = [
     pytest.param(
         want(4, revision=2, parallelism=2),
         [*(rep(f"s{i}") for i in range(1, 5)), rep("s5", revision=2, health="starting"), rep("s6", revision=2)],
-        [], [], ["s4@r1"], [], ServiceStatus.updating, id="parallelism-2-drains-one-old-per-new-one-ready",
+        ["s7"], [], ["s4@r1"], [], ServiceStatus.updating, id="parallelism-2-drains-one-old-per-new-one-ready",
     ),
     pytest.param(
         want(4, revision=2, parallelism=2),
         [*(rep(f"s{i}") for i in range(1, 5)), rep("s5", revision=2), rep("s6", revision=2)],
-        [], [], ["s3@r1", "s4@r1"], [], ServiceStatus.updating, id="parallelism-2-drains-two-once-two-are-ready",
+        ["s7", "s8"], [], ["s3@r1", "s4@r1"], [], ServiceStatus.updating,
+        id="parallelism-2-drains-two-once-two-are-ready-and-starts-two-more",
     ),
     pytest.param(
         want(4, revision=2, parallelism=2),
         [rep("s1"), rep("s2"), rep("s3", leaving=Leaving.DRAINING), rep("s4", leaving=Leaving.STOPPING),
          rep("s5", revision=2), rep("s6", revision=2)],
-        [], [], [], [], ServiceStatus.updating, id="parallelism-2-the-leaving-ones-count-while-they-run",
+        ["s7", "s8"], [], [], [], ServiceStatus.updating, id="parallelism-2-the-leaving-ones-hold-nothing-back",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2, slots=7),
+        [rep("s1"), rep("s2"), rep("s3", leaving=Leaving.DRAINING), rep("s4", leaving=Leaving.STOPPING),
+         rep("s5", revision=2), rep("s6", revision=2)],
+        ["s7"], [], [], [], ServiceStatus.updating, id="parallelism-2-bounded-by-the-slots-the-leaving-ones-hold",
     ),
     pytest.param(
         want(4, revision=2, parallelism=2),
@@ -359,29 +372,35 @@ def play(desired: Desired, observed: list[ReplicaView], check) -> SimulatedEngin
 
 
 @pytest.mark.parametrize(
-    ("replicas", "parallelism"), [(1, 1), (2, 1), (3, 1), (5, 1), (1, 2), (4, 2), (5, 2), (6, 3), (3, 5)]
+    ("replicas", "parallelism", "slots"),
+    [(1, 1, None), (2, 1, None), (3, 1, None), (5, 1, None), (1, 2, None), (4, 2, None), (5, 2, None),
+     (6, 3, None), (3, 5, None), (3, 1, 4), (5, 2, 7), (6, 3, 8)],
 )
-def test_a_rolling_update_never_runs_fewer_ready_nor_more_than_parallelism_extra(replicas: int, parallelism: int):
-    desired = want(replicas, revision=2, parallelism=parallelism)
+def test_a_rolling_update_never_runs_fewer_ready_nor_more_than_parallelism_extra(
+    replicas: int, parallelism: int, slots: int | None
+):
+    desired = want(replicas, revision=2, parallelism=parallelism, slots=slots)
     steps_with_news: list[int] = []
     old = [rep(slot_name(i)) for i in range(1, replicas + 1)]
 
     def check(step: Plan, engine: SimulatedEngine) -> None:
         ready_served = [r for r in step.serving if engine.views[r.id].health == "UP"]
         assert len(ready_served) >= replicas, "the balancers would carry fewer ready replicas than asked for"
+        balanced = len(step.serving) + len(step.create_in)
+        assert balanced <= replicas + parallelism, "more than `parallelism` replicas above the asked number"
         running = len(engine.views) + len(step.create_in) - len(step.replace)
-        assert running <= replicas + parallelism, "more than `parallelism` replicas above the asked number"
+        assert slots is None or running <= slots, "more replicas (leaving ones included) than balancer slots"
         assert all(r.state != "restarting" for r in step.crashing)
         if step.create_in:
             steps_with_news.append(len(step.create_in))
 
     engine = play(desired, old, check)
     assert sorted(v.replica.revision for v in engine.views.values()) == ["2"] * replicas
-    slots = {v.replica.slot for v in engine.views.values()}
-    # the extra ones' slots
-    assert len(slots) == replicas and slots <= {slot_name(i) for i in range(1, replicas + parallelism + 1)}
-    # `parallelism` new replicas at a time (the last batch may be smaller)
-    assert steps_with_news[:-1] == [min(parallelism, replicas)] * (len(steps_with_news) - 1), steps_with_news
+    used = {v.replica.slot for v in engine.views.values()}
+    assert len(used) == replicas and (slots is None or used <= {slot_name(i) for i in range(1, slots + 1)})
+    # the first step starts `parallelism` new replicas (as far as the slots go), no step more
+    first = min(parallelism, replicas, slots - replicas if slots else replicas)
+    assert steps_with_news[0] == first and max(steps_with_news) <= parallelism, steps_with_news
     assert sum(steps_with_news) == replicas
 
 
