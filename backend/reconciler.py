@@ -133,6 +133,7 @@ class Reconciler:
             self._on_health,
             fallback_image=settings.lb_fallback_image,
             on_notice=lambda message: hub.publish("backend", "notice", Message=message),
+            rollout_parallelism=settings.rollout_parallelism,
         )
         self._owners: dict[str, dict[str, tuple[str, str]]] = {}  # service uid -> slot -> (container id, name)
         # service uid -> replacement container id -> why it was made ("replica X ...; replacing"),

@@ -62,8 +62,10 @@ import httpx
 import requests
 
 from backend.api import create_app
+from backend.balancer import LABEL_SLOT
 from backend.core import Backend
-from backend.docker_driver import LABEL_TENANT
+from backend.docker_driver import LABEL_SERVICE, LABEL_TENANT
+from backend.haproxy import slot_index
 from backend.settings import Settings
 from tests.balancer_helpers import SteadyLoad
 from tests.swarm_lab import Lab, parse_env, swarm_lab
@@ -112,6 +114,7 @@ async def eventually(check, timeout: float, what: str):  # type: ignore[no-untyp
 class HyperserviceCase:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.last = ""  # the service's last status and message seen
         self.data_dir = Path(tempfile.mkdtemp(prefix=PREFIX))
         self.backend = Backend(
             Settings(
@@ -123,6 +126,8 @@ class HyperserviceCase:
             )
         )
         self.backend.start()
+        self.docker = docker.from_env()
+        self.highest_slot = 0
         self.api = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(self.backend)), base_url="http://hyperservice", timeout=120
         )
@@ -137,8 +142,12 @@ class HyperserviceCase:
         if created.status_code != 201:
             raise RuntimeError(f"create answered {created.status_code}: {created.text}")
         address = created.json()["IP"]
+        self.highest_slot = 0
         try:
-            await eventually(lambda: self._status(name, "active"), 180, f"{name} to be active")
+            try:
+                await eventually(lambda: self._status(name, "active"), 180, f"{name} to be active")
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc} (it said {self.last!r})") from None
             with SteadyLoad(address, 80, threads=args.threads, max_seconds=TRIAL_TIMEOUT + 60) as load:
                 await eventually(lambda: load.result.ok >= 20, 30, "the load to get going")
                 started = time.monotonic()
@@ -150,7 +159,8 @@ class HyperserviceCase:
                     await eventually(lambda: self._rolled(name), TRIAL_TIMEOUT, f"{name} rolled to {NEW_IMAGE}")
                     seconds = time.monotonic() - started
                 await asyncio.sleep(1.0)  # a second of load on the new replicas alone
-            return Trial(seconds, load.result.ok, load.result.failed, list(load.result.errors))
+            slots = {"highest_slot": float(self.highest_slot)}
+            return Trial(seconds, load.result.ok, load.result.failed, list(load.result.errors), slots)
         finally:
             await self.api.delete(f"/services/{name}")
             with contextlib.suppress(RuntimeError):
@@ -158,15 +168,25 @@ class HyperserviceCase:
 
     async def _status(self, name: str, status: str) -> bool:
         body = (await self.api.get(f"/services/{name}")).json()
+        self.last = f"{body.get('Status')}: {body.get('Message')}"
         if body.get("Status") == "error":
             say(f"  ! {name}: {body.get('Message')}")
         return body.get("Status") == status
 
     async def _rolled(self, name: str) -> bool:
+        self._note_slots(name)
         if not await self._status(name, "active"):
             return False
         containers = (await self.api.get(f"/services/{name}/containers")).json()
         return len(containers) == self.args.replicas and all(c["Image"] == NEW_IMAGE for c in containers)
+
+    def _note_slots(self, name: str) -> None:
+        """The highest balancer slot a replica of the service occupies now (how far a rollout strays
+        above the lowest slots: a slot beyond the balancer's armed ones waits out a check interval)."""
+        filters = {"label": [f"{LABEL_TENANT}={self.backend.tenant}", f"{LABEL_SERVICE}={name}", f"{LABEL_SLOT}"]}
+        for container in self.docker.api.containers(all=True, filters=filters):  # no inspect: no race
+            index = slot_index((container.get("Labels") or {}).get(LABEL_SLOT, "")) or 0
+            self.highest_slot = max(self.highest_slot, index)
 
     async def _gone(self, name: str) -> bool:
         return (await self.api.get(f"/services/{name}")).status_code == 404
@@ -352,6 +372,8 @@ async def run(args: argparse.Namespace) -> None:
                 trial = await cases[kind].trial(f"{run_id}{rep}")
                 trials[kind].append(trial)
                 cli = f", CLI returned {fmt(trial.extra['cli'])}" if "cli" in trial.extra else ""
+                if "highest_slot" in trial.extra:
+                    cli = f", highest balancer slot s{trial.extra['highest_slot']:.0f}"
                 say(f"  run {rep + 1}/{args.repeat} {kind:<12} {fmt(trial.seconds)}{cli}; requests ok {trial.ok}, "
                     f"failed {trial.failed} {trial.errors[:3] if trial.failed else ''}   [load {loads[-1]:.1f}]")
     finally:

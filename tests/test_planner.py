@@ -10,9 +10,11 @@ one replica runs above that.
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
+from backend.balancer import armed_slots
 from backend.haproxy import slot_name
 from backend.models import ServiceStatus
 from backend.planner import (
@@ -421,3 +423,19 @@ def test_the_rollout_surge(parallelism: int, replicas: int, slots: int, surge: i
 def test_scaling_converges_to_the_lowest_slots(start: int, target: int):
     engine = play(want(target), [rep(slot_name(i)) for i in range(1, start + 1)], lambda step, engine: None)
     assert sorted(v.replica.slot for v in engine.views.values()) == sorted(slot_name(i) for i in range(1, target + 1))
+
+
+@pytest.mark.parametrize(("replicas", "parallelism"), [(1, 1), (3, 1), (6, 1), (10, 1), (6, 2), (10, 3)])
+def test_a_rolling_update_stays_within_the_balancers_armed_slots(replicas: int, parallelism: int):
+    """The slots a roll uses (new replicas beside old ones draining in theirs) are all armed ones, so
+    every new replica is checked at once (backend.balancer.armed_slots), with the simulated engine's
+    drains and stops taking a step each."""
+    highest = 0
+
+    def check(step: Plan, engine: SimulatedEngine) -> None:
+        nonlocal highest
+        highest = max([highest, *(int(slot[1:]) for slot in step.create_in)])
+
+    play(want(replicas, revision=2, parallelism=parallelism), [rep(slot_name(i)) for i in range(1, replicas + 1)], check)
+    record = SimpleNamespace(spec=SimpleNamespace(Replicas=replicas))
+    assert replicas < highest <= armed_slots(record, 1000, parallelism)  # type: ignore[arg-type]
