@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.core import Backend, Conflict, Invalid, NotFound
+from backend.core import LOCAL, Backend, Conflict, Invalid, NotFound
 from backend.docker_driver import MAX_IMAGE_TAGS, EngineUnavailable
 from backend.history import DEFAULT_WINDOW
 from backend.models import (
@@ -47,6 +47,7 @@ from backend.models import (
     summarise,
 )
 from backend.store import EVENTS_KEPT
+from backend.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +213,9 @@ def _media_type(content_type: str) -> str:
     return content_type.partition(";")[0].strip().lower()
 
 
-def _refusal(request: Request, token: str | None, allowed_hosts: Collection[str] | None) -> JSONResponse | None:
-    """The answer to a request refused before any route sees it, or None to let it through."""
+def _refusal(request: Request, tokens: Tokens | None, allowed_hosts: Collection[str] | None) -> JSONResponse | None:
+    """The answer to a request refused before any route sees it, or None to let it through (with
+    `request.state.caller`: the name of the token it carries, see `caller`)."""
     headers = request.headers
     host = headers.get("host", "")
     if allowed_hosts is not None:
@@ -228,10 +230,11 @@ def _refusal(request: Request, token: str | None, allowed_hosts: Collection[str]
     if request.method in STATE_CHANGING and origin is not None and not same_origin(origin, request.url.scheme, host):
         return _error(403, f"refused a {request.method} from another origin ({origin[:100]}): "
                            "the API takes changes only from its own clients")
-    if token:
-        given = headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    if tokens:
+        caller = tokens.caller(headers.get("authorization", ""))
+        if caller is None:
             return _error(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+        request.state.caller = caller
     if request.method in ("POST", "PUT", "PATCH"):
         length = headers.get("content-length")
         has_body = (length is not None and length.strip() != "0") or "transfer-encoding" in headers
@@ -262,8 +265,17 @@ def _documented_errors(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collection[str] | None = None) -> FastAPI:
-    """The API over `backend`. `token`: the bearer token every request must carry. `allowed_hosts`:
+def caller(request: Request) -> str:
+    """Who sent the request, as revisions and events record it: the name of its token (backend.tokens),
+    or "local" when the API takes no token (the in-process console, a loopback serve without one)."""
+    return str(getattr(request.state, "caller", LOCAL))
+
+
+def create_app(
+    backend: Backend, token: str | Tokens | None = None, allowed_hosts: Collection[str] | None = None
+) -> FastAPI:
+    """The API over `backend`. `token`: the bearer token every request must carry, or the named tokens
+    of which it must carry one (`Tokens`: what it changes is recorded as by that name). `allowed_hosts`:
     the names a request's Host header may give (see `host_allowed`), None for no Host check (the
     in-process console, which no browser can reach)."""
     app = FastAPI(
@@ -272,6 +284,7 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
         description="Load-balanced, replicated container services on Docker (the Hyper.sh service API).",
     )
     app.state.backend = backend
+    tokens = Tokens.single(token) if isinstance(token, str) and token else token or None
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -285,7 +298,7 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
         """Refuse what must not reach a route (`_refusal`); turn any unexpected failure into a 500
         with an error id (never re-raised, so an in-process client gets an answer, not a traceback).
         The failure's detail goes to the log only: it may name paths, addresses or engine internals."""
-        refused = _refusal(request, token, allowed_hosts)
+        refused = _refusal(request, tokens, allowed_hosts)
         if refused is not None:
             return refused
         try:
@@ -329,7 +342,7 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
     async def create_service(request: Request) -> Service:
         """Create a service; it answers at once, provisioning goes on in the background."""
         spec = await _validated(request, ServiceSpec, backend.validation_context)
-        return await run_in_threadpool(backend.create, spec)
+        return await run_in_threadpool(backend.create, spec, caller(request))
 
     @app.get("/services", response_model=list[Service], responses=_ERRORS)
     def list_services() -> list[Service]:
@@ -344,20 +357,21 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
     async def update_service(name: str, request: Request) -> Service:
         """Change Replicas (scale), Image (rolling update) or FIP ("" detaches)."""
         change = await _validated(request, ServiceUpdate, backend.validation_context)
-        return await run_in_threadpool(backend.update, name, change)
+        return await run_in_threadpool(backend.update, name, change, caller(request))
 
     @app.delete("/services/{name}", status_code=202, response_class=Response,
                 responses={**_ERRORS, 202: {"description": "accepted: the service is being torn down"},
                            204: {"description": "the service is gone already (deleted before)"}})
     def delete_service(
         name: str,
+        request: Request,
         keep: bool = Query(False, description="leave the replicas running"),
         volumes: bool = Query(False, description="also remove the service's named volumes and their data"),
     ) -> Response:
         """Answers at once: 202 while the service is torn down in the background (its status says
         `deleting`; a `deleted` event on /events when it is gone), 204 when it is gone already. A
         repeated DELETE during the teardown changes nothing (the first `keep` holds)."""
-        return Response(status_code=204 if backend.delete(name, keep, volumes) else 202)
+        return Response(status_code=204 if backend.delete(name, keep, volumes, caller(request)) else 202)
 
     @app.get("/services/{name}/revisions", response_model=list[Revision], responses=_ERRORS)
     def service_revisions(name: str) -> list[Revision]:
@@ -373,7 +387,7 @@ def create_app(backend: Backend, token: str | None = None, allowed_hosts: Collec
         the current one, or nothing to go back to; 409 while the service is being deleted."""
         raw = await _read_body(request)
         wanted = await run_in_threadpool(_parse, raw or b"{}", RollbackRequest, {})
-        return await run_in_threadpool(backend.rollback, name, wanted.Revision)
+        return await run_in_threadpool(backend.rollback, name, wanted.Revision, caller(request))
 
     @app.get("/services/{name}/volumes", response_model=list[VolumeInfo], responses=_ERRORS)
     def service_volumes(name: str) -> list[VolumeInfo]:

@@ -106,14 +106,17 @@ class ReplicaHealth:
     since: datetime
 
 
-def armed_slots(record: ServiceRecord, slots: int) -> int:
+def armed_slots(record: ServiceRecord, slots: int, rollout_parallelism: int = 1) -> int:
     """How many of the lowest spare slots stay armed (checked fast, so an assignment is checked at
-    once): the replicas asked for, a rolling update's extra one and one more, at least MIN_ARMED_SLOTS."""
-    return min(slots, max(haproxy.MIN_ARMED_SLOTS, record.spec.Replicas + 2))
+    once): the replicas asked for, and what a rolling update adds above them: its new replicas
+    (`rollout_parallelism` at a time) beside the old ones still draining in their slots, twice over
+    (a step's drains may outlast the next step), and one more; at least MIN_ARMED_SLOTS."""
+    return min(slots, max(haproxy.MIN_ARMED_SLOTS, record.spec.Replicas + 4 * rollout_parallelism + 1))
 
 
 def balancer_config(
-    record: ServiceRecord, servers: dict[str, str], slots: int, address: str, admin_port: int
+    record: ServiceRecord, servers: dict[str, str], slots: int, address: str, admin_port: int,
+    rollout_parallelism: int = 1,
 ) -> haproxy.BalancerConfig:
     """The config of the balancer listening on `address` (the service's IP or FIP) at ServicePort."""
     spec = record.spec
@@ -130,7 +133,7 @@ def balancer_config(
         health_rise=spec.HealthCheckRise,
         servers=tuple(sorted(servers.items(), key=lambda item: haproxy.slot_index(item[0]) or 0)),
         slots=slots,
-        armed_slots=armed_slots(record, slots),
+        armed_slots=armed_slots(record, slots, rollout_parallelism),
     )
 
 
@@ -167,9 +170,11 @@ class Balancers:
         on_health: Callable[[str, str, ReplicaHealth], None],
         fallback_image: str = "",
         on_notice: Callable[[str], None] | None = None,
+        rollout_parallelism: int = 1,
         direct_runtime_api: bool | None = None,
     ) -> None:
         self.engine = engine
+        self.rollout_parallelism = rollout_parallelism  # (the armed slots: see armed_slots)
         # Ask the runtime API over this host's loopback (None: when DOCKER_HOST says the engine is here).
         self._direct = (runtime_api.engine_is_local(os.environ.get("DOCKER_HOST"))
                         if direct_runtime_api is None else direct_runtime_api)
@@ -274,7 +279,7 @@ class Balancers:
             raise
         with self._lock:
             self._started[object_id(container)] = haproxy.started_state(
-                balancer_config(record, servers, self.slots, address, admin_port)
+                balancer_config(record, servers, self.slots, address, admin_port, self.rollout_parallelism)
             )
         return container
 
@@ -348,7 +353,8 @@ class Balancers:
     ) -> None:
         """Copy the config (and, when creating the balancer, its runtime-API secret) into it."""
         config = balancer_config(
-            record, servers, self.slots, container.labels[LABEL_ADDRESS], _admin_port(container)
+            record, servers, self.slots, container.labels[LABEL_ADDRESS], _admin_port(container),
+            self.rollout_parallelism,
         )
         files = haproxy.balancer_files(config, record.spec.SSLCert or None)
         if admin_secret is not None:
@@ -393,7 +399,7 @@ class Balancers:
         board = self.board(record.uid)
         # A new container in a known slot: its health starts over (the board is per slot).
         regate = {slot for slot, owner in owners.items() if slot in servers and owner and board.claim(slot, owner)}
-        armed = armed_slots(record, self.slots)
+        armed = armed_slots(record, self.slots, self.rollout_parallelism)
         for container in balancers:
             with self._lock:
                 applied = self._applied.get(object_id(container))

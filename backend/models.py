@@ -616,7 +616,7 @@ class ServiceEvent(BaseModel):
     Message: str = ""
     ExitCode: int | None = None
     OOMKilled: bool = False
-    By: str = ""  # who asked, for operator actions
+    By: str = ""  # who asked, for operator actions: a token's name, "local", "auto" (an automatic rollback)
 
 
 class RevisionOutcome(StrEnum):
@@ -634,7 +634,9 @@ class Revision(BaseModel):
     """One revision of a service (`GET /services/{name}/revisions`): every change of its Image is one.
 
     `Reason` says why it ended as it did ("revision 2's replicas kept exiting (code 1)") or what it
-    is ("rollback to revision 1"). `By`: who asked ("local", or "rollback" for an automatic one)."""
+    is ("rollback to revision 1"). `By`: who asked: the name of the API token the request carried
+    (backend/tokens.py; "token" for an unnamed one), or "local" (the console, the in-process CLI, an API
+    served without a token)."""
 
     Number: int
     Image: str

@@ -16,9 +16,12 @@ The rules, in one place:
   a new one created in the lowest free slot (often the same);
 - scaling creates in the lowest free slots and takes the least useful replicas out (not ready
   first, then the newest);
-- a roll (replicas of an older revision alive) runs at most one replica above `replicas`, counting
-  the ones still draining, and takes an old one out only while the ready new ones and the old ones
-  together are more than `replicas`: never fewer ready replicas than asked for;
+- a roll (replicas of an older revision alive) runs at most `parallelism` replicas above `replicas`
+  in the balancers (the rollout parallelism: how many new replicas start in one step), and takes an
+  old one out only while the ready new ones and the old ones together are more than `replicas`: never
+  fewer ready replicas than asked for. The old ones taken out drain and stop beside the next steps
+  (the next new replicas start in the step that takes the old ones out); they only keep their
+  balancer slots until they are gone, and `slots` bounds everything that runs at once;
 - a replica taken out is drained (its slot stays reserved, it no longer counts), then stopped; the
   planner never waits for either: it says what is under way and the reconciler looks again;
 - a replica restarting again and again is reported (`error`) and left alone: no replacement churn;
@@ -90,6 +93,8 @@ class Desired:
     replicas: int
     revision: int
     replace_down_after: float  # seconds a replica may stay DOWN before it is replaced
+    parallelism: int = 1  # a roll's new replicas started at once (see `rollout_surge`: the slots bound it)
+    slots: int | None = None  # balancer slots: replicas running at once, leaving ones included (None: no bound)
 
 
 @dataclass
@@ -150,16 +155,21 @@ def plan(
     ready_now = [v for v in current if ready(v)]
     wanted = desired.replicas
 
-    # Roll: at most one replica above `wanted` (the draining ones count: they still run), never
-    # fewer ready replicas than `wanted`.
-    room = wanted + 1 - len(leaving) if outdated else wanted
-    to_create = max(0, min(wanted - len(current), room - len(current) - len(outdated)))
+    # Roll: an old replica goes out of the balancers as soon as a new one is ready (never fewer ready
+    # replicas than `wanted`), and the next new one starts in the same step: at most `parallelism`
+    # replicas above `wanted` in the balancers. Taken out, an old one drains and stops beside the
+    # next steps; it only keeps its balancer slot until it is gone (`slots` bounds all that runs).
     excess_outdated = max(0, len(ready_now) + len(outdated) - wanted) if outdated else 0
     excess_current = max(0, len(current) - wanted)
     drain = _least_useful(outdated)[:excess_outdated] + _least_useful(current)[:excess_current]
     staying = [v for v in alive if v not in drain]
+    kept_outdated = len(outdated) - min(excess_outdated, len(outdated))
+    room = wanted + max(1, desired.parallelism) if outdated else wanted
+    to_create = max(0, min(wanted - len(current), room - len(current) - kept_outdated))
+    if desired.slots is not None:
+        to_create = min(to_create, max(0, desired.slots - len(alive) - len(leaving)))
     # A leaving replica keeps its slot until it is gone: its requests may still be finishing there.
-    create_in = _free_slots([v.replica.slot for v in staying + leaving], to_create)
+    create_in = _free_slots([v.replica.slot for v in alive + leaving], to_create)
     stop = [v for v in leaving if v.leaving == Leaving.DRAINED]
     crashing = [v for v in current if crash_looping(v.replica)]
     heals = [Heal(v.replica, _why_dead(v, desired), replaced=index < len(create_in)) for index, v in enumerate(dead)]
@@ -236,6 +246,13 @@ def _progress(desired: Desired, ready: int, outdated: list[ReplicaView], again_i
             again_in,
         )
     return Outcome(ServiceStatus.scaling, f"Scaling to {desired.replicas} replicas ({ready} ready)", again_in)
+
+
+def rollout_surge(parallelism: int, replicas: int, slots: int) -> int:
+    """The replicas a roll may run above `replicas`: the rollout parallelism, as far as the balancers'
+    `slots` (one server line per replica, draining ones included) leave room; at least one (a service
+    at the slots' limit still rolls, one replica at a time, in the spare slot kept for that)."""
+    return max(1, min(parallelism, slots - replicas))
 
 
 def describe_crash(replica: Replica) -> str:

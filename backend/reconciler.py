@@ -75,6 +75,7 @@ from backend.planner import (
     crash_looping,
     plan,
     ready,
+    rollout_surge,
 )
 from backend.settings import Settings
 from backend.store import ServiceRecord, Store, rfc3339_now
@@ -122,6 +123,8 @@ class Reconciler:
         self.history = History(store, hub, engine)  # each service's story, kept in the store
         self.resync_seconds = settings.resync_seconds
         self.replace_down_after = settings.replace_down_after
+        self.rollout_parallelism = settings.rollout_parallelism
+        self.slots = settings.max_replicas + 1  # server lines per balancer (backend.balancer)
         workers = settings.workers
         self.balancers = Balancers(
             engine,
@@ -130,6 +133,7 @@ class Reconciler:
             self._on_health,
             fallback_image=settings.lb_fallback_image,
             on_notice=lambda message: hub.publish("backend", "notice", Message=message),
+            rollout_parallelism=settings.rollout_parallelism,
         )
         self._owners: dict[str, dict[str, tuple[str, str]]] = {}  # service uid -> slot -> (container id, name)
         # service uid -> replacement container id -> why it was made ("replica X ...; replacing"),
@@ -394,7 +398,10 @@ class Reconciler:
         rolled_back = self._check_rollout(record, observed)
         if rolled_back is not None:
             return rolled_back
-        desired = Desired(record.spec.Image, record.spec.Replicas, record.revision, self.replace_down_after)
+        surge = rollout_surge(self.rollout_parallelism, record.spec.Replicas, self.slots)
+        desired = Desired(
+            record.spec.Image, record.spec.Replicas, record.revision, self.replace_down_after, surge, self.slots
+        )
         healing = self._healing.get(record.uid, {})
         step = plan(desired, observed, healing, active=record.status == ServiceStatus.active)
         self._apply(record, object_name(network), step, {view.replica.id: view for view in observed})

@@ -16,6 +16,7 @@ import uvicorn
 from backend.api import create_app
 from backend.core import Backend
 from backend.settings import Settings
+from backend.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def is_wildcard(host: str) -> bool:
         return False
 
 
-def exposure_problem(host: str, token: str | None, insecure: bool = False) -> str | None:
+def exposure_problem(host: str, token: str | Tokens | None, insecure: bool = False) -> str | None:
     """Why serving on `host` as asked would be unsafe, or None: beyond loopback, anyone who reaches
     the port could start containers on this engine, so a token is required unless `insecure`."""
     if is_loopback(host) or token or insecure:
@@ -83,7 +84,7 @@ def allowed_hosts(listen_host: str, extra: Iterable[str] = ()) -> set[str]:
 
 def serve(
     listen: str = DEFAULT_LISTEN,
-    token: str | None = None,
+    token: str | Tokens | None = None,
     settings: Settings | None = None,
     extra_hosts: Iterable[str] = (),
     insecure: bool = False,
@@ -95,6 +96,8 @@ def serve(
         raise Refused(problem)
     if not is_loopback(host) and not token:
         log.warning("serving on %s without a token (--insecure): anyone who can reach it can run containers", host)
+    if isinstance(token, Tokens):  # the names only: a token's value is never logged
+        log.info("accepting the tokens of: %s", ", ".join(sorted(token.by_name)))
     hosts = allowed_hosts(host, extra_hosts)
     backend = Backend(settings or Settings())
     backend.start()

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     replace_down_after: float = Field(default=60.0, gt=0)
     """Seconds a replica may stay DOWN (failing its health check) before it is replaced."""
 
+    rollout_parallelism: int = Field(default=1, ge=1, le=MAX_REPLICAS_LIMIT)
+    """How many new replicas a rolling update (an Image change, a rollback) starts at once, as
+    `docker service update --update-parallelism` does: that many run above `Replicas` while they
+    start (the balancers' spare slots permitting, see `max_replicas`); an old replica is taken out as
+    each new one is ready, so never fewer ready replicas than asked for. 1 rolls one at a time."""
+
     workers: int = Field(default=4, ge=1)
     """How many services the reconciler works on at once."""
 

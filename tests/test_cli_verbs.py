@@ -31,13 +31,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from backend.api import create_app
 from backend.core import Backend
-from backend.models import SERVICE_KEYS, ContainerInfo, FieldError, Service, ServiceSpec
+from backend.models import SERVICE_KEYS, ContainerInfo, FieldError, Revision, Service, ServiceSpec
 from backend.settings import Settings
 from tests.conftest import LB_IMAGE, WEB_IMAGE, WEB_IMAGE_2, remove_tenant_objects
 from tests.test_hardening import serve_env, serving
 from tests.test_serve import free_port
 from tui.cli import main
-from tui.cli_output import Progress, any_table, service_block, services_table, table
+from tui.cli_output import Progress, any_table, revisions_table, service_block, services_table, table
 from tui.cli_verbs import FIELD_FLAGS, Out
 from tui.client import ApiError
 
@@ -214,6 +214,20 @@ def test_rollback_on_the_real_backend(cli, in_process_env: str):
     rolled_back = cli("rollback", "back", "--wait", "--json")
     assert rolled_back.code == 0, rolled_back
     assert rolled_back.json()["Image"] == WEB_IMAGE and rolled_back.json()["Status"] == "active"
+    # `revisions`: newest first, as the API lists them; --json parsed, the table by default
+    listed = cli("revisions", "back", "--json")
+    assert listed.code == 0, listed
+    assert [(r["Number"], r["Image"], r["By"]) for r in listed.json()] == [
+        (3, WEB_IMAGE, "local"), (2, WEB_IMAGE_2, "local"), (1, WEB_IMAGE, "local")]
+    assert [r["Outcome"] for r in listed.json()][:2] == ["active", "rolled back"], listed.json()
+    shown = cli("revisions", "back")
+    assert shown.code == 0, shown
+    rows = table_rows(shown.out)
+    assert rows[0] == ["REVISION", "IMAGE", "CREATED", "BY", "OUTCOME", "REASON"]
+    assert [row[:2] for row in rows[1:]] == [["3", WEB_IMAGE], ["2", WEB_IMAGE_2], ["1", WEB_IMAGE]]
+    assert rows[2][3:6] == ["local", "rolled", "back"], rows
+    missing = cli("revisions", "nosuch")
+    assert missing.code == 1 and missing.err == "hyperservice: no service named nosuch\n", missing
     assert cli("rm", "back", "--wait").code == 0
 
 
@@ -222,7 +236,8 @@ def test_rollback_on_the_real_backend(cli, in_process_env: str):
 
 def test_verbs_against_serve_with_api_and_token_file(cli, tmp_path: Path, docker_client, monkeypatch):
     token_file = tmp_path / "token"
-    token_file.write_text("cli-token\n")
+    # named tokens (backend/tokens.py): the client sends the first one's token, without its name
+    token_file.write_text("# who may change services\nremote-ops:cli-token\nci:ci-token\n")
     env = serve_env(tmp_path, HYPERSERVICE_ADDRESS_POOL=f"{random_block()}.0/24",
                     HYPERSERVICE_NETWORK_POOL=f"10.{random.randint(100, 250)}.0.0/16")
     with serving(tmp_path, docker_client, ["serve", "--token-file", str(token_file)], token="cli-token",
@@ -236,6 +251,21 @@ def test_verbs_against_serve_with_api_and_token_file(cli, tmp_path: Path, docker
         # ... or after it
         listed = cli("ls", "--json", *api)
         assert listed.code == 0 and [s["Name"] for s in listed.json()] == ["remote"]
+
+        # who acted is the token's name, on the revision and in the events; never the token itself
+        ci_file = tmp_path / "ci-token"
+        ci_file.write_text("ci-token\n")
+        updated = cli("rolling-update", "remote", "--image", WEB_IMAGE_2, "--wait", "--api", served.url,
+                      "--token-file", str(ci_file))
+        assert updated.code == 0, updated
+        revisions = cli("revisions", "remote", "--json", *api)
+        assert revisions.code == 0, revisions
+        assert [(r["Number"], r["Image"], r["By"]) for r in revisions.json()] == [
+            (2, WEB_IMAGE_2, "ci"), (1, WEB_IMAGE, "remote-ops")]
+        history = cli("events", "remote", "--json", *api)
+        actions = [(e["Action"], e["By"]) for e in history.json()["Events"] if e["Type"] == "action"]
+        assert ("create", "remote-ops") in actions and ("image", "ci") in actions, actions
+        assert "cli-token" not in history.out + revisions.out and "ci-token" not in history.out + revisions.out
 
         wrong = tmp_path / "wrong"
         wrong.write_text("nope\n")
@@ -483,6 +513,21 @@ def test_the_services_table_aligns_counts_and_cuts_only_on_a_terminal():
     assert all(len(line) <= 110 for line in cut) and cut[2].endswith("…") and cut[1].endswith("Scaling complete")
     coloured = services_table(services, replicas, colour=True)
     assert "\x1b[32mactive\x1b[0m" in coloured and "\x1b[31merror\x1b[0m" in coloured
+
+
+def test_the_revisions_table_lists_newest_first_and_colours_the_outcome():
+    revisions = [
+        Revision(Number=2, Image=WEB_IMAGE_2, Created="2025-01-01T00:01:00Z", By="ci", Outcome="rolled back",
+                 Reason="revision 2's replicas kept exiting (code 1)"),
+        Revision(Number=1, Image=WEB_IMAGE, Created="2025-01-01T00:00:00Z", By="local", Outcome="active"),
+    ]
+    lines = revisions_table(revisions).splitlines()
+    assert lines[0].split() == ["REVISION", "IMAGE", "CREATED", "BY", "OUTCOME", "REASON"]
+    assert lines[1].split()[:6] == ["2", WEB_IMAGE_2, "2025-01-01T00:01:00Z", "ci", "rolled", "back"]
+    assert lines[1].endswith("revision 2's replicas kept exiting (code 1)")
+    assert lines[2].split() == ["1", WEB_IMAGE, "2025-01-01T00:00:00Z", "local", "active", "-"]
+    assert "\x1b[31mrolled back\x1b[0m" in revisions_table(revisions, colour=True)
+    assert revisions_table([]) == "(no revisions)"
 
 
 def test_a_table_cuts_its_last_column_with_an_ellipsis():

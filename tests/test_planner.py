@@ -10,9 +10,11 @@ one replica runs above that.
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
+from backend.balancer import armed_slots
 from backend.haproxy import slot_name
 from backend.models import ServiceStatus
 from backend.planner import (
@@ -27,14 +29,18 @@ from backend.planner import (
     Replica,
     ReplicaView,
     plan,
+    rollout_surge,
 )
 
 IMAGE = "web:2"
 DOWN_AFTER = 60.0
 
 
-def want(replicas: int, revision: int = 1) -> Desired:
-    return Desired(image=IMAGE, replicas=replicas, revision=revision, replace_down_after=DOWN_AFTER)
+def want(replicas: int, revision: int = 1, parallelism: int = 1, slots: int | None = None) -> Desired:
+    return Desired(
+        image=IMAGE, replicas=replicas, revision=revision, replace_down_after=DOWN_AFTER, parallelism=parallelism,
+        slots=slots,
+    )
 
 
 def rep(
@@ -145,13 +151,18 @@ CASES = [
         [], [], ServiceStatus.updating, id="roll-waits-for-the-new-one-to-be-ready",
     ),
     pytest.param(
-        want(3, revision=2), [rep("s1"), rep("s2"), rep("s3"), rep("s4", revision=2)], [], [], ["s3@r1"], [],
-        ServiceStatus.updating, id="roll-drains-an-old-one-once-a-new-one-is-ready",
+        want(3, revision=2), [rep("s1"), rep("s2"), rep("s3"), rep("s4", revision=2)], ["s5"], [], ["s3@r1"], [],
+        ServiceStatus.updating, id="roll-drains-an-old-one-once-a-new-one-is-ready-and-starts-the-next",
     ),
     pytest.param(
         want(3, revision=2),
+        [rep("s1"), rep("s2"), rep("s3", leaving=Leaving.DRAINING), rep("s4", revision=2)], ["s5"], [], [], [],
+        ServiceStatus.updating, id="roll-goes-on-while-an-old-one-drains",
+    ),
+    pytest.param(
+        want(3, revision=2, slots=4),
         [rep("s1"), rep("s2"), rep("s3", leaving=Leaving.DRAINING), rep("s4", revision=2)], [], [], [], [],
-        ServiceStatus.updating, id="roll-waits-while-an-old-one-drains",
+        ServiceStatus.updating, id="roll-waits-for-a-slot-while-an-old-one-drains",
     ),
     pytest.param(
         want(3, revision=2), [rep("s1"), rep("s2"), rep("s4", revision=2)], ["s3"], [], [], [],
@@ -160,6 +171,46 @@ CASES = [
     pytest.param(
         want(2, revision=2), [rep("s1"), rep("s2", state="exited")], ["s2", "s3"], ["s2@r1"], [], [],
         ServiceStatus.updating, id="roll-replaces-a-dead-old-one-with-a-new-one",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2), [rep(f"s{i}") for i in range(1, 5)], ["s5", "s6"], [], [], [],
+        ServiceStatus.updating, id="parallelism-2-starts-two-new-ones-at-once",
+    ),
+    pytest.param(
+        want(2, revision=2, parallelism=3), [rep("s1"), rep("s2")], ["s3", "s4"], [], [], [],
+        ServiceStatus.updating, id="parallelism-never-makes-more-new-ones-than-asked-for",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2),
+        [*(rep(f"s{i}") for i in range(1, 5)), rep("s5", revision=2, health="starting"), rep("s6", revision=2)],
+        ["s7"], [], ["s4@r1"], [], ServiceStatus.updating, id="parallelism-2-drains-one-old-per-new-one-ready",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2),
+        [*(rep(f"s{i}") for i in range(1, 5)), rep("s5", revision=2), rep("s6", revision=2)],
+        ["s7", "s8"], [], ["s3@r1", "s4@r1"], [], ServiceStatus.updating,
+        id="parallelism-2-drains-two-once-two-are-ready-and-starts-two-more",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2),
+        [rep("s1"), rep("s2"), rep("s3", leaving=Leaving.DRAINING), rep("s4", leaving=Leaving.STOPPING),
+         rep("s5", revision=2), rep("s6", revision=2)],
+        ["s7", "s8"], [], [], [], ServiceStatus.updating, id="parallelism-2-the-leaving-ones-hold-nothing-back",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2, slots=7),
+        [rep("s1"), rep("s2"), rep("s3", leaving=Leaving.DRAINING), rep("s4", leaving=Leaving.STOPPING),
+         rep("s5", revision=2), rep("s6", revision=2)],
+        ["s7"], [], [], [], ServiceStatus.updating, id="parallelism-2-bounded-by-the-slots-the-leaving-ones-hold",
+    ),
+    pytest.param(
+        want(4, revision=2, parallelism=2),
+        [rep("s1"), rep("s2"), rep("s5", revision=2), rep("s6", revision=2)],
+        ["s3", "s4"], [], [], [], ServiceStatus.updating, id="parallelism-2-next-two-once-they-are-gone",
+    ),
+    pytest.param(
+        want(2, parallelism=3), [rep("s1")], ["s2"], [], [], [], ServiceStatus.scaling,
+        id="parallelism-is-no-business-of-scaling",
     ),
 ]
 
@@ -322,25 +373,69 @@ def play(desired: Desired, observed: list[ReplicaView], check) -> SimulatedEngin
     raise AssertionError("the plan never converged")
 
 
-@pytest.mark.parametrize("replicas", [1, 2, 3, 5])
-def test_a_rolling_update_never_runs_fewer_ready_nor_more_than_one_extra(replicas: int):
-    desired = want(replicas, revision=2)
+@pytest.mark.parametrize(
+    ("replicas", "parallelism", "slots"),
+    [(1, 1, None), (2, 1, None), (3, 1, None), (5, 1, None), (1, 2, None), (4, 2, None), (5, 2, None),
+     (6, 3, None), (3, 5, None), (3, 1, 4), (5, 2, 7), (6, 3, 8)],
+)
+def test_a_rolling_update_never_runs_fewer_ready_nor_more_than_parallelism_extra(
+    replicas: int, parallelism: int, slots: int | None
+):
+    desired = want(replicas, revision=2, parallelism=parallelism, slots=slots)
+    steps_with_news: list[int] = []
     old = [rep(slot_name(i)) for i in range(1, replicas + 1)]
 
     def check(step: Plan, engine: SimulatedEngine) -> None:
         ready_served = [r for r in step.serving if engine.views[r.id].health == "UP"]
         assert len(ready_served) >= replicas, "the balancers would carry fewer ready replicas than asked for"
+        balanced = len(step.serving) + len(step.create_in)
+        assert balanced <= replicas + parallelism, "more than `parallelism` replicas above the asked number"
         running = len(engine.views) + len(step.create_in) - len(step.replace)
-        assert running <= replicas + 1, "more than one replica above the asked number"
+        assert slots is None or running <= slots, "more replicas (leaving ones included) than balancer slots"
         assert all(r.state != "restarting" for r in step.crashing)
+        if step.create_in:
+            steps_with_news.append(len(step.create_in))
 
     engine = play(desired, old, check)
     assert sorted(v.replica.revision for v in engine.views.values()) == ["2"] * replicas
-    slots = {v.replica.slot for v in engine.views.values()}
-    assert len(slots) == replicas and slots <= {slot_name(i) for i in range(1, replicas + 2)}  # the extra's slot
+    used = {v.replica.slot for v in engine.views.values()}
+    assert len(used) == replicas and (slots is None or used <= {slot_name(i) for i in range(1, slots + 1)})
+    # the first step starts `parallelism` new replicas (as far as the slots go), no step more
+    first = min(parallelism, replicas, slots - replicas if slots else replicas)
+    assert steps_with_news[0] == first and max(steps_with_news) <= parallelism, steps_with_news
+    assert sum(steps_with_news) == replicas
+
+
+@pytest.mark.parametrize(
+    ("parallelism", "replicas", "slots", "surge"),
+    [
+        pytest.param(1, 3, 101, 1, id="default"),
+        pytest.param(2, 6, 101, 2, id="as-asked"),
+        pytest.param(4, 98, 101, 3, id="bounded-by-the-spare-slots"),
+        pytest.param(3, 100, 101, 1, id="at-the-limit-still-one-at-a-time"),
+    ],
+)
+def test_the_rollout_surge(parallelism: int, replicas: int, slots: int, surge: int):
+    assert rollout_surge(parallelism, replicas, slots) == surge
 
 
 @pytest.mark.parametrize(("start", "target"), [(4, 1), (1, 4), (3, 3)])
 def test_scaling_converges_to_the_lowest_slots(start: int, target: int):
     engine = play(want(target), [rep(slot_name(i)) for i in range(1, start + 1)], lambda step, engine: None)
     assert sorted(v.replica.slot for v in engine.views.values()) == sorted(slot_name(i) for i in range(1, target + 1))
+
+
+@pytest.mark.parametrize(("replicas", "parallelism"), [(1, 1), (3, 1), (6, 1), (10, 1), (6, 2), (10, 3)])
+def test_a_rolling_update_stays_within_the_balancers_armed_slots(replicas: int, parallelism: int):
+    """The slots a roll uses (new replicas beside old ones draining in theirs) are all armed ones, so
+    every new replica is checked at once (backend.balancer.armed_slots), with the simulated engine's
+    drains and stops taking a step each."""
+    highest = 0
+
+    def check(step: Plan, engine: SimulatedEngine) -> None:
+        nonlocal highest
+        highest = max([highest, *(int(slot[1:]) for slot in step.create_in)])
+
+    play(want(replicas, revision=2, parallelism=parallelism), [rep(slot_name(i)) for i in range(1, replicas + 1)], check)
+    record = SimpleNamespace(spec=SimpleNamespace(Replicas=replicas))
+    assert replicas < highest <= armed_slots(record, 1000, parallelism)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ import docker
 import pytest
 
 from tests.balancer_helpers import SteadyLoad, get
-from tests.conftest import WEB_IMAGE, eventually, wait_status, web_body
+from tests.conftest import WEB_IMAGE, client_for, eventually, wait_status, web_body
 
 WEB_IMAGE_2 = "hyperservice-test/web:2"
 BAD_IMAGE = "hyperservice-test/web:exits"  # web:1 whose CMD exits 1 at once: built here, no registry
@@ -111,3 +111,34 @@ async def _active_on(api, name: str, image: str) -> dict | None:
         return None
     containers = (await api.get(f"/services/{name}/containers")).json()
     return body if containers and {c["Image"] for c in containers} == {image} else None
+
+
+async def test_a_rollout_with_parallelism_2_starts_two_new_replicas_at_once_under_load(backend_factory, monkeypatch):
+    backend = backend_factory(rollout_parallelism=2)
+    reconciler = backend.reconciler
+    create_replicas = reconciler._create_replicas
+    batches: list[int] = []  # how many replicas of revision 2 each step started
+
+    def recording(record, network: str, slots: list[str]):
+        created = create_replicas(record, network, slots)
+        if record.revision == 2 and slots:
+            batches.append(len(created))
+        return created
+
+    monkeypatch.setattr(reconciler, "_create_replicas", recording)
+    async with client_for(backend) as api:
+        created = await api.post("/services/create", json=web_body("wide", 4, Protocol="http", **FAST_CHECKS))
+        assert created.status_code == 201, created.text
+        service = await wait_status(api, "wide", "active", timeout=60)
+        before = set(service["Containers"])
+        with SteadyLoad(service["IP"], 80, threads=4) as load:
+            await eventually(lambda: load.result.ok >= 20, what="the load to get going")
+            assert (await api.post("/services/wide/update", json={"Image": WEB_IMAGE_2})).status_code == 200
+            rolled = await eventually(lambda: _active_on(api, "wide", WEB_IMAGE_2), timeout=90, what="web:2 rolled out")
+            mark = load.result.ok
+            await eventually(lambda: load.result.ok >= mark + 20, what="more load on the new replicas")
+        assert load.result.failed == 0, load.result.errors
+        assert len(rolled["Containers"]) == 4 and not set(rolled["Containers"]) & before
+        # two new replicas in the rollout's first step, never more than two at once, four in all
+        assert batches[0] == 2 and max(batches) == 2 and sum(batches) == 4, batches
+        assert {r["By"] for r in await revisions(api, "wide")} == {"local"}

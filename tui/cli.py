@@ -3,8 +3,9 @@ scriptable verbs (`create`, `ls`, `inspect`, `scale`, ...: tui/cli_verbs.py).
 
 Global options (`--api`, `--token`, `--token-file`) are accepted before or after the verb: they are
 declared on the top-level parser and again on each verb's parser with SUPPRESS defaults, so a verb
-never overwrites what was given before it. The token comes from `--token`, else `--token-file`, else
-`HYPERSERVICE_TOKEN`.
+never overwrites what was given before it. The token comes from `--token`, else `--token-file` (its
+first token; a `NAME:TOKEN` line sends TOKEN), else `HYPERSERVICE_TOKEN`. `serve --token-file` accepts
+every token of the file, named or bare (backend/tokens.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+from backend.tokens import first_token
 
 TOKEN_ENV = "HYPERSERVICE_TOKEN"
 
@@ -32,7 +35,8 @@ def _add_global_options(parser: argparse.ArgumentParser, on_verb: bool) -> None:
                         help=f"bearer token of the backend (or {TOKEN_ENV}); prefer --token-file: "
                              "a token on the command line shows in `ps`")
     parser.add_argument("--token-file", metavar="FILE", default=default,
-                        help="read the bearer token from FILE (its first line)")
+                        help="read the bearer token from FILE (its first line; `NAME:TOKEN` sends TOKEN). "
+                             "serve: every line is a token, `NAME:TOKEN` names its bearer in revisions and events")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_token(token: str | None, token_file: str | None, environ: dict[str, str] | None = None) -> str | None:
-    """The bearer token: --token, else the first line of --token-file, else HYPERSERVICE_TOKEN."""
+    """The bearer token: --token, else the first token of --token-file (without its name), else
+    HYPERSERVICE_TOKEN."""
     if token is not None and token_file is not None:
         raise UsageError("give --token or --token-file, not both")
     if token is not None:
@@ -70,8 +75,7 @@ def resolve_token(token: str | None, token_file: str | None, environ: dict[str, 
             text = Path(token_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read --token-file {token_file}: {exc}") from None
-        lines = text.splitlines()
-        value = lines[0].strip() if lines else ""
+        value = first_token(text)
         if not value:
             raise UsageError(f"--token-file {token_file} is empty")
         return value
@@ -104,6 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         from backend.server import Refused, parse_listen, serve
+        from backend.tokens import TokenFileError, Tokens, parse_token_file
+
+        tokens: Tokens | None = Tokens.single(token) if token else None
+        if args.token_file is not None:
+            try:  # read already by resolve_token: the file exists and has a first token
+                tokens = parse_token_file(Path(args.token_file).read_text(encoding="utf-8"), args.token_file)
+            except (OSError, UnicodeDecodeError, TokenFileError) as exc:
+                print(f"hyperservice: cannot use --token-file {args.token_file}: {exc}", file=sys.stderr)
+                return 2
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
@@ -118,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hyperservice: {problem}", file=sys.stderr)
             return 2
         try:
-            serve(args.listen, token, extra_hosts=args.allowed_host, insecure=args.insecure)
+            serve(args.listen, tokens, extra_hosts=args.allowed_host, insecure=args.insecure)
         except Refused as exc:
             print(f"hyperservice: {exc}", file=sys.stderr)
             return 2

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from rich.cells import cell_len
 
-from backend.models import SERVICE_KEYS, BalancerView, ContainerInfo, Service
+from backend.models import SERVICE_KEYS, BalancerView, ContainerInfo, Revision, Service
 from tui.formatting import format_bytes, replicas_up, share_text, shell_line, traffic_bar, visible
 
 EMPTY = "-"
@@ -25,7 +25,7 @@ GAP = "   "
 ELLIPSIS = "…"
 _COLOURS = {"active": "32", "error": "31", "degraded": "33", "created": "33", "scaling": "33", "updating": "33",
             "deleting": "2", "UP": "32", "DOWN": "31", "starting": "33", "running": "32", "exited": "31", "dead": "31",
-            "MAINT": "33", "DRAIN": "33"}
+            "MAINT": "33", "DRAIN": "33", "rolling": "33", "failed": "31", "rolled back": "31"}
 
 
 def wants_colour(stream: TextIO) -> bool:
@@ -129,6 +129,16 @@ def replicas_table(replicas: list[ContainerInfo], *, width: int | None = None, c
              cell(r.Image) + (" (outdated)" if r.Outdated else ""), str(r.Restarts), cell(r.Started)]
             for r in replicas]
     return table(REPLICA_COLUMNS, rows, width=width, colour_column=2, colour=colour)
+
+
+REVISION_COLUMNS = ("REVISION", "IMAGE", "CREATED", "BY", "OUTCOME", "REASON")
+
+
+def revisions_table(revisions: list[Revision], *, width: int | None = None, colour: bool = False) -> str:
+    """The service's revisions, newest first, as the API lists them."""
+    rows = [[str(r.Number), cell(r.Image), cell(r.Created), cell(r.By), cell(r.Outcome.value), cell(r.Reason)]
+            for r in revisions]
+    return table(REVISION_COLUMNS, rows, width=width, colour_column=4, colour=colour) if rows else "(no revisions)"
 
 
 BALANCER_COLUMNS = ("SLOT", "REPLICA", "STATE", "CHECK", "SESSIONS", "TOTAL", "RATE/S", "SHARE", "5XX", "IN", "OUT", "TRAFFIC")

@@ -1,6 +1,7 @@
 """The scriptable CLI: the verbs of Hyper's `hyper service` command (create, ls, inspect, scale,
-rolling-update, rollback, attach-fip, detach-fip, rm, logs, events), beside the console, and
-`balancer` (what the service's balancer counts: an extension).
+rolling-update, rollback, attach-fip, detach-fip, rm, logs, events), beside the console, and two
+extensions: `revisions` (the service's revisions: image, when, by whom, outcome) and `balancer` (what
+the service's balancer counts).
 
 Each verb is one call (or a few) on the console's own client, `tui.client.ApiClient`: in-process by
 default (a `Backend` on this machine's data dir, opened for the verb and closed after it, its reconciler
@@ -40,6 +41,7 @@ from tui.cli_output import (
     balancer_table,
     dump_json,
     is_tty,
+    revisions_table,
     service_block,
     services_table,
     terminal_width,
@@ -123,6 +125,7 @@ VERB_HELP = {
     "scale": "change the number of replicas",
     "rolling-update": "roll the replicas over to a new image, one at a time",
     "rollback": "go back to the previous revision (or --revision N)",
+    "revisions": "the service's revisions: image, when, by whom, outcome (newest first)",
     "attach-fip": "attach a floating IP",
     "detach-fip": "detach the floating IP",
     "rm": "delete a service",
@@ -205,6 +208,9 @@ def add_verb_parsers(commands: Any, add_global_options: Callable[[argparse.Argum
     events = verb("events")
     events.add_argument("name", metavar="NAME")
     events.add_argument("--limit", type=int, default=None, metavar="N", help="the last N events")
+
+    revisions = verb("revisions")
+    revisions.add_argument("name", metavar="NAME")
 
     balancer = verb("balancer")
     balancer.add_argument("name", metavar="NAME")
@@ -532,6 +538,16 @@ async def verb_events(client: ApiClient, args: argparse.Namespace, out: Out) -> 
     return EXIT_OK
 
 
+async def verb_revisions(client: ApiClient, args: argparse.Namespace, out: Out) -> int:
+    try:
+        revisions = await client.revisions(args.name)
+    except ApiError as exc:
+        raise await _older_backend(client, args.name, exc, "revisions (GET /services/{name}/revisions)") from None
+    out.print(dump_json([r.model_dump(mode="json") for r in revisions]) if args.json
+              else revisions_table(revisions, width=out.width, colour=out.colour))
+    return EXIT_OK
+
+
 async def verb_balancer(client: ApiClient, args: argparse.Namespace, out: Out) -> int:
     try:
         view = await client.balancer(args.name)
@@ -555,6 +571,7 @@ HANDLERS: dict[str, Verb] = {
     "rm": verb_rm,
     "logs": verb_logs,
     "events": verb_events,
+    "revisions": verb_revisions,
     "balancer": verb_balancer,
 }
 
