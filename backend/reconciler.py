@@ -12,6 +12,9 @@ Controller-style, as in Kubernetes' sample-controller:
     apply (`_apply`): through the engine (backend/engine.py) and the balancers;
     report (`report`): the service's status and message, as a `service`/`status` event too;
   before that it makes sure of the service's network and image;
+- on an engine whose scheduler owns the replicas (`ServiceEngine`: swarm), observe/plan/apply is the
+  engine's: after the network and the image, `sync` hands it the whole service (`converge`) and
+  reports what it answers; deleting removes its swarm services first;
 - a step never waits: a replica taken out of the balancers drains while the service is looked at
   again, and is stopped by a later step (once no request is left on it, or after DRAIN_WAIT) on the
   stop pool; a missing image is pulled on the pull pool (its progress reported as it comes); so the
@@ -59,7 +62,7 @@ from backend.docker_driver import (
     engine_calls,
     object_name,
 )
-from backend.engine import Engine
+from backend.engine import Engine, ServiceEngine
 from backend.events import EventHub
 from backend.history import History, exit_reason
 from backend.models import RevisionOutcome, ServiceStatus
@@ -385,6 +388,8 @@ class Reconciler:
                 return None
         except ImageUnavailable as exc:
             return Outcome(ServiceStatus.error, str(exc), backoff=True)
+        if isinstance(self.engine, ServiceEngine):  # swarm places, heals and rolls the replicas itself
+            return self.engine.converge(ServiceRef(record.name, record.uid), record.spec, record.revision, network)
         observed = self._observe(record)
         rolled_back = self._check_rollout(record, observed)
         if rolled_back is not None:
@@ -674,6 +679,8 @@ class Reconciler:
 
         Replicas get TEARDOWN_STOP_TIMEOUT seconds after their StopSignal, then they are killed."""
         ref = ServiceRef(record.name, record.uid)
+        if isinstance(self.engine, ServiceEngine):
+            self.engine.remove_services(ref, keep_replicas=record.keep)  # its front first, as below
         self.balancers.remove_all(ref)  # the address stops answering first
         if not record.keep:
             self.history.expect_removal(r.id for r in self.engine.replicas(ref))  # their exits are no trouble
