@@ -485,7 +485,12 @@ class SwarmEngine(DockerEngine):
             time.sleep(0.5)  # a teardown thread, never a worker: the tasks are shutting down
 
     def owned_uids(self) -> dict[str, str]:
-        owned = super().owned_uids()
+        """uid -> service name of this installation's swarm services and networks (the services own the
+        task containers, which linger a moment after a delete: not counted)."""
+        owned: dict[str, str] = {}
+        for network in self.client.networks.list(filters={"label": f"{LABEL_TENANT}={self.tenant}"}):
+            labels = network.attrs.get("Labels") or {}
+            owned[labels.get(LABEL_UID, "")] = labels.get(LABEL_SERVICE, "")
         for service in self.client.services.list(filters={"label": f"{LABEL_TENANT}={self.tenant}"}):
             labels = service.attrs["Spec"].get("Labels") or {}
             owned[labels.get(LABEL_UID, "")] = labels.get(LABEL_SERVICE, "")
