@@ -1,0 +1,223 @@
+"""The `swarm` engine on the real lab swarm (scripts/swarm-lab: three dockerds, one swarm).
+
+One service of 6 replicas is made once for the module and taken through its life in order: it spreads
+over the nodes and answers through its front on every edge node; scales 6 → 2 → 6; rolls to a new
+image under load without a failed request; survives a node crash (its replicas rescheduled, the API
+showing each replica's node); and a new backend on the same data dir adopts it without recreating
+anything. Each test first waits for the service to be back where the previous one left it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+from backend.core import Backend
+from tests.balancer_helpers import SteadyLoad
+from tests.conftest import WEB_IMAGE, WEB_IMAGE_2, client_for, eventually, make_settings
+from tests.swarm_lab import Lab, swarm_lab
+
+pytestmark = pytest.mark.swarm
+
+NAME = "sweb"
+REPLICAS = 6
+VICTIM = "node3"  # an edge worker: the manager (node1) stays, and node2's front keeps answering
+
+
+def remove_tenant_services(client: docker.DockerClient, tenant: str) -> None:
+    label = f"io.hyperservice.tenant={tenant}"
+    for service in client.services.list(filters={"label": label}):
+        with contextlib.suppress(docker.errors.NotFound):
+            service.remove()
+    for config in client.configs.list(filters={"label": label}):
+        with contextlib.suppress(docker.errors.APIError):
+            config.remove()
+
+
+@pytest.fixture(scope="module")
+def swarm_backend(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A backend on the lab's manager (engine chosen by `auto`), and its data dir for a successor."""
+    data_dir = Path(tmp_path_factory.mktemp("swarm")) / "data"
+    port = random.randint(20000, 29999)  # published on the lab's edge nodes: never a host port
+    state: dict[str, Any] = {"data_dir": data_dir, "port": port, "settings": make_settings(data_dir, engine="auto")}
+    state["backend"] = Backend(state["settings"], lab.manager)
+    state["backend"].start()
+    tenant = state["backend"].tenant
+    try:
+        yield state
+    finally:
+        state["backend"].close()
+        remove_tenant_services(lab.manager, tenant)
+        network_label = f"io.hyperservice.tenant={tenant}"
+        for _ in range(40):  # the overlay goes once the tasks left it
+            networks = lab.manager.networks.list(filters={"label": network_label})
+            for network in networks:
+                with contextlib.suppress(docker.errors.APIError):
+                    network.remove()
+            if not networks:
+                break
+            time.sleep(0.5)
+
+
+def front_answers(lab: Lab, port: int, attempts: int = 12) -> dict[str, set[str]]:
+    """edge node -> the replicas (hostnames) that answered through the front at its address."""
+    seen: dict[str, set[str]] = {}
+    with httpx.Client(trust_env=False, timeout=5) as http:
+        for node in lab.edge_nodes:
+            for _ in range(attempts):
+                try:
+                    response = http.get(f"http://{lab.address(node)}:{port}/")
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200:
+                    seen.setdefault(node, set()).add(response.text.split("\n")[0])
+    return seen
+
+
+async def settled(api: httpx.AsyncClient, replicas: int, image: str = WEB_IMAGE, timeout: float = 120) -> list[dict]:
+    """The service active with `replicas` running replicas of `image`; its containers."""
+
+    async def check() -> list[dict] | None:
+        service = (await api.get(f"/services/{NAME}")).json()
+        containers = (await api.get(f"/services/{NAME}/containers")).json()
+        running = [c for c in containers if c["State"] == "running" and c["Image"] == image and not c["Outdated"]]
+        ok = service["Status"] == "active" and service["Replicas"] == replicas and len(running) == len(containers)
+        return containers if ok and len(containers) == replicas else None
+
+    return await eventually(check, timeout, interval=0.5, what=f"{NAME} active with {replicas} replicas of {image}")
+
+
+async def test_the_engine_is_swarm_and_a_service_spreads_and_answers_on_every_edge_node(
+    lab: Lab, swarm_backend: dict[str, Any]
+) -> None:
+    port = swarm_backend["port"]
+    async with client_for(swarm_backend["backend"]) as api:
+        assert (await api.get("/engine")).json() == {"Engine": "swarm"}
+        body = {"Name": NAME, "Image": WEB_IMAGE, "Replicas": REPLICAS, "ServicePort": port, "ContainerPort": 80,
+                "Protocol": "http", "HealthCheckInterval": 1, "HealthCheckRise": 1, "HealthCheckFall": 2}
+        assert (await api.post("/services/create", json=body)).status_code == 201
+        containers = await settled(api, REPLICAS)
+        service = (await api.get(f"/services/{NAME}")).json()
+    nodes = {c["Node"] for c in containers}
+    assert len(nodes) >= 2 and nodes <= set(lab.nodes), nodes
+    assert service["IP"] in {lab.address(node) for node in lab.edge_nodes}
+    # the swarm objects: a dnsrr replica service and a global balancer, on the edge nodes only
+    tenant = swarm_backend["backend"].tenant
+    services = {s.attrs["Spec"]["Labels"]["io.hyperservice.role"]: s.attrs
+                for s in lab.manager.services.list(filters={"label": f"io.hyperservice.tenant={tenant}"})}
+    assert services["replica"]["Spec"]["EndpointSpec"]["Mode"] == "dnsrr"
+    assert services["replica"]["Spec"]["Mode"]["Replicated"]["Replicas"] == REPLICAS
+    assert "global" in {k.lower() for k in services["balancer"]["Spec"]["Mode"]}
+
+    def every_edge_answers() -> dict[str, set[str]] | None:
+        seen = front_answers(lab, port)
+        return seen if set(seen) == set(lab.edge_nodes) and all(len(v) >= 2 for v in seen.values()) else None
+
+    seen = await eventually(every_edge_answers, 60, interval=0.5, what="the front on every edge node")
+    ids = {c["Id"] for c in containers}
+    assert ids  # the hostnames answering are task containers; they spread over several replicas
+    assert all(len(replicas) >= 2 for replicas in seen.values())
+
+
+async def test_scale_down_to_two_and_back_to_six(lab: Lab, swarm_backend: dict[str, Any]) -> None:
+    async with client_for(swarm_backend["backend"]) as api:
+        await settled(api, REPLICAS)
+        tenant = swarm_backend["backend"].tenant
+        replica_service = lab.manager.services.list(filters={"label": [f"io.hyperservice.tenant={tenant}",
+                                                                       "io.hyperservice.role=replica"]})[0]
+        assert (await api.post(f"/services/{NAME}/update", json={"Replicas": 2})).status_code == 200
+        await settled(api, 2)
+        replica_service.reload()  # the same swarm service, scaled
+        assert replica_service.attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
+        assert (await api.post(f"/services/{NAME}/update", json={"Replicas": REPLICAS})).status_code == 200
+        containers = await settled(api, REPLICAS)
+    assert len({c["Node"] for c in containers}) >= 2
+
+
+async def test_what_does_not_fit_swarm_answers_400_and_changes_nothing(swarm_backend: dict[str, Any]) -> None:
+    async with client_for(swarm_backend["backend"]) as api:
+        before = (await api.get(f"/services/{NAME}")).json()
+        response = await api.post(f"/services/{NAME}/update", json={"FIP": "127.0.0.9"})
+        assert response.status_code == 400
+        assert response.json()["errors"][0]["field"] == "FIP"
+        assert "swarm" in response.json()["errors"][0]["message"]
+        assert (await api.get(f"/services/{NAME}/balancer")).status_code == 400
+        response = await api.delete(f"/services/{NAME}?volumes=true")
+        assert response.status_code == 400 and response.json()["errors"][0]["field"] == "volumes"
+        after = (await api.get(f"/services/{NAME}")).json()
+    assert after["Status"] != "deleting" and after["FIP"] == before["FIP"] == ""
+
+
+async def test_a_rolling_update_under_load_fails_no_request(lab: Lab, swarm_backend: dict[str, Any]) -> None:
+    port = swarm_backend["port"]
+    front = lab.address(lab.edge_nodes[0])
+    async with client_for(swarm_backend["backend"]) as api:
+        before = {c["Id"] for c in await settled(api, REPLICAS)}
+        with SteadyLoad(front, port, threads=3) as load:
+            await eventually(lambda: load.result.ok >= 20, 30, what="load flowing")
+            assert (await api.post(f"/services/{NAME}/update", json={"Image": WEB_IMAGE_2})).status_code == 200
+            after = await settled(api, REPLICAS, WEB_IMAGE_2, timeout=240)
+            served = load.result.ok
+            await eventually(lambda: load.result.ok >= served + 20, 30, what="load after the rollout")
+        revisions = (await api.get(f"/services/{NAME}/revisions")).json()
+    assert load.result.failed == 0, load.result.errors
+    assert not before & {c["Id"] for c in after}  # every replica replaced
+    assert (revisions[0]["Image"], revisions[0]["Outcome"]) == (WEB_IMAGE_2, "active")
+
+
+async def test_a_node_crash_reschedules_its_replicas_and_the_api_shows_their_nodes(
+    lab: Lab, swarm_backend: dict[str, Any]
+) -> None:
+    port = swarm_backend["port"]
+    async with client_for(swarm_backend["backend"]) as api:
+        containers = await settled(api, REPLICAS, WEB_IMAGE_2)
+        assert any(c["Node"] == VICTIM for c in containers), [c["Node"] for c in containers]
+        try:
+            swarm_lab("kill", VICTIM)
+
+            async def check() -> list[dict] | None:
+                with contextlib.suppress(AssertionError):  # not settled yet
+                    now = await settled(api, REPLICAS, WEB_IMAGE_2, timeout=2)
+                    return now if all(c["Node"] and c["Node"] != VICTIM for c in now) else None
+                return None
+
+            after = await eventually(check, 120, interval=1, what=f"{VICTIM}'s replicas running elsewhere, active")
+            assert {c["Node"] for c in after} <= set(lab.nodes) - {VICTIM}
+            seen = front_answers(lab, port)
+            assert lab.edge_nodes[0] in seen  # the surviving edge node's front serves the moved replicas
+        finally:
+            swarm_lab("start", VICTIM)
+
+
+async def test_a_new_backend_on_the_same_data_dir_adopts_everything(
+    lab: Lab, swarm_backend: dict[str, Any]
+) -> None:
+    old: Backend = swarm_backend["backend"]
+    tenant = old.tenant
+    async with client_for(old) as api:
+        await settled(api, REPLICAS, WEB_IMAGE_2)
+
+    def snapshot() -> dict[str, tuple[str, int]]:
+        return {s.id: (s.name, s.attrs["Version"]["Index"])
+                for s in lab.manager.services.list(filters={"label": f"io.hyperservice.tenant={tenant}"})}
+
+    before = snapshot()
+    old.close()
+    successor = Backend(make_settings(swarm_backend["data_dir"], engine="auto"), lab.manager)
+    swarm_backend["backend"] = successor  # the fixture closes this one
+    assert successor.tenant == tenant
+    successor.reconciler.sync(NAME)  # what a worker does first: observe, find, report
+    successor.start()
+    async with client_for(successor) as api:
+        containers = await settled(api, REPLICAS, WEB_IMAGE_2)
+    assert snapshot() == before  # the same swarm services, not even updated
+    assert all(c["Node"] for c in containers)
+    assert front_answers(lab, swarm_backend["port"])
