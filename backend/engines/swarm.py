@@ -234,13 +234,14 @@ def balancer_service_spec(
         log_driver=DriverConfig("json-file", {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}),
         networks=[network],
     )
-    port = {"Protocol": "tcp", "TargetPort": FRONT_PORT, "PublishedPort": spec.ServicePort, "PublishMode": "host"}
+    port: dict[str, Any] = {"Protocol": "tcp", "TargetPort": FRONT_PORT, "PublishedPort": spec.ServicePort,
+                            "PublishMode": "host"}
     return {
         "name": balancer_service_name(ref),
         "labels": {**labels, "io.hyperservice.config": config_name},
         "task_template": template,
         "mode": ServiceMode("global"),
-        "endpoint_spec": EndpointSpec(mode="dnsrr", ports=[port]),
+        "endpoint_spec": EndpointSpec(mode="dnsrr", ports=cast(Any, [port])),  # the SDK types ports too narrowly
     }
 
 
@@ -323,7 +324,7 @@ class SwarmEngine(DockerEngine):
 
     def node_names(self) -> dict[str, str]:
         """node ID -> hostname."""
-        return {n.id: str(n.attrs["Description"]["Hostname"]) for n in self.client.nodes.list()}
+        return {str(n.id): str(n.attrs["Description"]["Hostname"]) for n in self.client.nodes.list()}
 
     def edge_addresses(self) -> tuple[list[str], bool]:
         """The ready edge nodes' addresses (every ready node's when none is labelled), and whether
@@ -362,6 +363,10 @@ class SwarmEngine(DockerEngine):
 
     # -- whole services -----------------------------------------------------------------------
 
+    def _api(self) -> Any:
+        """The SDK's low-level client (its service calls are untyped)."""
+        return self.client.api
+
     def _service(self, ref: ServiceRef, role: str) -> Any:
         labels = [f"{LABEL_UID}={ref.uid}", f"{LABEL_TENANT}={self.tenant}", f"{LABEL_ROLE}={role}"]
         found = self.client.services.list(filters={"label": labels})
@@ -380,7 +385,8 @@ class SwarmEngine(DockerEngine):
         service = self._service(ref, ROLE_REPLICA)
         if service is None:
             log.info("service %s: creating swarm service %s", ref.name, wanted["name"])
-            service = self.client.services.get(self.client.api.create_service(**wanted)["ID"])
+            created = self._api().create_service(**wanted)
+            service = cast(Any, self.client.services).get(created["ID"])
         else:
             attrs = service.attrs
             replicas = ((attrs["Spec"].get("Mode") or {}).get("Replicated") or {}).get("Replicas")
@@ -396,7 +402,7 @@ class SwarmEngine(DockerEngine):
                     wanted["labels"] = attrs["Spec"]["Labels"]
                 log.info("service %s: updating swarm service (revision %s, %s replicas)", ref.name, revision,
                          spec.Replicas)
-                self.client.api.update_service(service.id, attrs["Version"]["Index"], **wanted)
+                self._api().update_service(service.id, attrs["Version"]["Index"], **wanted)
                 service.reload()
         self._ensure_balancer(ref, spec, network_id)
         nodes = self.node_names()
@@ -416,10 +422,10 @@ class SwarmEngine(DockerEngine):
         config = found[0] if found else self.client.configs.create(
             name=name, data=text.encode(), labels=self.labels(ref, ROLE_BALANCER)
         )
-        wanted = balancer_service_spec(ref, spec, self.tenant, network_id, self._balancer_image(), config.id, name,
+        wanted = balancer_service_spec(ref, spec, self.tenant, network_id, self._balancer_image(), str(config.id), name,
                                        edge_only)
         log.info("service %s: creating balancer service %s", ref.name, wanted["name"])
-        self.client.api.create_service(**wanted)
+        self._api().create_service(**wanted)
 
     def tasks(self, ref: ServiceRef) -> list[TaskView]:
         """The replicas: the tasks swarm wants running (the newest of each slot)."""
@@ -499,7 +505,7 @@ class SwarmEngine(DockerEngine):
 
     def logs(self, container_id: str, tail: int | None, follow: bool = False) -> Any:
         """A task's logs (container_id is the task's id), as the docker engine answers a container's."""
-        api = self.client.api
+        api = self._api()  # the SDK has no call for a task's logs: its own helpers, as for a container's
         params = {"stdout": 1, "stderr": 1, "timestamps": 1, "follow": 1 if follow else 0,
                   "tail": "all" if tail is None else str(tail)}
         response = api._get(api._url("/tasks/{0}/logs", container_id), params=params, stream=follow)
