@@ -221,3 +221,24 @@ async def test_a_new_backend_on_the_same_data_dir_adopts_everything(
     assert snapshot() == before  # the same swarm services, not even updated
     assert all(c["Node"] for c in containers)
     assert front_answers(lab, swarm_backend["port"])
+
+
+async def test_delete_removes_the_swarm_services_the_config_and_the_network(
+    lab: Lab, swarm_backend: dict[str, Any]
+) -> None:
+    backend: Backend = swarm_backend["backend"]
+    label = f"io.hyperservice.tenant={backend.tenant}"
+    async with client_for(backend) as api:
+        await settled(api, REPLICAS, WEB_IMAGE_2)
+        assert lab.manager.services.list(filters={"label": label})
+        assert (await api.delete(f"/services/{NAME}")).status_code == 202
+
+        async def gone() -> bool:
+            return (await api.get(f"/services/{NAME}")).status_code == 404
+
+        await eventually(gone, 60, interval=0.5, what=f"{NAME} deleted")
+    assert lab.manager.services.list(filters={"label": label}) == []
+    assert lab.manager.configs.list(filters={"label": label}) == []
+    # the manager lists a removed overlay a moment longer
+    await eventually(lambda: lab.manager.networks.list(filters={"label": label}) == [], 20, interval=0.5,
+                     what="the overlay network removed")
