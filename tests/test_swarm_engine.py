@@ -19,11 +19,13 @@ from typing import Any
 import docker
 import httpx
 import pytest
+from textual.widgets import DataTable
 
 from backend.core import Backend
 from tests.balancer_helpers import SteadyLoad
 from tests.conftest import WEB_IMAGE, WEB_IMAGE_2, client_for, eventually, make_settings
 from tests.swarm_lab import Lab, swarm_lab
+from tui.app import ConsoleApp
 
 pytestmark = pytest.mark.swarm
 
@@ -221,6 +223,27 @@ async def test_a_new_backend_on_the_same_data_dir_adopts_everything(
     assert snapshot() == before  # the same swarm services, not even updated
     assert all(c["Node"] for c in containers)
     assert front_answers(lab, swarm_backend["port"])
+    await the_console_shows_the_engine_and_each_replicas_node(successor, containers)
+
+
+async def the_console_shows_the_engine_and_each_replicas_node(backend: Backend, containers: list[dict]) -> None:
+    app = ConsoleApp(backend=backend)
+    async with app.run_test(size=(160, 40)) as pilot:
+
+        async def shown(check: Any, what: str) -> Any:
+            async def probe() -> Any:
+                await pilot.pause()
+                return check()
+
+            return await eventually(probe, 30, interval=0.05, what=what)
+
+        await shown(lambda: "swarm engine" in app.sub_title, "the engine in the header")
+        await shown(lambda: NAME in app.screen.query_one("#services", DataTable).rows, "the service's row")
+        await pilot.press("enter")
+        table = await shown(lambda: (t := app.screen.query_one("#containers", DataTable)).row_count == REPLICAS and t,
+                            "the replicas listed")
+        nodes = {str(row.value): getattr(table.get_cell(row, "Node"), "plain", "") for row in table.rows}
+    assert nodes == {c["Id"]: c["Node"] for c in containers}
 
 
 async def test_delete_removes_the_swarm_services_the_config_and_the_network(

@@ -167,11 +167,8 @@ class ConsoleApp(App[None]):
     @work(exclusive=True, group="engine", exit_on_error=False)
     async def show_engine(self) -> None:
         """Name the engine that runs the services (docker or swarm) in the header, once the backend says."""
-        ask = getattr(self.client, "engine", None)
-        if ask is None:
-            return
         try:
-            engine = await ask()
+            engine = await self.client.engine()
         except ApiError:  # an older backend without /engine, or one not answering: the header stays
             return
         if engine:
