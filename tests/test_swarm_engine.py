@@ -84,17 +84,19 @@ def front_answers(lab: Lab, port: int, attempts: int = 12) -> dict[str, set[str]
     return seen
 
 
-async def settled(api: httpx.AsyncClient, replicas: int, image: str = WEB_IMAGE, timeout: float = 120) -> list[dict]:
-    """The service active with `replicas` running replicas of `image`; its containers."""
+async def settled(api: httpx.AsyncClient, replicas: int, image: str | None = None, timeout: float = 120) -> list[dict]:
+    """The service active with `replicas` running replicas of `image` (default: the service's own); its
+    containers."""
 
     async def check() -> list[dict] | None:
         service = (await api.get(f"/services/{NAME}")).json()
+        wanted = image or service["Image"]
         containers = (await api.get(f"/services/{NAME}/containers")).json()
-        running = [c for c in containers if c["State"] == "running" and c["Image"] == image and not c["Outdated"]]
+        running = [c for c in containers if c["State"] == "running" and c["Image"] == wanted and not c["Outdated"]]
         ok = service["Status"] == "active" and service["Replicas"] == replicas and len(running) == len(containers)
         return containers if ok and len(containers) == replicas else None
 
-    return await eventually(check, timeout, interval=0.5, what=f"{NAME} active with {replicas} replicas of {image}")
+    return await eventually(check, timeout, interval=0.5, what=f"{NAME} active with {replicas} replicas of {image or 'its image'}")
 
 
 async def test_the_engine_is_swarm_and_a_service_spreads_and_answers_on_every_edge_node(
@@ -180,14 +182,14 @@ async def test_a_node_crash_reschedules_its_replicas_and_the_api_shows_their_nod
 ) -> None:
     port = swarm_backend["port"]
     async with client_for(swarm_backend["backend"]) as api:
-        containers = await settled(api, REPLICAS, WEB_IMAGE_2)
+        containers = await settled(api, REPLICAS)
         assert any(c["Node"] == VICTIM for c in containers), [c["Node"] for c in containers]
         try:
             swarm_lab("kill", VICTIM)
 
             async def check() -> list[dict] | None:
                 with contextlib.suppress(AssertionError):  # not settled yet
-                    now = await settled(api, REPLICAS, WEB_IMAGE_2, timeout=2)
+                    now = await settled(api, REPLICAS, timeout=2)
                     return now if all(c["Node"] and c["Node"] != VICTIM for c in now) else None
                 return None
 
