@@ -389,7 +389,12 @@ class Reconciler:
         except ImageUnavailable as exc:
             return Outcome(ServiceStatus.error, str(exc), backoff=True)
         if isinstance(self.engine, ServiceEngine):  # swarm places, heals and rolls the replicas itself
-            return self.engine.converge(ServiceRef(record.name, record.uid), record.spec, record.revision, network)
+            ref = ServiceRef(record.name, record.uid)
+            outcome = self.engine.converge(ref, record.spec, record.revision, network)
+            running = [r.id for r in self.engine.replicas(ref) if r.state == "running"]
+            if running != record.containers:
+                self.store.update(record.name, containers=running)
+            return outcome
         observed = self._observe(record)
         rolled_back = self._check_rollout(record, observed)
         if rolled_back is not None:

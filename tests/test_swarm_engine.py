@@ -110,6 +110,7 @@ async def test_the_engine_is_swarm_and_a_service_spreads_and_answers_on_every_ed
         assert (await api.post("/services/create", json=body)).status_code == 201
         containers = await settled(api, REPLICAS)
         service = (await api.get(f"/services/{NAME}")).json()
+    assert sorted(service["Containers"]) == sorted(c["Id"] for c in containers)
     nodes = {c["Node"] for c in containers}
     assert len(nodes) >= 2 and nodes <= set(lab.nodes), nodes
     assert service["IP"] in {lab.address(node) for node in lab.edge_nodes}
