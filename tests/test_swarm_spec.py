@@ -135,3 +135,12 @@ def test_the_engine_setting_takes_docker_swarm_or_auto(tmp_path) -> None:
     assert Settings(data_dir=tmp_path, engine="swarm").engine == "swarm"
     with pytest.raises(ValidationError):
         Settings(data_dir=tmp_path, engine="kubernetes")
+
+
+def test_only_the_swarm_engine_takes_whole_services_from_the_reconciler() -> None:
+    from backend.engine import ServiceEngine
+    from backend.engines.docker import DockerEngine
+    from backend.engines.swarm import SwarmEngine
+
+    assert not isinstance(DockerEngine("tenant"), ServiceEngine)  # planned replica by replica
+    assert isinstance(SwarmEngine("tenant", lb_image="a", lb_fallback_image="b", slots=3), ServiceEngine)
