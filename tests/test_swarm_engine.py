@@ -268,3 +268,31 @@ async def test_delete_removes_the_swarm_services_the_config_and_the_network(
     # the manager lists a removed overlay a moment longer
     await eventually(lambda: lab.manager.networks.list(filters={"label": label}) == [], 20, interval=0.5,
                      what="the overlay network removed")
+
+
+async def test_logs_come_from_the_tasks_each_line_labelled_with_its_replica(
+    lab: Lab, swarm_backend: dict[str, Any]
+) -> None:
+    backend: Backend = swarm_backend["backend"]
+    body = {"Name": "slog", "Image": WEB_IMAGE, "Replicas": 2, "ServicePort": swarm_backend["port"] + 1,
+            "ContainerPort": 80, "Cmd": ["/bin/sh", "-c", "echo hello from $(hostname); exec /bin/serve"]}
+    async with client_for(backend) as api:
+        assert (await api.post("/services/create", json=body)).status_code == 201
+        try:
+            async def both_logged() -> list[str] | None:
+                containers = (await api.get("/services/slog/containers")).json()
+                if len(containers) != 2 or any(c["State"] != "running" for c in containers):
+                    return None
+                lines = (await api.get("/services/slog/logs")).text.splitlines()
+                names = {c["Name"] for c in containers}
+                labelled = [line for line in lines if line.split(" ")[1] in names and "| hello from " in line]
+                return labelled if {line.split(" ")[1] for line in labelled} == names else None
+
+            lines = await eventually(both_logged, 90, interval=0.5, what="a hello line from each replica")
+            one = (await api.get("/services/slog/containers")).json()[0]
+            only = (await api.get("/services/slog/logs", params={"container": one["Name"]})).text.splitlines()
+            assert only and all(line.split(" ")[1] == one["Name"] for line in only)
+            assert len(lines) >= 2
+        finally:
+            await api.delete("/services/slog")
+            await eventually(lambda: backend.store.get("slog") is None, 60, interval=0.5, what="slog deleted")
