@@ -296,3 +296,29 @@ async def test_logs_come_from_the_tasks_each_line_labelled_with_its_replica(
         finally:
             await api.delete("/services/slog")
             await eventually(lambda: backend.store.get("slog") is None, 60, interval=0.5, what="slog deleted")
+
+
+async def test_delete_with_keep_removes_the_front_and_leaves_the_replicas_running(
+    lab: Lab, swarm_backend: dict[str, Any]
+) -> None:
+    backend: Backend = swarm_backend["backend"]
+    body = {"Name": "skeep", "Image": WEB_IMAGE, "Replicas": 2, "ServicePort": swarm_backend["port"] + 2,
+            "ContainerPort": 80}
+    label = f"io.hyperservice.tenant={backend.tenant}"
+
+    def roles() -> dict[str, Any]:
+        return {s.attrs["Spec"]["Labels"]["io.hyperservice.role"]: s
+                for s in lab.manager.services.list(filters={"label": [label, "io.hyperservice.service=skeep"]})}
+
+    async with client_for(backend) as api:
+        assert (await api.post("/services/create", json=body)).status_code == 201
+        await eventually(lambda: set(roles()) == {"replica", "balancer"}, 60, interval=0.5, what="both swarm services")
+        assert (await api.delete("/services/skeep?keep=true")).status_code == 202
+        await eventually(lambda: backend.store.get("skeep") is None, 60, interval=0.5, what="skeep deleted")
+    kept = roles()
+    try:
+        assert set(kept) == {"replica"}  # the front is gone, the replicas run on
+        assert kept["replica"].attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
+    finally:
+        for service in kept.values():
+            service.remove()
