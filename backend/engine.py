@@ -159,3 +159,8 @@ class ServiceEngine(Protocol):
     def remove_services(self, ref: ServiceRef, keep_replicas: bool = False) -> None:
         """Remove the service's front and (unless `keep_replicas`) its replicas."""
         ...
+
+    def rolled_back(self, ref: ServiceRef, revision: int) -> tuple[int, str] | None:
+        """(the revision it went back to, why) when the engine rolled `revision` back by itself (its
+        update failed); None otherwise."""
+        ...

@@ -391,6 +391,9 @@ class Reconciler:
         if isinstance(self.engine, ServiceEngine):  # swarm places, heals and rolls the replicas itself
             ref = ServiceRef(record.name, record.uid)
             outcome = self.engine.converge(ref, record.spec, record.revision, network)
+            reverted = self.engine.rolled_back(ref, record.revision)
+            if reverted is not None:
+                return self._engine_rolled_back(record, *reverted) or outcome
             running = [r.id for r in self.engine.replicas(ref) if r.state == "running"]
             if running != record.containers:
                 self.store.update(record.name, containers=running)
@@ -404,6 +407,21 @@ class Reconciler:
         step = plan(desired, observed, healing, active=record.status == ServiceStatus.active)
         self._apply(record, object_name(network), step, {view.replica.id: view for view in observed})
         return step.outcome
+
+    def _engine_rolled_back(self, record: ServiceRecord, to: int, reason: str) -> Outcome | None:
+        """The engine (swarm) rolled the revision being rolled out back to revision `to` by itself: the
+        store follows (as after a rollback of our own), so the service converges on `to` again."""
+        why = f"revision {record.revision}'s replicas failed ({reason})"
+        if self.store.roll_back(record.uid, record.revision, to, why) is None:
+            return None  # the service changed meanwhile, or `to` is unknown: the outcome says what runs
+        good = self.store.revision(record.uid, to)
+        message = f"rolled back to revision {to} ({good.Image if good else '?'}): {why}"
+        log.warning("service %s: %s", record.name, message)
+        self._rolled_back[record.uid] = (to, message)
+        self.history.record(name=record.name, type="action", action="rollback", by="auto", message=message)
+        self.hub.publish("service", "updated", Name=record.name)
+        self.report(record.name, ServiceStatus.updating, message)
+        return Outcome(ServiceStatus.updating, message, again_in=SOON)
 
     def _observe(self, record: ServiceRecord) -> list[ReplicaView]:
         """Each replica as the planner sees it: the engine's facts, its health at the balancer and,

@@ -10,8 +10,11 @@ anything. Each test first waits for the service to be back where the previous on
 from __future__ import annotations
 
 import contextlib
+import io
 import random
+import tarfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from textual.widgets import DataTable
 
 from backend.core import Backend
 from tests.balancer_helpers import SteadyLoad
-from tests.conftest import WEB_IMAGE, WEB_IMAGE_2, client_for, eventually, make_settings
+from tests.conftest import WEB_IMAGE, WEB_IMAGE_2, client_for, eventually, make_settings, wait_status
 from tests.swarm_lab import Lab, swarm_lab
 from tui.app import ConsoleApp
 
@@ -322,3 +325,51 @@ async def test_delete_with_keep_removes_the_front_and_leaves_the_replicas_runnin
     finally:
         for service in kept.values():
             service.remove()
+
+
+@pytest.fixture
+def failing_image(lab: Lab) -> Iterator[str]:
+    """An image whose replicas exit at once, on the manager only (built offline from the web image):
+    tasks placed elsewhere fail too (no such image, and the nodes never pull)."""
+    tag = f"hyperservice-test/swarm-exits:{uuid.uuid4().hex[:6]}"
+    dockerfile = f'FROM {WEB_IMAGE}\nENTRYPOINT ["/bin/false"]\n'.encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    lab.manager.images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True)
+    yield tag
+    with contextlib.suppress(docker.errors.APIError):
+        lab.manager.images.remove(tag, force=True)
+
+
+async def test_an_update_whose_replicas_fail_is_rolled_back_by_swarm_and_the_service_follows(
+    lab: Lab, swarm_backend: dict[str, Any], failing_image: str
+) -> None:
+    backend: Backend = swarm_backend["backend"]
+    body = {"Name": "sroll", "Image": WEB_IMAGE, "Replicas": 2, "ServicePort": swarm_backend["port"] + 3,
+            "ContainerPort": 80, "HealthCheckInterval": 1, "HealthCheckRise": 1, "HealthCheckFall": 1}
+    async with client_for(backend) as api:
+        assert (await api.post("/services/create", json=body)).status_code == 201
+        try:
+            await wait_status(api, "sroll", "active", 90)
+            before = {c["Id"] for c in (await api.get("/services/sroll/containers")).json()}
+            assert (await api.post("/services/sroll/update", json={"Image": failing_image})).status_code == 200
+
+            async def rolled_back() -> dict | None:
+                service = (await api.get("/services/sroll")).json()
+                ok = service["Status"] == "active" and service["Message"].startswith("rolled back to revision 1")
+                return service if ok else None
+
+            service = await eventually(rolled_back, 120, interval=0.5, what="sroll rolled back and active")
+            assert service["Image"] == WEB_IMAGE
+            revisions = (await api.get("/services/sroll/revisions")).json()
+            assert [(r["Number"], r["Outcome"]) for r in revisions][:2] == [(2, "rolled back"), (1, "active")]
+            containers = (await api.get("/services/sroll/containers")).json()
+            assert len(containers) == 2 and all(c["Image"] == WEB_IMAGE and not c["Outdated"] for c in containers)
+            assert {c["Id"] for c in containers} & before  # start-first: the old replicas served on
+        finally:
+            await api.delete("/services/sroll")
+            await eventually(lambda: backend.store.get("sroll") is None, 60, interval=0.5, what="sroll deleted")

@@ -314,7 +314,9 @@ class SwarmEngine(DockerEngine):
         self.lb_image, self.lb_fallback_image, self.slots = lb_image, lb_fallback_image, slots
         self._front_lock = threading.Lock()
         self._front_ips: list[str] = []
-        self._rolled_back: dict[str, int] = {}  # service uid -> the revision swarm rolled back
+        # service uid -> (revision swarm rolled back, the revision it went back to, swarm's message)
+        self._rolled_back: dict[str, tuple[int, int, str]] = {}
+        self._declared: dict[str, int] = {}  # service uid -> the revision this backend last declared to swarm
 
     # -- the swarm ----------------------------------------------------------------------------
 
@@ -387,15 +389,20 @@ class SwarmEngine(DockerEngine):
             log.info("service %s: creating swarm service %s", ref.name, wanted["name"])
             created = self._api().create_service(**wanted)
             service = cast(Any, self.client.services).get(created["ID"])
+            self._declared[ref.uid] = revision
         else:
             attrs = service.attrs
             replicas = ((attrs["Spec"].get("Mode") or {}).get("Replicated") or {}).get("Replicas")
             update = attrs.get("UpdateStatus") or {}
-            if update.get("State") == "rollback_completed" and attrs["Spec"]["Labels"].get(LABEL_REVISION) != str(revision):
-                # swarm rolled this revision back (its tasks failed): it is not declared again, or the
-                # service would roll forth and back for ever; the outcome says why, a new update goes on
-                self._rolled_back[ref.uid] = revision
-            declared = attrs["Spec"]["Labels"].get(LABEL_REVISION) == str(revision) or self._rolled_back.get(ref.uid) == revision
+            label = str(attrs["Spec"]["Labels"].get(LABEL_REVISION, ""))
+            rolling_back = str(update.get("State", "")).startswith("rollback")
+            if rolling_back and label != str(revision) and label.isdigit() and self._declared.get(ref.uid, revision) == revision:
+                # swarm is rolling back the revision we declared (a new task failed within the monitor
+                # window) and has put the previous spec back: never declared again (that would fight
+                # swarm's rollback); the reconciler takes the rollback into the store (`rolled_back`).
+                # (A rollback of an older revision, before this one was declared, is not this one's.)
+                self._rolled_back[ref.uid] = (revision, int(label), str(update.get("Message") or "rolled back"))
+            declared = label == str(revision) or self._rolled_back.get(ref.uid, (0,))[0] == revision
             if not declared or replicas != spec.Replicas:
                 if declared:  # only the scale changes: keep what swarm runs now
                     wanted["task_template"] = attrs["Spec"]["TaskTemplate"]
@@ -403,12 +410,25 @@ class SwarmEngine(DockerEngine):
                 log.info("service %s: updating swarm service (revision %s, %s replicas)", ref.name, revision,
                          spec.Replicas)
                 self._api().update_service(service.id, attrs["Version"]["Index"], **wanted)
+                self._declared[ref.uid] = revision
                 service.reload()
         self._ensure_balancer(ref, spec, network_id)
         nodes = self.node_names()
         name = replica_service_name(ref)
         tasks = [task_view(t, name, nodes, network_id) for t in service.tasks(filters={"desired-state": "running"})]
-        return swarm_outcome(spec.Replicas, revision, tasks, service.attrs.get("UpdateStatus") or {})
+        update = service.attrs.get("UpdateStatus") or {}
+        if update.get("State") == "rollback_completed" and service.attrs["Spec"]["Labels"].get(LABEL_REVISION) == str(
+            revision
+        ):
+            update = {}  # a rollback the store took in: this revision is the one to run
+        elif self._rolled_back.get(ref.uid, (0,))[0] == revision:
+            update = {"State": "rollback_started"}  # said as such until the store follows
+        return swarm_outcome(spec.Replicas, revision, tasks, update)
+
+    def rolled_back(self, ref: ServiceRef, revision: int) -> tuple[int, str] | None:
+        """(the revision swarm went back to, why) when swarm rolled `revision` back itself."""
+        found = self._rolled_back.get(ref.uid)
+        return (found[1], found[2]) if found and found[0] == revision else None
 
     def _ensure_balancer(self, ref: ServiceRef, spec: ServiceSpec, network_id: str) -> None:
         addresses, edge_only = self.edge_addresses()
