@@ -354,7 +354,10 @@ async def test_an_update_whose_replicas_fail_is_rolled_back_by_swarm_and_the_ser
     async with client_for(backend) as api:
         assert (await api.post("/services/create", json=body)).status_code == 201
         try:
-            await wait_status(api, "sroll", "active", 90)
+            try:
+                await wait_status(api, "sroll", "active", 90)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {(await api.get('/services/sroll')).json()}") from None
             before = {c["Id"] for c in (await api.get("/services/sroll/containers")).json()}
             assert (await api.post("/services/sroll/update", json={"Image": failing_image})).status_code == 200
 

@@ -300,7 +300,9 @@ def swarm_outcome(wanted: int, revision: int, tasks: Sequence[TaskView], update:
     if len(running) == wanted and len(tasks) == wanted:
         return Outcome(ServiceStatus.active, "Scaling complete", again_in=POLL_ACTIVE)
     failed = next((t.error for t in tasks if t.error and t.state in ("failed", "rejected")), "")
-    message = f"{len(running)} of {wanted} replicas running" + (f" (last failure: {failed})" if failed else "")
+    waiting = next((f"{t.state}: {t.error}" for t in tasks if t.error and t.state not in ("failed", "rejected")), "")
+    message = f"{len(running)} of {wanted} replicas running" + (
+        f" (last failure: {failed})" if failed else f" ({waiting})" if waiting else "")
     return Outcome(ServiceStatus.scaling, message, again_in=POLL_BUSY)
 
 
@@ -345,12 +347,14 @@ class SwarmEngine(DockerEngine):
     # -- the network: an overlay --------------------------------------------------------------
 
     def ensure_network(self, ref: ServiceRef, subnet: str | None = None) -> Network:
+        """The service's overlay, its subnet from swarm's own address pool (`subnet` is not used): a
+        node keeps a deleted overlay's subnet for a while, so the product's pool, which hands a freed
+        subnet to the next service at once, made that service's tasks fail there ("Pool overlaps with
+        other one on this address space")."""
         network = self.find_network(ref)
         if network is not None:
             return network
         ipam = None
-        if subnet is not None:
-            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
         try:
             return self.client.networks.create(
                 network_name(ref), driver="overlay", attachable=True, check_duplicate=True,
