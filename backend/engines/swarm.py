@@ -8,7 +8,8 @@ back what swarm did (tasks, update status) and answers an `Outcome` for the reco
 
 What a service becomes (all labelled with tenant, service, uid and role, so a restarted backend
 adopts them instead of creating them again):
-- its own overlay network `hs-<name>-<uid8>` (attachable, on its subnet of the network pool);
+- its own overlay network `hs-<name>-<uid8>` (attachable; its subnet from swarm's own address pool, see
+  `ensure_network`);
 - the replicas: swarm service `<name>-<uid5>` in dnsrr endpoint mode (the VIP needs IPVS), with
   every field of the spec mapped (`replica_service_spec`): image, command, env, workdir, labels,
   stop signal, tty/stdin, ContainerSize as CPU and memory limits, named volumes (node-local), a
