@@ -443,6 +443,12 @@ def create_app(
         """Extension: the limits the backend validates against (for a remote console's form)."""
         return {"MaxReplicas": backend.settings.max_replicas}
 
+    @app.get("/engine", responses=_ERRORS)
+    def engine() -> dict[str, str]:
+        """Extension: which engine runs the services, `docker` or `swarm` (HYPERSERVICE_ENGINE; shown in the
+        console's header)."""
+        return {"Engine": backend.engine_name}
+
     @app.get("/services/{name}/logs", response_class=PlainTextResponse, responses=_ENGINE_ERRORS)
     def service_logs(
         name: str,

@@ -50,6 +50,7 @@ from backend.docker_driver import (
     volume_name,
 )
 from backend.engines.docker import DockerEngine
+from backend.engines.swarm import SwarmEngine
 from backend.events import EventHub
 from backend.history import DEFAULT_WINDOW, History
 from backend.models import (
@@ -122,7 +123,8 @@ class Backend:
         )
         try:
             limits = ReplicaLimits(settings.pids_limit, settings.log_max_size, settings.log_max_file)
-            self.driver = DockerEngine(self.store.tenant, docker_client, limits)
+            self.driver = choose_engine(settings, self.store.tenant, docker_client, limits)
+            self.swarm = self.driver if isinstance(self.driver, SwarmEngine) else None
             self.hub = EventHub()
             self.reconciler = Reconciler(self.store, self.driver, self.hub, settings)
             self.followers = Followers()
@@ -135,6 +137,17 @@ class Backend:
     @property
     def tenant(self) -> str:
         return self.store.tenant
+
+    @property
+    def engine_name(self) -> str:
+        """Which engine runs the services: "docker" or "swarm" (chosen at start, HYPERSERVICE_ENGINE)."""
+        return "swarm" if self.swarm is not None else "docker"
+
+    def _not_on_swarm(self, field: str, reason: str) -> None:
+        """Refuse (400, nothing changed) what the swarm engine cannot do, naming the reason."""
+        if self.swarm is not None:
+            reason = f"not available on the swarm engine: {reason}"
+            raise Invalid(f"invalid request: {field}: {reason}", [FieldError(field=field, message=reason)])
 
     def start(self) -> None:
         with self._lock:
@@ -159,6 +172,8 @@ class Backend:
     # -- operations --------------------------------------------------------------------------
 
     def create(self, spec: ServiceSpec, by: str = LOCAL) -> Service:
+        if spec.Protocol == "httpsTerm":
+            self._not_on_swarm("Protocol", "httpsTerm (its balancers do not carry a certificate yet); use https")
         try:
             record = self.store.insert(spec, ServiceStatus.created, "Service is created", by=by)
         except (AddressPoolExhausted, NetworkPoolExhausted) as exc:
@@ -192,6 +207,9 @@ class Backend:
                 "sized for the replica limit in force when it was created"
             )
             raise Invalid(f"invalid request: Replicas: {reason}", [FieldError(field="Replicas", message=reason)])
+        if change.FIP is not None:
+            self._not_on_swarm("FIP", "the fronts publish ServicePort on the edge nodes' own addresses; "
+                                      "a floating IP is not one of them")
         if change.FIP:
             self._check_fip_pool(change.FIP)
         try:
@@ -308,6 +326,8 @@ class Backend:
         again) unless `volumes`; that cannot go with `keep` (the kept replicas still mount them), nor
         while a container outside this service instance mounts one (e.g. kept by an earlier delete).
         """
+        if volumes:
+            self._not_on_swarm("volumes", "named volumes live on each node the replicas ran on; remove them there")
         if keep and volumes:
             reason = "cannot remove the volumes while keeping the replicas that mount them (keep=true)"
             raise Invalid(f"invalid request: volumes: {reason}", [FieldError(field="volumes", message=reason)])
@@ -378,6 +398,9 @@ class Backend:
 
     def containers(self, name: str) -> list[ContainerInfo]:
         record = self._record(name)
+        if self.swarm is not None:
+            with engine_calls():
+                return self._task_infos(record)
         with engine_calls():
             replicas = self.driver.containers(ServiceRef(record.name, record.uid), ROLE_REPLICA)
             return [self._container_info(record, c) for c in replicas]
@@ -385,6 +408,9 @@ class Backend:
     def all_containers(self) -> dict[str, list[ContainerInfo]]:
         """Every service's replicas, from one listing of the engine (the console's start-up)."""
         records = {record.uid: record for record in self.store.all()}
+        if self.swarm is not None:
+            with engine_calls():
+                return {record.name: self._task_infos(record) for record in records.values()}
         result: dict[str, list[ContainerInfo]] = {record.name: [] for record in records.values()}
         with engine_calls():
             replicas = self.driver.all_replicas()
@@ -393,6 +419,12 @@ class Backend:
             if record is not None:
                 result[record.name].append(self._container_info(record, container))
         return result
+
+    def _task_infos(self, record: ServiceRecord) -> list[ContainerInfo]:
+        """The replicas of a swarm service: its tasks, each with the node it runs on."""
+        assert self.swarm is not None
+        port = record.spec.ContainerPort or record.spec.ServicePort
+        return self.swarm.container_infos(ServiceRef(record.name, record.uid), record.revision, record.spec.Image, port)
 
     def _container_info(self, record: ServiceRecord, container: Container) -> ContainerInfo:
         state = container.attrs.get("State") or {}
@@ -415,6 +447,9 @@ class Backend:
     def balancer(self, name: str) -> BalancerView:
         """What the service's balancers count: per front and per replica (HAProxy's runtime stats)."""
         record = self._record(name)
+        if self.swarm is not None:
+            raise Invalid("the balancer view is not available on the swarm engine: the balancers run on the edge "
+                          "nodes, whose HAProxy runtime API the manager cannot reach")
         ref = ServiceRef(record.name, record.uid)
         owners = self.reconciler.slot_owners(record.uid)
         with engine_calls():
@@ -434,6 +469,14 @@ class Backend:
     def log_sources(self, name: str, container: str | None) -> list[tuple[str, str]]:
         """(replica name, container id) of the replicas whose logs are asked for."""
         record = self._record(name)
+        if self.swarm is not None:  # the task logs, through the manager
+            with engine_calls():
+                tasks = self.swarm.tasks(ServiceRef(record.name, record.uid))
+            if container:
+                tasks = [t for t in tasks if container in (t.name, t.id) or t.id.startswith(container)]
+                if not tasks:
+                    raise NotFound(f"service {name} has no replica {container}")
+            return [(t.name, t.id) for t in tasks]
         with engine_calls():
             replicas = self.driver.containers(ServiceRef(record.name, record.uid), ROLE_REPLICA)
         if container:
@@ -469,8 +512,10 @@ class Backend:
         return LogFollower(self.driver, self.log_sources(name, container), tail, self.followers)
 
     def follow_stats(self, name: str) -> StatsFollower:
-        """CPU and memory of every replica, about once a second each, pushed by Docker."""
-        return StatsFollower(self.driver, self.log_sources(name, None), self.followers)
+        """CPU and memory of every replica, about once a second each, pushed by Docker (none on swarm: a
+        task's stats are only on its own node's engine, which the manager does not relay)."""
+        sources = [] if self.swarm is not None else self.log_sources(name, None)
+        return StatsFollower(self.driver, sources, self.followers)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -482,9 +527,10 @@ class Backend:
 
     def service_object(self, record: ServiceRecord) -> Service:
         since = self.reconciler.engine_down_since
+        fronts = self.swarm.front_ips() if self.swarm is not None else [record.ip]
         return Service.from_spec(
             record.spec,
-            IP=record.ip,
+            IP=fronts[0] if fronts else "",
             Tenant=self.tenant,
             FIP=record.fip,
             Message=record.message if since is None else engine_note(record.message, since),
@@ -500,6 +546,29 @@ class Backend:
             return None
         except EngineUnavailable as exc:
             return str(exc)
+
+
+def choose_engine(
+    settings: Settings, tenant: str, docker_client: docker.DockerClient | None, limits: ReplicaLimits
+) -> DockerEngine:
+    """The engine HYPERSERVICE_ENGINE asks for; `auto`: swarm when the engine at DOCKER_HOST is an
+    active swarm manager, else docker (also when it does not answer now)."""
+    swarm = SwarmEngine(
+        tenant, docker_client, limits, lb_image=settings.lb_image, lb_fallback_image=settings.lb_fallback_image,
+        slots=settings.max_replicas + 1,
+    )
+    if settings.engine == "swarm":
+        return swarm
+    if settings.engine == "auto":
+        try:
+            with engine_calls():
+                swarm.ping()
+                if swarm.is_manager():
+                    log.info("the engine is a swarm manager: the swarm engine runs the services")
+                    return swarm
+        except Exception as exc:  # unreachable, or no swarm API: the docker engine
+            log.info("engine auto: docker (%s)", exc)
+    return DockerEngine(tenant, docker_client, limits)
 
 
 def balancer_view(

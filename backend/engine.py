@@ -6,7 +6,11 @@ seam calls the Docker SDK.
 
 Engines (backend/engines/):
 - `docker`: every replica a container on one Docker engine (`DockerEngine`, today's behaviour);
-- `swarm` (to come): replicas placed across the nodes of a Docker Swarm.
+- `swarm`: every service a Docker Swarm service whose tasks swarm itself places, restarts, reschedules
+  and rolls (`SwarmEngine`, backend/engines/swarm.py). Per-replica actions do not fit a scheduler that
+  owns its tasks, so a swarm engine is also a `ServiceEngine`: the reconciler hands it the whole
+  convergence of a service (declare the swarm services, read back how far swarm got) instead of
+  planning replica by replica; the balancer is a swarm service too (the `Balancers` stay idle).
 
 What crosses the seam:
 - replicas as engine-neutral `Replica`s (backend.planner): id, name, slot, revision, state, address;
@@ -20,14 +24,14 @@ What crosses the seam:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from docker.models.containers import Container
 from docker.models.networks import Network
 
 from backend.docker_driver import STOP_TIMEOUT, ClosableStream, PullProgress, ServiceRef
 from backend.models import ServiceSpec
-from backend.planner import Replica
+from backend.planner import Outcome, Replica
 
 
 class Engine(Protocol):
@@ -136,4 +140,27 @@ class Engine(Protocol):
 
     def follow_log(self, container: Container, since: float) -> ClosableStream[bytes]:
         """Its stdout from `since` (epoch seconds) on, with timestamps, as it comes (blocking)."""
+        ...
+
+
+@runtime_checkable
+class ServiceEngine(Protocol):
+    """An engine that converges whole services itself (a scheduler owns the replicas: swarm). The
+    reconciler still makes sure of the network and the image, then calls `converge` instead of
+    planning replicas, and `remove_services` first when a service is deleted."""
+
+    name: str
+
+    def converge(self, ref: ServiceRef, spec: ServiceSpec, revision: int, network: Network) -> Outcome:
+        """Declare the service as `spec` says (create, scale, roll; adopt what exists) and say how far
+        the engine got, with when to look again (never waits for the engine to get there)."""
+        ...
+
+    def remove_services(self, ref: ServiceRef, keep_replicas: bool = False) -> None:
+        """Remove the service's front and (unless `keep_replicas`) its replicas."""
+        ...
+
+    def rolled_back(self, ref: ServiceRef, revision: int) -> tuple[int, str] | None:
+        """(the revision it went back to, why) when the engine rolled `revision` back by itself (its
+        update failed); None otherwise."""
         ...

@@ -542,6 +542,7 @@ class ContainerInfo(BaseModel):
     Restarts: int
     Image: str = ""
     Outdated: bool = False  # still runs an image older than the service's
+    Node: str = ""  # the swarm node it runs on ("" on the docker engine: the one engine)
 
 
 class VolumeInfo(BaseModel):

@@ -12,6 +12,9 @@ Controller-style, as in Kubernetes' sample-controller:
     apply (`_apply`): through the engine (backend/engine.py) and the balancers;
     report (`report`): the service's status and message, as a `service`/`status` event too;
   before that it makes sure of the service's network and image;
+- on an engine whose scheduler owns the replicas (`ServiceEngine`: swarm), observe/plan/apply is the
+  engine's: after the network and the image, `sync` hands it the whole service (`converge`) and
+  reports what it answers; deleting removes its swarm services first;
 - a step never waits: a replica taken out of the balancers drains while the service is looked at
   again, and is stopped by a later step (once no request is left on it, or after DRAIN_WAIT) on the
   stop pool; a missing image is pulled on the pull pool (its progress reported as it comes); so the
@@ -59,7 +62,7 @@ from backend.docker_driver import (
     engine_calls,
     object_name,
 )
-from backend.engine import Engine
+from backend.engine import Engine, ServiceEngine
 from backend.events import EventHub
 from backend.history import History, exit_reason
 from backend.models import RevisionOutcome, ServiceStatus
@@ -394,6 +397,16 @@ class Reconciler:
                 return None
         except ImageUnavailable as exc:
             return Outcome(ServiceStatus.error, str(exc), backoff=True)
+        if isinstance(self.engine, ServiceEngine):  # swarm places, heals and rolls the replicas itself
+            ref = ServiceRef(record.name, record.uid)
+            outcome = self.engine.converge(ref, record.spec, record.revision, network)
+            reverted = self.engine.rolled_back(ref, record.revision)
+            if reverted is not None:
+                return self._engine_rolled_back(record, *reverted) or outcome
+            running = [r.id for r in self.engine.replicas(ref) if r.state == "running"]
+            if running != record.containers:
+                self.store.update(record.name, containers=running)
+            return outcome
         observed = self._observe(record)
         rolled_back = self._check_rollout(record, observed)
         if rolled_back is not None:
@@ -406,6 +419,21 @@ class Reconciler:
         step = plan(desired, observed, healing, active=record.status == ServiceStatus.active)
         self._apply(record, object_name(network), step, {view.replica.id: view for view in observed})
         return step.outcome
+
+    def _engine_rolled_back(self, record: ServiceRecord, to: int, reason: str) -> Outcome | None:
+        """The engine (swarm) rolled the revision being rolled out back to revision `to` by itself: the
+        store follows (as after a rollback of our own), so the service converges on `to` again."""
+        why = f"revision {record.revision}'s replicas failed ({reason})"
+        if self.store.roll_back(record.uid, record.revision, to, why) is None:
+            return None  # the service changed meanwhile, or `to` is unknown: the outcome says what runs
+        good = self.store.revision(record.uid, to)
+        message = f"rolled back to revision {to} ({good.Image if good else '?'}): {why}"
+        log.warning("service %s: %s", record.name, message)
+        self._rolled_back[record.uid] = (to, message)
+        self.history.record(name=record.name, type="action", action="rollback", by="auto", message=message)
+        self.hub.publish("service", "updated", Name=record.name)
+        self.report(record.name, ServiceStatus.updating, message)
+        return Outcome(ServiceStatus.updating, message, again_in=SOON)
 
     def _observe(self, record: ServiceRecord) -> list[ReplicaView]:
         """Each replica as the planner sees it: the engine's facts, its health at the balancer and,
@@ -686,6 +714,8 @@ class Reconciler:
 
         Replicas get TEARDOWN_STOP_TIMEOUT seconds after their StopSignal, then they are killed."""
         ref = ServiceRef(record.name, record.uid)
+        if isinstance(self.engine, ServiceEngine):
+            self.engine.remove_services(ref, keep_replicas=record.keep)  # its front first, as below
         self.balancers.remove_all(ref)  # the address stops answering first
         if not record.keep:
             self.history.expect_removal(r.id for r in self.engine.replicas(ref))  # their exits are no trouble

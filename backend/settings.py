@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, ValidationError, field_validator
@@ -89,6 +90,12 @@ class Settings(BaseSettings):
 
     log_max_file: int = Field(default=3, ge=1)
     """How many rotated log files a replica keeps (so one replica's logs take at most size × files)."""
+
+    engine: Literal["docker", "swarm", "auto"] = "auto"
+    """What runs the services: `docker` (every replica a container on the one engine at DOCKER_HOST),
+    `swarm` (every service a Docker Swarm service on the swarm DOCKER_HOST manages) or `auto` (swarm
+    when the engine at DOCKER_HOST is an active swarm manager, else docker; docker when it does not
+    answer at start)."""
 
     orphan_grace_seconds: float = Field(default=3600.0, ge=0)
     """Seconds objects of this installation that the state file does not know (e.g. after restoring an

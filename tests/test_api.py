@@ -167,3 +167,8 @@ async def test_all_replicas_in_one_answer_and_the_limits(api: httpx.AsyncClient,
         "one": sorted(one["Containers"]), "two": sorted(two["Containers"])}
     assert replicas["two"][0]["State"] == "running" and replicas["two"][0]["Address"]
     assert (await api.get("/limits")).json() == {"MaxReplicas": backend.settings.max_replicas}
+
+
+async def test_the_engine_answers_docker_on_an_engine_that_is_no_swarm_manager(api: httpx.AsyncClient):
+    # HYPERSERVICE_ENGINE=auto (the default) on the main engine, which is not a swarm
+    assert (await api.get("/engine")).json() == {"Engine": "docker"}

@@ -148,6 +148,7 @@ class ConsoleApp(App[None]):
             return
         self.sub_title = visible(self.target_description())
         self.follow_events()
+        self.show_engine()
 
     def _make_client(self) -> ApiClient:
         if self.api_url:
@@ -162,6 +163,16 @@ class ConsoleApp(App[None]):
             self._own_backend = True
             self._backend.start()
         return ApiClient.in_process(self._backend)
+
+    @work(exclusive=True, group="engine", exit_on_error=False)
+    async def show_engine(self) -> None:
+        """Name the engine that runs the services (docker or swarm) in the header, once the backend says."""
+        try:
+            engine = await self.client.engine()
+        except ApiError:  # an older backend without /engine, or one not answering: the header stays
+            return
+        if engine:
+            self.sub_title = visible(f"{self.target_description()} · {engine} engine")
 
     def target_description(self) -> str:
         if self.api_url:

@@ -111,6 +111,8 @@ class ConsoleClient(Protocol):
 
     async def limits(self) -> Limits: ...
 
+    async def engine(self) -> str: ...
+
     async def balancer(self, name: str) -> BalancerView: ...
 
     # streams: async generators, so plain `def`s answering an async iterator
@@ -399,6 +401,11 @@ class ApiClient:
     async def limits(self) -> Limits:
         response = await self._request("GET", "/limits")
         return Limits.model_validate(response.json())
+
+    async def engine(self) -> str:
+        """Which engine runs the services: docker or swarm (`GET /engine`)."""
+        response = await self._request("GET", "/engine")
+        return str(response.json().get("Engine", ""))
 
     async def stats(self, name: str) -> AsyncIterator[ReplicaStats]:
         """CPU and memory samples of the service's replicas, about one per replica and second, until

@@ -1,1 +1,1 @@
-"""The engines behind backend.engine.Engine: `docker` (docker.py) today; `swarm` to come."""
+"""The engines behind backend.engine.Engine: `docker` (docker.py) and `swarm` (swarm.py)."""

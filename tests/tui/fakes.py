@@ -190,6 +190,9 @@ class FakeClient:
     async def limits(self) -> Limits:
         return Limits(MaxReplicas=100)
 
+    async def engine(self) -> str:
+        return ""  # not said: the header stays as the snapshots have it
+
     async def images(self, prefix: str = "", limit: int | None = None) -> list[str]:
         self.calls.append("images")
         return [reference for reference in IMAGES if reference.startswith(prefix)][:limit]

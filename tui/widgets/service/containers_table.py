@@ -1,5 +1,5 @@
 """`ContainersTable`: a service's replicas — Id, Name, State, Health (as the balancer sees it, with
-since-when), Address, Restarts, Uptime, CPU and memory (from the stats stream) and, when wide, the image
+since-when), Node (on swarm: where each runs), Address, Restarts, Uptime, CPU and memory (from the stats stream) and, when wide, the image
 each runs — redrawn in place when the app re-reads them or a stats sample arrives.
 
 Which columns show depends on the table's width (the richest layout that fits): at 80 columns the Id
@@ -32,9 +32,15 @@ LAYOUTS: tuple[tuple[tuple[str, ...], bool], ...] = (
 # Columns whose text changes every second get fixed widths, so the table does not jump around.
 FIXED = {"Id": 12, "Health": 12, "Restarts": 8, "Uptime": 6, "CPU": 6, "Memory": 9}
 WIDE_FIXED = {"Health": 14, "CPU": 7, "Memory": 24}
-CAPS = {"Name": 32, "Address": 22, "Image": 40, "State": 10}
+CAPS = {"Name": 32, "Address": 22, "Image": 40, "State": 10, "Node": 20}
 NAME_MIN = 10
 RIGHT = ("Restarts", "CPU", "Memory")
+
+
+def with_node(columns: tuple[str, ...]) -> tuple[str, ...]:
+    """A layout with the Node column after State: the replicas run on several nodes (swarm)."""
+    at = columns.index("State") + 1
+    return (*columns[:at], "Node", *columns[at:])
 
 
 def _clip(text: Text, width: int) -> Text:
@@ -60,12 +66,13 @@ class ContainersTable(DataTable):
         """The richest layout that fits the width: (columns, wide, width of each column)."""
         width = self.size.width or 110
         available = width - 2  # the vertical scrollbar
-        for columns, wide in LAYOUTS:
+        layouts = LAYOUTS if not any(r.Node for r in replicas) else tuple((with_node(c), w) for c, w in LAYOUTS)
+        for columns, wide in layouts:
             widths = self._widths_for(replicas, columns, wide)
             if sum(widths.values()) + 2 * len(columns) <= available:
                 return columns, wide, widths
         # Not even the narrowest fits: the name takes what is left (clipped with "…" below that).
-        columns, wide = LAYOUTS[-1]
+        columns, wide = layouts[-1]
         widths = self._widths_for(replicas, columns, wide)
         others = sum(w for c, w in widths.items() if c != "Name")
         widths["Name"] = max(NAME_MIN, min(widths["Name"], available - 2 * len(columns) - others))
@@ -90,6 +97,8 @@ class ContainersTable(DataTable):
             return visible(replica.State or DASH)
         if column == "Address":
             return visible(replica.Address or DASH)
+        if column == "Node":
+            return visible(replica.Node or DASH)
         if column == "Image":
             return visible(replica.Image or DASH)
         return ""
@@ -109,6 +118,7 @@ class ContainersTable(DataTable):
             "State": state_text(replica.State),
             "Health": health_text(replica.Health, replica.HealthSince, now),
             "Address": replica.Address or DASH,
+            "Node": replica.Node or DASH,
             "Restarts": Text(str(replica.Restarts), justify="right"),
             "Uptime": since(replica.Started, now) if running else DASH,
             "CPU": Text(cpu_text(getattr(sample, "CPUPercent", None)), justify="right"),
