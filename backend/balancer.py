@@ -388,14 +388,19 @@ class Balancers:
             if any(slot not in current for slot in servers):
                 current = self._grow_slots(container, record, current)
             commands = haproxy.reconcile_commands(servers, current, regate | stale, armed)
-            if commands:
-                self._run(container, commands)
             if container.labels.get(LABEL_FRONT) == "ip":
+                # On the board before the commands run: HAProxy may check the replica and log it UP
+                # within milliseconds of the command, and the log follower may read that line before
+                # the exec that sent it has returned. A line for a slot not yet on the board is
+                # dropped, and HAProxy logs a check only when its result changes: marked after the
+                # commands, such a replica stayed "starting" for good (issue 9, 60 services).
                 for slot, address in servers.items():
                     snapshot = current.get(slot)
                     moved = snapshot is None or snapshot.address != address or snapshot.state in ("MAINT", "DRAIN")
                     if moved or slot in stale or (snapshot is not None and snapshot.weight == 0):
                         board.assigned(slot, owner=owners.get(slot) or None)
+            if commands:
+                self._run(container, commands)
             released |= {
                 slot for slot, snap in current.items()
                 if slot not in servers and not snap.spare and snap.state != "MAINT"
@@ -530,13 +535,14 @@ class Balancers:
 
     def _refresh_if_stuck(self, record: ServiceRecord, primary: Container) -> None:
         """A safety net: a replica still "starting" long after its checks must have run gets a
-        fresh snapshot (one exec), in case its health line was missed."""
+        fresh snapshot (one exec), in case its health line was missed. A gated one too: the snapshot
+        lets it through only when HAProxy has it UP and checked (see HealthBoard.load_snapshot)."""
         spec = record.spec
         overdue = (spec.HealthCheckRise + 2) * spec.HealthCheckInterval + 2
         now = datetime.now(UTC)
         stuck = [
             slot for slot, known in self.board(record.uid).all().items()
-            if known.health == "starting" and not known.gated and (now - known.since).total_seconds() > overdue
+            if known.health == "starting" and (now - known.since).total_seconds() > overdue
         ]
         if stuck:
             self._snapshot(record, primary)
