@@ -157,7 +157,7 @@ async def test_many_balancers_share_one_log_thread_and_health_changes_still_arri
     names = [f"logs{i}" for i in range(8)]
     async with client_for(backend) as api:
         for name in names:
-            body = web_body(name, 1, HealthCheckInterval=1, HealthCheckRise=1, HealthCheckFall=1)
+            body = web_body(name, 1, Protocol="http", HealthCheckInterval=1, HealthCheckRise=1, HealthCheckFall=1)
             assert (await api.post("/services/create", json=body)).status_code == 201
         for name in names:
             await wait_status(api, name, "active", timeout=180)
@@ -166,7 +166,8 @@ async def test_many_balancers_share_one_log_thread_and_health_changes_still_arri
         readers = [t for t in threading.enumerate() if t.name == "balancer-logs"]
         per_balancer = [t for t in threading.enumerate() if t.name.startswith("health-")]
         assert len(readers) == 1 and per_balancer == []
-        # A health change still arrives through the shared reader: a paused replica goes DOWN, back UP.
+        # A health change still arrives through the shared reader: a paused replica (its kernel still
+        # accepts connections: an http check) goes DOWN, and back UP.
         record = backend.store.get(names[3])
         assert record is not None
         replica = docker_client.containers.get(record.containers[0])
