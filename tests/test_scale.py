@@ -17,6 +17,7 @@ from docker.models.containers import Container
 
 from backend import haproxy
 from backend.balancer import LABEL_ADDRESS, LABEL_ADMIN_PORT, LABEL_FRONT, Balancers, SharedLogReader
+from backend.engines.docker import DockerLogSource
 from backend.models import ServiceSpec
 from backend.store import ServiceRecord
 from tests.conftest import client_for, eventually, wait_status, web_body
@@ -184,3 +185,68 @@ async def test_many_balancers_share_one_log_thread_and_health_changes_still_arri
         await eventually(lambda: health() == "UP", timeout=60, what="the replica UP again")
 
 
+
+
+def test_a_docker_log_source_undoes_stream_frames_that_arrive_in_pieces():
+    ours, theirs = socket.socketpair()
+
+    def frame(text: bytes, stream: int = 1) -> bytes:
+        return bytes([stream, 0, 0, 0]) + len(text).to_bytes(4, "big") + text
+
+    data = frame(b"one\ntw") + frame(b"o\n") + frame(b"three\n")
+    source = DockerLogSource(theirs, data[:5], framed=True)  # the body's start came with the headers
+    try:
+        ours.sendall(data[5:13])
+        assert wait_for_lines(source) == []  # 13 bytes: not one whole frame yet
+        ours.sendall(data[13:])
+        lines = wait_for_lines(source, want=3)
+        assert lines == [b"one", b"two", b"three"]
+        ours.close()
+        deadline = time.monotonic() + 5
+        while not source.read()[1]:
+            assert time.monotonic() < deadline, "the end was not seen"
+            time.sleep(0.01)
+    finally:
+        source.close()
+        ours.close()
+
+
+def wait_for_lines(source: DockerLogSource, want: int = 0) -> list[bytes]:
+    got: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while True:
+        got += source.read()[0]
+        if len(got) >= want and (want or time.monotonic() > deadline - 4.9):
+            return got
+        assert time.monotonic() < deadline, f"only {got}"
+        time.sleep(0.01)
+
+
+class ThreadOnlyEngine:
+    """An engine with no selectable log stream (open_log answers None): its log on a thread."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def open_log(self, container: Container, since: float) -> None:
+        return None
+
+    def follow_log(self, container: Container, since: float) -> Any:
+        return iter(self.chunks)
+
+
+def test_an_engine_without_a_selectable_log_stream_is_followed_on_a_thread():
+    line = b"Health check for server replicas/s1 succeeded, reason: Layer4 check passed, check duration: 0ms, status: 1/1 UP.\n"
+    engine = ThreadOnlyEngine([line[:30], line[30:]])
+    heard: list[tuple[str, str]] = []
+    balancers = Balancers(engine, "lb:1", 3, lambda name, slot, health: heard.append((slot, health.health)))  # type: ignore[arg-type]
+    spec = ServiceSpec.model_validate({"Name": "web", "Image": "x:1", "ServicePort": 80, "Replicas": 1})
+    record = ServiceRecord(
+        name="web", uid="u1", spec=spec, revision=1, generation=1, ip="127.0.0.5", fip="", status="scaling",
+        message="", created="", containers=None, deleting=False, keep=False,
+    )
+    container = Container(attrs={"Id": "lb1", "Name": "/web-lb", "Config": {"Labels": {LABEL_FRONT: "ip"}}})
+    balancers._started["lb1"] = {"s1": haproxy.ServerSnapshot("s1", "10.1.0.2:80", "UP", False, 0)}
+    balancers._follow(record, container)
+    wait_until(lambda: ("s1", "UP") in heard and ("", "") in heard, "UP, then the stream's end")
+    assert balancers.followed() == 0  # ended: the next look follows it again
