@@ -21,7 +21,8 @@ on a container goes through the engine (backend/engine.py):
   a new replica gets no traffic until it passed `rise` checks, also when it is a new container in a
   slot at the same address as the one it replaces; a leaving one is drained first;
 - following its log stream for health lines, so each replica's UP / DOWN / starting (with since
-  when) is known within a check interval, event-driven;
+  when) is known within a check interval, event-driven; every balancer's stream is read by one
+  shared thread (`SharedLogReader`, a selector over their sockets), not a thread each;
 - choosing the image: the configured one when the engine has it, else the offline fallback that
   scripts/up builds (said once, as a notice), else the configured one pulled.
 
@@ -30,10 +31,13 @@ Replicas are matched to the balancer's server slots by their `io.hyperservice.sl
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import random
+import selectors
+import socket
 import tarfile
 import threading
 import time
@@ -48,7 +52,7 @@ from docker.types import LogConfig
 
 from backend import haproxy, runtime_api
 from backend.docker_driver import ROLE_BALANCER, ImageUnavailable, ServiceRef, object_id
-from backend.engine import Engine
+from backend.engine import Engine, LogSource
 from backend.store import ServiceRecord
 
 log = logging.getLogger(__name__)
@@ -159,6 +163,99 @@ def _admin_port(container: Container) -> int:
         raise BalancerError(f"the balancer {container.name} has no runtime-API port label") from None
 
 
+LineHandler = Callable[[list[bytes]], None]
+EndHandler = Callable[[], None]
+
+
+class SharedLogReader:
+    """One thread reading many log streams at once (a selector over their sockets): the balancers'
+    health logs cost one thread however many services there are (a thread each did not scale to
+    hundreds). Handlers run on this thread, so they must not block."""
+
+    def __init__(self, name: str = "balancer-logs") -> None:
+        self._selector = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._pending: list[tuple[LogSource, LineHandler, EndHandler]] = []
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
+        self._closed = threading.Event()
+        self._name = name
+        self._thread: threading.Thread | None = None
+        self._count = 0  # streams followed now
+
+    def add(self, source: LogSource, on_lines: LineHandler, on_end: EndHandler) -> None:
+        """Follow `source`: `on_lines` gets its complete lines as they come, `on_end` once it ended."""
+        with self._lock:
+            if self._closed.is_set():
+                source.close()
+                return
+            self._pending.append((source, on_lines, on_end))
+            self._count += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+        self._wake()
+
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+    def close(self) -> None:
+        self._closed.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # already woken (buffer full) or closed
+            self._wake_write.send(b"x")
+
+    def _run(self) -> None:
+        try:
+            while not self._closed.is_set():
+                with self._lock:
+                    pending, self._pending = self._pending, []
+                for source, on_lines, on_end in pending:
+                    self._selector.register(source, selectors.EVENT_READ, (source, on_lines, on_end))
+                    self._read(source, on_lines, on_end)  # what arrived before it was registered
+                for key, _ in self._selector.select(timeout=5.0):
+                    if key.data is None:
+                        with contextlib.suppress(OSError):  # drained (BlockingIOError)
+                            while self._wake_read.recv(4096):
+                                pass
+                        continue
+                    self._read(*key.data)
+        finally:
+            for key in list(self._selector.get_map().values()):
+                if key.data is not None:
+                    key.data[0].close()
+            self._selector.close()
+            self._wake_read.close()
+            self._wake_write.close()
+
+    def _read(self, source: LogSource, on_lines: LineHandler, on_end: EndHandler) -> None:
+        try:
+            lines, ended = source.read()
+        except Exception as exc:  # a broken stream ends; the others go on
+            log.debug("log stream failed: %s", exc)
+            lines, ended = [], True
+        if lines:
+            try:
+                on_lines(lines)
+            except Exception:
+                log.exception("a log handler failed")
+        if ended:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(source)
+            source.close()
+            with self._lock:
+                self._count -= 1
+            try:
+                on_end()
+            except Exception:
+                log.exception("a log end handler failed")
+
+
 class Balancers:
     """Every service's balancers, their server sets and the health they report."""
 
@@ -193,11 +290,15 @@ class Balancers:
         self._applied: dict[str, dict[str, tuple[str, str]]] = {}
         # balancer container id -> its server states, for one that was just started (not asked yet)
         self._started: dict[str, dict[str, haproxy.ServerSnapshot]] = {}
-        self._followers: dict[str, threading.Thread] = {}  # primary balancer id -> its log follower
+        # primary balancer ids whose log is followed (by the shared reader, or a thread of its own
+        # where the engine cannot give a selectable stream)
+        self._followed: set[str] = set()
+        self._logs = SharedLogReader()
         self._stopping = threading.Event()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._logs.close()
 
     # -- containers --------------------------------------------------------------------------
 
@@ -417,14 +518,19 @@ class Balancers:
             if any(slot not in current for slot in servers):
                 current = self._grow_slots(container, record, current)
             commands = haproxy.reconcile_commands(servers, current, regate | stale, armed)
-            if commands:
-                self._run(container, commands)
             if container.labels.get(LABEL_FRONT) == "ip":
+                # On the board before the commands run: HAProxy may check the replica and log it UP
+                # within milliseconds of the command, and the log follower may read that line before
+                # the exec that sent it has returned. A line for a slot not yet on the board is
+                # dropped, and HAProxy logs a check only when its result changes: marked after the
+                # commands, such a replica stayed "starting" for good (issue 9, 60 services).
                 for slot, address in servers.items():
                     snapshot = current.get(slot)
                     moved = snapshot is None or snapshot.address != address or snapshot.state in ("MAINT", "DRAIN")
                     if moved or slot in stale or (snapshot is not None and snapshot.weight == 0):
                         board.assigned(slot, owner=owners.get(slot) or None)
+            if commands:
+                self._run(container, commands)
             released |= {
                 slot for slot, snap in current.items()
                 if slot not in servers and not snap.spare and snap.state != "MAINT"
@@ -570,21 +676,38 @@ class Balancers:
         and none is overwritten by an older snapshot (HAProxy logs a check only when its result
         changes: a lost line would leave a replica "starting" for good).
         """
+        key = object_id(primary)
         with self._lock:
-            thread = self._followers.get(object_id(primary))
-            running = thread is not None and thread.is_alive()
+            running = key in self._followed
+            if not running:
+                self._followed.add(key)
         if running:
             self._refresh_if_stuck(record, primary)
             return
         started = time.time() - 1
         self._snapshot(record, primary)
+        name, uid = record.name, record.uid
+        try:
+            source = self.engine.open_log(primary, started)
+        except Exception as exc:  # the engine refused or went away: ended at once, looked at again
+            log.debug("health stream of %s not opened: %s", name, exc)
+            self._log_ended(name, key)
+            return
+        if source is None:  # this engine has no selectable stream: a thread of its own
+            threading.Thread(
+                target=self._read_health, args=(name, uid, primary, started), name=f"health-{name}", daemon=True
+            ).start()
+            return
+        self._logs.add(
+            source,
+            lambda lines: self._take_health_lines(name, uid, lines),
+            lambda: self._log_ended(name, key),
+        )
+
+    def followed(self) -> int:
+        """How many balancers' health logs are followed now."""
         with self._lock:
-            thread = threading.Thread(
-                target=self._read_health, args=(record.name, record.uid, primary, started),
-                name=f"health-{record.name}", daemon=True,
-            )
-            self._followers[object_id(primary)] = thread
-        thread.start()
+            return len(self._followed)
 
     def _snapshot(self, record: ServiceRecord, primary: Container) -> None:
         try:
@@ -607,19 +730,36 @@ class Balancers:
 
     def _refresh_if_stuck(self, record: ServiceRecord, primary: Container) -> None:
         """A safety net: a replica still "starting" long after its checks must have run gets a
-        fresh snapshot (one exec), in case its health line was missed."""
+        fresh snapshot (one exec), in case its health line was missed. A gated one too: the snapshot
+        lets it through only when HAProxy has it UP and checked (see HealthBoard.load_snapshot)."""
         spec = record.spec
         overdue = (spec.HealthCheckRise + 2) * spec.HealthCheckInterval + 2
         now = datetime.now(UTC)
         stuck = [
             slot for slot, known in self.board(record.uid).all().items()
-            if known.health == "starting" and not known.gated and (now - known.since).total_seconds() > overdue
+            if known.health == "starting" and (now - known.since).total_seconds() > overdue
         ]
         if stuck:
             self._snapshot(record, primary)
 
-    def _read_health(self, name: str, uid: str, primary: Container, since: float) -> None:
+    def _take_health_lines(self, name: str, uid: str, lines: list[bytes]) -> None:
         board = self.board(uid)
+        for raw in lines:
+            event = haproxy.parse_health_line(raw.decode("utf-8", "replace"))
+            if event is not None and board.apply(event):
+                known = board.get(event.slot)
+                if known is not None:
+                    self._on_health(name, event.slot, ReplicaHealth(known.health, known.since))
+
+    def _log_ended(self, name: str, key: str) -> None:
+        with self._lock:
+            self._followed.discard(key)
+        self.forget(key)  # whatever it carried must be checked again
+        if not self._stopping.is_set():
+            self._on_health(name, "", ReplicaHealth("", datetime.now()))
+
+    def _read_health(self, name: str, uid: str, primary: Container, since: float) -> None:
+        """A balancer's log followed on a thread of its own (an engine with no selectable stream)."""
         try:
             stream = self.engine.follow_log(primary, since)
             pending = b""
@@ -628,17 +768,8 @@ class Balancers:
                     break
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    event = haproxy.parse_health_line(raw.decode("utf-8", "replace"))
-                    if event is not None and board.apply(event):
-                        known = board.get(event.slot)
-                        if known is not None:
-                            self._on_health(name, event.slot, ReplicaHealth(known.health, known.since))
-        except (docker.errors.APIError, docker.errors.NotFound) as exc:
-            log.debug("health stream of %s ended: %s", name, exc)
+                self._take_health_lines(name, uid, lines)
         except Exception as exc:  # the engine went away: the reconciler re-attaches when it's back
             log.debug("health stream of %s ended: %s", name, exc)
         finally:
-            self.forget(object_id(primary))  # whatever it carried must be checked again
-            if not self._stopping.is_set():
-                self._on_health(name, "", ReplicaHealth("", datetime.now()))
+            self._log_ended(name, object_id(primary))

@@ -34,6 +34,18 @@ from backend.models import ServiceSpec
 from backend.planner import Outcome, Replica
 
 
+class LogSource(Protocol):
+    """A container's log stream that many can share one thread through a selector: `fileno()` to
+    wait on, then `read()` (never blocks) answers the complete lines come in meanwhile and whether the
+    stream ended."""
+
+    def fileno(self) -> int: ...
+
+    def read(self) -> tuple[list[bytes], bool]: ...
+
+    def close(self) -> None: ...
+
+
 class Engine(Protocol):
     """What runs a service's containers. Calls block (the SDKs are synchronous): call them from worker
     threads, never an event loop. Unreachable: EngineUnavailable; image missing: ImageUnavailable."""
@@ -140,6 +152,11 @@ class Engine(Protocol):
 
     def follow_log(self, container: Container, since: float) -> ClosableStream[bytes]:
         """Its stdout from `since` (epoch seconds) on, with timestamps, as it comes (blocking)."""
+        ...
+
+    def open_log(self, container: Container, since: float) -> LogSource | None:
+        """Its stdout from `since` on, as `follow_log` gives it, but as a non-blocking source for a
+        shared selector thread; None when this engine cannot (then `follow_log` on a thread)."""
         ...
 
 

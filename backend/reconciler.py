@@ -202,15 +202,16 @@ class Reconciler:
         self._retry_at.pop(name, None)
         self.queue.add(name)
 
-    def mark_dirty(self, name: str) -> None:
+    def mark_dirty(self, name: str, background: bool = False) -> None:
         """Something about a service changed (an event, the resync): look at it, unless it is
-        waiting out a backoff after a failure (its retry is queued already)."""
+        waiting out a backoff after a failure (its retry is queued already). `background`: behind
+        everything else (the resync: with hundreds of services a pass takes the workers a while)."""
         if self._retry_at.get(name, 0.0) <= self._clock():
-            self.queue.add(name)
+            self.queue.add(name, background=background)
 
     def resync_all(self) -> None:
         for name in self.store.names():
-            self.mark_dirty(name)
+            self.mark_dirty(name, background=True)
 
     # -- threads -----------------------------------------------------------------------------
 

@@ -3,6 +3,9 @@
 - A name added many times before a worker takes it is worked on once (events only mark it dirty).
 - A name is never worked on by two workers at once; added while in work, it runs again after.
 - `add_after` re-adds a name later (a step that waits for something, or a retry with backoff).
+- `add(name, background=True)` (the periodic resync) queues behind every other name: with hundreds of
+  services a resync pass keeps the workers busy for a while, and a service just created or changed,
+  or one an event is about, must not wait behind it. Added again in the foreground, it moves ahead.
 
 The clock is injectable (monotonic seconds), so the delays can be tested without waiting them out.
 """
@@ -21,19 +24,31 @@ class WorkQueue:
         self._clock = clock
         self._cond = threading.Condition()
         self._queue: list[str] = []
+        self._background: list[str] = []  # handed out only when _queue is empty
+        self._low: set[str] = set()  # dirty names wanted only in the background
         self._dirty: set[str] = set()
         self._processing: set[str] = set()
         self._delayed: list[tuple[float, int, str]] = []
         self._counter = itertools.count()
         self._shutdown = False
 
-    def add(self, name: str) -> None:
+    def add(self, name: str, background: bool = False) -> None:
         with self._cond:
-            if self._shutdown or name in self._dirty:
+            if self._shutdown:
+                return
+            if name in self._dirty:
+                if not background and name in self._low:  # wanted now: ahead of the background
+                    self._low.discard(name)
+                    if name in self._background:
+                        self._background.remove(name)
+                        self._queue.append(name)
+                        self._cond.notify()
                 return
             self._dirty.add(name)
+            if background:
+                self._low.add(name)
             if name not in self._processing:
-                self._queue.append(name)
+                (self._background if background else self._queue).append(name)
                 self._cond.notify()
 
     def add_after(self, name: str, delay: float) -> None:
@@ -52,9 +67,10 @@ class WorkQueue:
                 if self._shutdown:
                     return None
                 self._promote_due()
-                if self._queue:
-                    name = self._queue.pop(0)
+                if self._queue or self._background:
+                    name = self._queue.pop(0) if self._queue else self._background.pop(0)
                     self._dirty.discard(name)
+                    self._low.discard(name)
                     self._processing.add(name)
                     return name
                 if not block:
@@ -66,7 +82,7 @@ class WorkQueue:
         with self._cond:
             self._processing.discard(name)
             if name in self._dirty:
-                self._queue.append(name)
+                (self._background if name in self._low else self._queue).append(name)
                 self._cond.notify()
 
     def shutdown(self) -> None:
@@ -78,7 +94,12 @@ class WorkQueue:
         now = self._clock()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, name = heapq.heappop(self._delayed)
-            if name not in self._dirty:
+            if name in self._low:  # due now: ahead of the background
+                self._low.discard(name)
+                if name in self._background:
+                    self._background.remove(name)
+                    self._queue.append(name)
+            elif name not in self._dirty:
                 self._dirty.add(name)
                 if name not in self._processing:
                     self._queue.append(name)

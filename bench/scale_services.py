@@ -66,6 +66,20 @@ def pids_of(name: str) -> list[int]:
     return found
 
 
+def cpu_seconds(names: tuple[str, ...]) -> float:
+    """CPU seconds (user + system) used so far by every process named one of `names`."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in names:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    ticks += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -146,10 +160,15 @@ async def console_figures(backend: Backend, args: argparse.Namespace, client: do
         )
 
         await asyncio.sleep(2)
+        engine = ("dockerd", "containerd")
         cpu, wall = time.process_time(), time.perf_counter()
+        balancers_cpu, engine_cpu = cpu_seconds(("haproxy",)), cpu_seconds(engine)
         await asyncio.sleep(args.idle)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        balancers_cpu, engine_cpu = cpu_seconds(("haproxy",)) - balancers_cpu, cpu_seconds(engine) - engine_cpu
         results[f"idle CPU over {args.idle:g} s (console + backend)"] = f"{cpu / wall * 100:.1f}% of one core"
+        results["idle CPU: every balancer's HAProxy"] = f"{balancers_cpu / wall * 100:.1f}% of one core"
+        results["idle CPU: dockerd + containerd"] = f"{engine_cpu / wall * 100:.1f}% of one core"
     await api_client.aclose()
     return results
 

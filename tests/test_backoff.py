@@ -41,7 +41,7 @@ class RecordingQueue:
     def done(self, name: str) -> None:
         pass
 
-    def add(self, name: str) -> None:
+    def add(self, name: str, background: bool = False) -> None:
         self.added.append(name)
 
     def add_after(self, name: str, delay: float) -> None:

@@ -209,11 +209,6 @@ async def test_a_full_pool_answers_a_clear_error_creates_nothing_and_a_delete_fr
 
 @pytest.mark.docker
 @pytest.mark.timeout(900)  # 120 containers on 2 shared cores
-@pytest.mark.skip(
-    reason="known failure, issue 9 point 5 (open): since the health gating and host-network balancers "
-    "merged, 60 real services no longer all reach `active` within 10 min on this 2-core machine "
-    "(passed in 78 s with the network pool alone); to be found and fixed with bench/scale_services.py"
-)
 async def test_sixty_services_at_once_beyond_dockers_default_pools(backend_factory, docker_client):
     # Docker's default pools hold ~30 bridge networks; the product's own pool is not limited by them.
     # The product's default resync (30 s): the tests' 2 s would re-read 60 services 30 times a second.

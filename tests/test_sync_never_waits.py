@@ -170,6 +170,9 @@ class MemoryEngine:
     def follow_log(self, container: Container, since: float) -> Any:
         raise NotImplementedError
 
+    def open_log(self, container: Container, since: float) -> None:
+        raise NotImplementedError
+
 
 class BusyBalancers:
     """Stands in for Balancers: every replica is UP, and every leaving one still has a session open

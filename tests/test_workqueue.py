@@ -88,3 +88,32 @@ def test_add_after_wakes_a_waiting_worker() -> None:
     queue.add_after("web", 0.05)
     worker.join(timeout=10)
     assert got == ["web"]
+
+
+def test_the_background_resync_waits_behind_every_other_name() -> None:
+    queue = WorkQueue(FakeClock())
+    for name in ("r1", "r2", "r3"):
+        queue.add(name, background=True)
+    queue.add("created")  # an operator's change or an event after a resync pass was queued
+    queue.add("r3")  # wanted now too: moves ahead of the background
+    assert [queue.get(block=False) for _ in range(5)] == ["created", "r3", "r1", "r2", None]
+
+
+def test_a_background_name_in_work_comes_back_in_the_background() -> None:
+    queue = WorkQueue(FakeClock())
+    queue.add("a", background=True)
+    assert queue.get(block=False) == "a"
+    queue.add("a", background=True)  # the next resync while it is in work
+    queue.add("b")
+    queue.done("a")
+    assert [queue.get(block=False) for _ in range(3)] == ["b", "a", None]
+
+
+def test_a_delayed_name_due_moves_ahead_of_its_background_entry() -> None:
+    clock = FakeClock()
+    queue = WorkQueue(clock)
+    queue.add("x", background=True)
+    queue.add("y", background=True)
+    queue.add_after("y", 1.0)
+    clock.now += 1.0
+    assert [queue.get(block=False) for _ in range(3)] == ["y", "x", None]

@@ -9,8 +9,10 @@ balancers' containers are created, started, exec'd into, copied into and followe
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Sequence
 from typing import Any, cast
+from urllib.parse import urlparse
 
 import docker.errors
 from docker.models.containers import Container
@@ -82,6 +84,98 @@ class DockerEngine(DockerDriver):
             object_id(container), stream=True, follow=True, stdout=True, stderr=False, timestamps=True, since=int(since)
         )
         return cast(ClosableStream[bytes], stream)
+
+    def open_log(self, container: Container, since: float) -> DockerLogSource | None:
+        """The log stream on a raw socket of its own, for the balancers' shared log reader (one
+        thread for every balancer, not one each). A unix socket or plain tcp engine; None otherwise
+        (TLS, ssh: the SDK's stream on a thread of its own)."""
+        api = self.client.api
+        adapter = getattr(api, "_custom_adapter", None)
+        socket_path = getattr(adapter, "socket_path", None)
+        base = urlparse(api.base_url)
+        if socket_path and base.scheme == "http+docker":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(LOG_CONNECT_TIMEOUT)
+            try:
+                sock.connect(socket_path)
+            except OSError:
+                sock.close()
+                raise
+        elif base.scheme == "http" and base.hostname:
+            sock = socket.create_connection((base.hostname, base.port or 2375), timeout=LOG_CONNECT_TIMEOUT)
+        else:
+            return None
+        try:
+            query = f"follow=1&stdout=1&stderr=0&timestamps=1&since={int(since)}"
+            path = f"/v{api.api_version}/containers/{object_id(container)}/logs?{query}"
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                data = sock.recv(65536)
+                if not data:
+                    raise docker.errors.APIError(f"the engine closed the log stream of {object_name(container)}")
+                answer += data
+            head, _, body = answer.partition(b"\r\n\r\n")
+            status = head.split(b"\r\n", 1)[0].split()
+            code = int(status[1]) if len(status) > 1 and status[1].isdigit() else 0
+            if code != 200:
+                error = docker.errors.NotFound if code == 404 else docker.errors.APIError
+                raise error(f"logs of {object_name(container)}: HTTP {code} {body[:200].decode('utf-8', 'replace')}")
+            framed = not ((container.attrs.get("Config") or {}).get("Tty"))
+            return DockerLogSource(sock, body, framed)
+        except BaseException:
+            sock.close()
+            raise
+
+
+class DockerLogSource:
+    """One container's log stream on a raw, non-blocking socket to the engine (see `open_log`).
+
+    Asked with HTTP/1.0, the engine sends the body as it comes and closes at the end: no chunked
+    encoding to undo, only Docker's stream frames (an 8-byte header: stream type, 3 zero bytes, the
+    payload's length, big-endian) when the container has no TTY."""
+
+    def __init__(self, sock: socket.socket, body: bytes, framed: bool) -> None:
+        self._sock = sock
+        self._framed = framed
+        self._frames = body  # bytes not decoded yet (a frame may arrive in pieces)
+        self._text = b""  # decoded output not ending in a newline yet
+        sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def read(self) -> tuple[list[bytes], bool]:
+        ended = False
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                ended = True
+                break
+            if not data:
+                ended = True
+                break
+            self._frames += data
+        if self._framed:
+            while len(self._frames) >= 8:
+                size = int.from_bytes(self._frames[4:8], "big")
+                if len(self._frames) < 8 + size:
+                    break
+                self._text += self._frames[8:8 + size]
+                self._frames = self._frames[8 + size:]
+        else:
+            self._text, self._frames = self._text + self._frames, b""
+        *lines, self._text = self._text.split(b"\n")
+        return lines, ended
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+LOG_CONNECT_TIMEOUT = 10.0  # seconds to connect and read the answer's headers; the body never times out
 
 
 def replica_of(container: Container) -> Replica:
