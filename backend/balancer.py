@@ -317,16 +317,17 @@ class Balancers:
         wanted = {"ip": record.ip, **({"fip": record.fip} if record.fip else {})}
         existing = self.containers(ref)
         result: list[Container] = []
-        for container in existing:
-            front = container.labels.get(LABEL_FRONT, "")
-            if (
-                wanted.get(front) != container.labels.get(LABEL_ADDRESS)
-                or container.status != "running"
-                or not container.labels.get(LABEL_ADMIN_PORT)
-            ):
-                self.forget(object_id(container))
-                self.engine.remove(container, graceful=False)
-        existing = self.containers(ref)
+        stale = [
+            container for container in existing
+            if wanted.get(container.labels.get(LABEL_FRONT, "")) != container.labels.get(LABEL_ADDRESS)
+            or container.status != "running"
+            or not container.labels.get(LABEL_ADMIN_PORT)
+        ]
+        for container in stale:
+            self.forget(object_id(container))
+            self.engine.remove(container, graceful=False)
+        if stale:  # listed again only then: each list costs the engine a scan of all its containers
+            existing = self.containers(ref)
         fronts = {c.labels.get(LABEL_FRONT): c for c in existing}
         for front, address in wanted.items():
             found = fronts.get(front)
