@@ -230,7 +230,7 @@ class Backend:
         if change.Image is not None:
             self.reconciler.report(name, ServiceStatus.updating, f"Rolling out {change.Image}")
         elif change.Replicas is not None and change.Replicas != before.spec.Replicas:
-            self.reconciler.report(name, ServiceStatus.scaling, f"Scaling to {change.Replicas} replicas")
+            self.reconciler.report(name, ServiceStatus.scaling, f"Scaling to {change.Replicas} replica{'' if change.Replicas == 1 else 's'}")
         self.hub.publish("service", "updated", Name=name)
         self.reconciler.enqueue(name)
         return self.get(name)

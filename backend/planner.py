@@ -245,7 +245,8 @@ def _progress(desired: Desired, ready: int, outdated: list[ReplicaView], again_i
             f"Rolling out {desired.image}: {len(outdated)} of {desired.replicas} replicas still on the old image",
             again_in,
         )
-    return Outcome(ServiceStatus.scaling, f"Scaling to {desired.replicas} replicas ({ready} ready)", again_in)
+    noun = "replica" if desired.replicas == 1 else "replicas"
+    return Outcome(ServiceStatus.scaling, f"Scaling to {desired.replicas} {noun} ({ready} ready)", again_in)
 
 
 def rollout_surge(parallelism: int, replicas: int, slots: int) -> int:

@@ -312,6 +312,7 @@ def test_when_to_look_again(observed: list[ReplicaView], again_in: float | None)
 
 def test_progress_messages():
     assert plan(want(3), [rep("s1")]).outcome.message == "Scaling to 3 replicas (1 ready)"
+    assert plan(want(1), []).outcome.message == "Scaling to 1 replica (0 ready)"
     rolling = plan(want(2, revision=2), [rep("s1"), rep("s2")]).outcome.message
     assert rolling == "Rolling out web:2: 2 of 2 replicas still on the old image"
 
