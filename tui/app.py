@@ -172,14 +172,20 @@ class ConsoleApp(App[None]):
         except ApiError:  # an older backend without /engine, or one not answering: the header stays
             return
         if engine:
-            self.sub_title = visible(f"{self.target_description()} · {engine} engine")
+            # The engine first: at 80 columns the header keeps it, and the rest may be cut.
+            self.sub_title = visible(f"{engine} engine · {self.target_description(short=True)}")
 
-    def target_description(self) -> str:
+    def target_description(self, short: bool = False) -> str:
+        """Where the services are: the backend's URL, or in-process and the engine's address
+        (`short`: the default local engine goes unsaid, as the engine's name precedes it)."""
         if self.api_url:
             return self.api_url
         import os
 
-        return f"in-process · {os.environ.get('DOCKER_HOST') or 'local Docker engine'}"
+        host = os.environ.get("DOCKER_HOST")
+        if short:
+            return f"in-process · {host}" if host else "in-process"
+        return f"in-process · {host or 'local Docker engine'}"
 
     async def on_unmount(self) -> None:
         self.workers.cancel_all()

@@ -81,6 +81,9 @@ async def test_attaches_to_a_remote_backend_with_a_token(backend, api):
         async with app.run_test(size=(120, 30)) as pilot:
             await wait_for(pilot, lambda: "remote" in app.screen.query_one("#services").rows, 20, "the remote row")
             assert cell(pilot, "#services", "remote", "Status") == "active"
+            # the header names the engine the backend chose (this engine is no swarm manager), first
+            await wait_for(pilot, lambda: app.sub_title.startswith("docker engine · "), 20, "the engine in the header")
+            assert app.sub_title == f"docker engine · http://127.0.0.1:{port}"
             # live over the network too: a change made elsewhere shows up without a key
             await api.post("/services/remote/update", json={"Replicas": 2})
             await wait_for(pilot, lambda: cell(pilot, "#services", "remote", "Up") == "1/2"
