@@ -277,6 +277,7 @@ class Balancers:
                         if direct_runtime_api is None else direct_runtime_api)
         self._secrets: dict[str, str] = {}  # balancer container id -> its runtime-API secret (memory only)
         self._exec_only: set[str] = set()  # balancers whose runtime API is not reachable from here
+        self._secret_reads: dict[str, threading.Lock] = {}  # balancer id -> held while its secret is read
         self.image = image  # the configured image
         self.fallback_image = fallback_image
         self._on_notice = on_notice  # (a sentence for the operator)
@@ -478,6 +479,7 @@ class Balancers:
             self._applied.pop(container_id, None)
             self._started.pop(container_id, None)
             self._secrets.pop(container_id, None)
+            self._secret_reads.pop(container_id, None)
             self._exec_only.discard(container_id)
 
     # -- the server set ------------------------------------------------------------------------
@@ -634,17 +636,26 @@ class Balancers:
             raise BalancerError(f"the balancer {container.name} did not answer its runtime API: {exc}") from exc
 
     def _read_secret(self, container: Container) -> str | None:
-        """The runtime-API secret of a balancer made by an earlier backend (read once, kept in memory)."""
-        try:
-            code, output = self.engine.exec(container, ["busybox", "cat", haproxy.ADMIN_SECRET_PATH])
-        except docker.errors.APIError:
-            return None
-        secret = output.decode("ascii", "replace")
-        if code != 0 or len(secret) != haproxy.ADMIN_SECRET_LENGTH or secret.strip(" \t"):
-            return None
+        """The runtime-API secret of a balancer made by an earlier backend (read once, kept in memory:
+        callers asking at the same time wait for the one read under way)."""
+        key = object_id(container)
         with self._lock:
-            self._secrets[object_id(container)] = secret
-        return secret
+            reading = self._secret_reads.setdefault(key, threading.Lock())
+        with reading:
+            with self._lock:
+                known = self._secrets.get(key)
+            if known is not None:
+                return known
+            try:
+                code, output = self.engine.exec(container, ["busybox", "cat", haproxy.ADMIN_SECRET_PATH])
+            except docker.errors.APIError:
+                return None
+            secret = output.decode("ascii", "replace")
+            if code != 0 or len(secret) != haproxy.ADMIN_SECRET_LENGTH or secret.strip(" \t"):
+                return None
+            with self._lock:
+                self._secrets[key] = secret
+            return secret
 
     def _run(self, container: Container, commands: list[str]) -> None:
         for line in haproxy.command_lines(commands):
