@@ -35,7 +35,7 @@ def _config_file() -> Path:
     named = os.environ.get("HYPERSERVICE_CONFIG")
     if named:
         return Path(named)
-    data_dir = os.environ.get("HYPERSERVICE_DATA_DIR") or platformdirs.user_data_dir("hyperservice")
+    data_dir = os.environ.get("HYPERSERVICE_DATA_DIR", "").strip() or platformdirs.user_data_dir("hyperservice")
     return Path(data_dir) / "config.toml"
 
 
@@ -100,6 +100,15 @@ class Settings(BaseSettings):
     orphan_grace_seconds: float = Field(default=3600.0, ge=0)
     """Seconds objects of this installation that the state file does not know (e.g. after restoring an
     older state.db) are reported before they are removed; removed only if still unknown by then."""
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _empty_data_dir_is_the_default(cls, value: object) -> object:
+        # `HYPERSERVICE_DATA_DIR=` (set but empty, e.g. an unset variable expanded by a shell) would
+        # otherwise be Path(""), the current directory: a state file nobody expects, wherever one stands.
+        if isinstance(value, str) and not value.strip():
+            return Path(platformdirs.user_data_dir("hyperservice"))
+        return value
 
     @field_validator("address_pool")
     @classmethod
