@@ -45,6 +45,9 @@ SOON = 0.25  # seconds before looking again at a service whose step is still und
 DRAIN_CHECK = 0.5  # ... whose only business is replicas leaving (a stop's end wakes it sooner)
 WAIT_FOR_HEALTH = 2.0  # ... whose replicas wait for their health checks (health events come sooner)
 CRASH_LOOP_RESTARTS = 3  # a replica restarted this often without staying up is reported
+# A replica the engine restarted is still suspect this long after its start if its balancer has not
+# seen it yet (its first check is a moment away); beyond it, its past is not held against it.
+RESTART_SUSPECT_FOR = 60.0
 ALIVE_STATES = ("running", "restarting", "created", "paused")
 SLOT_PREFIX = "s"  # balancer slots are s1, s2, ... (backend.haproxy.slot_name)
 
@@ -68,6 +71,7 @@ class Replica:
     revision: str  # the service revision it was created for
     state: str  # running | restarting | created | paused | exited | dead | removing
     created: str = ""  # when it was created, RFC 3339 (sorts in time order)
+    started: str = ""  # when it last started (the engine restarts it in place), RFC 3339; "" if unknown
     ip: str = ""  # its address on the service network ("" while it has none)
     restarts: int = 0  # how often the engine restarted it
     exit_code: int | None = None  # of its last exit
@@ -82,6 +86,7 @@ class ReplicaView:
     replica: Replica
     health: str = ""  # UP | DOWN | starting as the balancer sees it; "" while it has not seen it
     down_for: float = 0.0  # seconds it has been DOWN (0 unless health is DOWN)
+    running_for: float | None = None  # seconds since it last started (None: not running, or unknown)
     leaving: Leaving = Leaving.NO
 
 
@@ -171,7 +176,7 @@ def plan(
     # A leaving replica keeps its slot until it is gone: its requests may still be finishing there.
     create_in = _free_slots([v.replica.slot for v in alive + leaving], to_create)
     stop = [v for v in leaving if v.leaving == Leaving.DRAINED]
-    crashing = [v for v in current if crash_looping(v.replica)]
+    crashing = [v for v in current if crash_looping(v.replica) or _up_again_unproven(v)]
     heals = [Heal(v.replica, _why_dead(v, desired), replaced=index < len(create_in)) for index, v in enumerate(dead)]
     # A replacement heals until it is ready (or gone: then its own replacement says why).
     still_healing = {
@@ -263,10 +268,10 @@ def describe_crash(replica: Replica) -> str:
             f"restarts): it needs more than its {replica.memory_limit // 2**20} MiB of memory; choose a larger "
             "ContainerSize"
         )
-    return (
-        f"replica {replica.name} keeps exiting (exit code {replica.exit_code}, "
-        f"{replica.restarts} restarts); see its logs"
-    )
+    # Running between two restarts, the engine no longer says how the last run ended.
+    code = "" if replica.state == "running" else f"exit code {replica.exit_code}, "
+    restarts = f"{replica.restarts} restart{'' if replica.restarts == 1 else 's'}"
+    return f"replica {replica.name} keeps exiting ({code}{restarts}); see its logs"
 
 
 def _why_dead(view: ReplicaView, desired: Desired) -> str:
@@ -291,6 +296,20 @@ def ready(view: ReplicaView) -> bool:
 
 def _down_too_long(view: ReplicaView, desired: Desired) -> bool:
     return view.health == "DOWN" and view.down_for > desired.replace_down_after
+
+
+def _up_again_unproven(view: ReplicaView) -> bool:
+    """Restarted by the engine and running again, but failing its checks (or not passed them yet):
+    caught between two restarts of a crash loop, not a recovery, until its balancer says UP (a
+    `restarting` replica is reported already; reporting the run between two restarts as scaling would
+    flap the status error → scaling → error with every restart). One its balancer has not seen yet
+    is suspect only just after its start: one running for long (seen by a restarted backend) is not
+    judged by its past."""
+    replica = view.replica
+    if replica.restarts == 0 or replica.state != "running" or view.health == "UP":
+        return False
+    just_started = view.running_for is not None and view.running_for < RESTART_SUSPECT_FOR
+    return view.health in ("DOWN", "starting") or just_started
 
 
 def crash_looping(replica: Replica) -> bool:

@@ -449,10 +449,14 @@ class Reconciler:
             known = self.balancers.health(record.uid, replica.slot, replica.id)
             health = known.health if known else ""
             down_for = (now - known.since).total_seconds() if known and known.health == "DOWN" else 0.0
+            started = docker_time(replica.started) if replica.state == "running" else None
+            running_for = (now - started).total_seconds() if started else None
             leaving = Leaving.NO
             if (departure := departures.get(replica.id)) is not None:
                 leaving = self._leaving(departure, replica, busy)
-            views.append(ReplicaView(replica, health=health, down_for=down_for, leaving=leaving))
+            views.append(
+                ReplicaView(replica, health=health, down_for=down_for, running_for=running_for, leaving=leaving)
+            )
         return views
 
     def _apply(self, record: ServiceRecord, network: str, step: Plan, observed: dict[str, ReplicaView]) -> None:

@@ -95,6 +95,30 @@ async def test_a_dead_replica_is_replaced(api: httpx.AsyncClient, backend, docke
     await wait_status(api, "heal", "active")
 
 
+async def test_a_crash_loop_stays_error_between_restarts_without_flapping(api: httpx.AsyncClient, backend, docker_client):
+    # Each run lives a second, so the replica is caught `running` (not yet UP) between restarts.
+    body = web_body("looper", 1, Entrypoint="/bin/sh -c", Cmd=["sleep 1; exit 3"])
+    assert (await api.post("/services/create", json=body)).status_code == 201
+    first = await wait_status(api, "looper", "error", timeout=90)
+    assert "looper" in first["Message"] and "keeps exiting" in first["Message"]
+
+    def restarts() -> int:
+        (replica,) = replicas_of(docker_client, backend, "looper", running_only=False)
+        return int(replica.attrs["RestartCount"])
+
+    # Watch until the engine restarted it twice more (a whole run between two restarts seen).
+    seen: set[str] = set()
+    until = restarts() + 2
+
+    async def two_more_restarts() -> bool:
+        seen.add((await api.get("/services/looper")).json()["Status"])
+        return restarts() >= until
+
+    await eventually(two_more_restarts, timeout=90, interval=0.05, what="two more restarts of the looping replica")
+    assert seen == {"error"}, f"the status left `error` while the replica kept crashing: {seen}"
+    await api.delete("/services/looper")
+
+
 async def test_a_missing_image_turns_the_service_to_error_naming_the_image(api: httpx.AsyncClient, backend, monkeypatch):
     attempts: list[str] = []
     real_ensure = backend.driver.ensure_image

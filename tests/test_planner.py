@@ -20,6 +20,7 @@ from backend.models import ServiceStatus
 from backend.planner import (
     CRASH_LOOP_RESTARTS,
     DRAIN_CHECK,
+    RESTART_SUSPECT_FOR,
     SOON,
     WAIT_FOR_HEALTH,
     Desired,
@@ -52,6 +53,7 @@ def rep(
     leaving: Leaving = Leaving.NO,
     created: int | None = None,
     restarts: int = 0,
+    running_for: float | None = None,
 ) -> ReplicaView:
     """A replica in `slot` (its id and name say slot and revision: 's2@r1'). `created` orders them in
     time; by default a higher slot was created later."""
@@ -61,7 +63,7 @@ def rep(
         created=f"2024-01-01T00:00:{order:02d}Z", ip=f"10.0.0.{int(slot[1:]) + 1}", restarts=restarts,
         exit_code=1 if state in ("exited", "restarting") else None,
     )
-    return ReplicaView(replica, health=health, down_for=down_for, leaving=leaving)
+    return ReplicaView(replica, health=health, down_for=down_for, running_for=running_for, leaving=leaving)
 
 
 def ids(replicas: tuple[Replica, ...]) -> list[str]:
@@ -114,6 +116,26 @@ CASES = [
     pytest.param(
         want(1), [rep("s1", restarts=CRASH_LOOP_RESTARTS)], [], [], [], [], ServiceStatus.active,
         id="restarted-but-stays-up-is-fine",
+    ),
+    pytest.param(
+        want(1), [rep("s1", health="DOWN", restarts=1)], [], [], [], [], ServiceStatus.error,
+        id="crash-loop-caught-running-between-restarts",
+    ),
+    pytest.param(
+        want(1), [rep("s1", health="starting", restarts=2)], [], [], [], [], ServiceStatus.error,
+        id="crash-loop-caught-starting-between-restarts",
+    ),
+    pytest.param(
+        want(1), [rep("s1", health="", restarts=CRASH_LOOP_RESTARTS)], [], [], [], [], ServiceStatus.scaling,
+        id="restarted-long-ago-health-unknown-not-judged-by-its-past",
+    ),
+    pytest.param(
+        want(1), [rep("s1", health="", restarts=1, running_for=RESTART_SUSPECT_FOR + 1)], [], [], [], [],
+        ServiceStatus.scaling, id="restarted-running-long-health-unknown-not-judged",
+    ),
+    pytest.param(
+        want(1), [rep("s1", health="", restarts=1, running_for=0.2)], [], [], [], [], ServiceStatus.error,
+        id="crash-loop-caught-just-restarted-before-its-first-check",
     ),
     pytest.param(
         want(1), [rep("s1"), rep("s2", state="exited")], [], ["s2@r1"], [], [], ServiceStatus.scaling,
@@ -238,6 +260,13 @@ def test_a_crash_loop_is_an_error_with_backoff_naming_the_replica():
     step = plan(want(2), [rep("s1"), rep("s2", state="restarting", health="DOWN", restarts=5)])
     assert step.outcome.backoff and step.outcome.again_in is None
     assert "web-s2-r1 keeps exiting (exit code 1, 5 restarts)" in step.outcome.message
+    assert ids(step.crashing) == ["s2@r1"] and not step.changes
+
+
+def test_a_crash_loop_caught_running_between_restarts_stays_an_error_without_a_stale_exit_code():
+    step = plan(want(2), [rep("s1"), rep("s2", health="DOWN", restarts=5)])
+    assert step.outcome.status == ServiceStatus.error and step.outcome.backoff
+    assert "web-s2-r1 keeps exiting (5 restarts)" in step.outcome.message
     assert ids(step.crashing) == ["s2@r1"] and not step.changes
 
 

@@ -190,6 +190,7 @@ def replica_of(container: Container) -> Replica:
         revision=container.labels.get(LABEL_REVISION, ""),
         state=container.status,
         created=container.attrs.get("Created", ""),
+        started="" if str(state.get("StartedAt", "")).startswith("0001-") else str(state.get("StartedAt", "")),
         ip=ip,
         restarts=int(container.attrs.get("RestartCount") or 0),
         exit_code=state.get("ExitCode"),
