@@ -100,6 +100,8 @@ class Desired:
     replace_down_after: float  # seconds a replica may stay DOWN before it is replaced
     parallelism: int = 1  # a roll's new replicas started at once (see `rollout_surge`: the slots bound it)
     slots: int | None = None  # balancer slots: replicas running at once, leaving ones included (None: no bound)
+    # Seconds a running replica may take to pass its checks before the status names it (None: never)
+    health_deadline: float | None = None
 
 
 @dataclass
@@ -219,7 +221,7 @@ def _assess(
         again_in = under_way if under_way is not None else WAIT_FOR_HEALTH
         return Outcome(ServiceStatus.degraded, "; ".join(dict.fromkeys(healing)), again_in)
     if under_way is not None:
-        return _progress(desired, len(ready_now), outdated, again_in=under_way)
+        return _progress(desired, current, len(ready_now), outdated, again_in=under_way)
     paused = [v for v in current if v.replica.state == "paused"]
     down = [v for v in current if v.health == "DOWN" and v not in paused]
     if not outdated and len(current) == wanted and (down or paused):
@@ -239,11 +241,13 @@ def _assess(
         return Outcome(ServiceStatus.active, "Scaling complete", again_in=WAIT_FOR_HEALTH)
     if outdated or len(ready_now) < wanted:
         # Waiting for health checks: the balancer's health events wake the reconciler sooner.
-        return _progress(desired, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
+        return _progress(desired, current, len(ready_now), outdated, again_in=WAIT_FOR_HEALTH)
     return Outcome(ServiceStatus.active, "Scaling complete")
 
 
-def _progress(desired: Desired, ready: int, outdated: list[ReplicaView], again_in: float) -> Outcome:
+def _progress(
+    desired: Desired, current: list[ReplicaView], ready_count: int, outdated: list[ReplicaView], again_in: float
+) -> Outcome:
     if outdated:
         return Outcome(
             ServiceStatus.updating,
@@ -251,7 +255,22 @@ def _progress(desired: Desired, ready: int, outdated: list[ReplicaView], again_i
             again_in,
         )
     noun = "replica" if desired.replicas == 1 else "replicas"
-    return Outcome(ServiceStatus.scaling, f"Scaling to {desired.replicas} {noun} ({ready} ready)", again_in)
+    progress = f"{ready_count} ready"
+    if laggards := _not_passing_in_time(desired, current):
+        longest = max(v.running_for or 0.0 for v in laggards)
+        progress += f"; {_names(laggards)} not passing health checks after {longest:.0f} s"
+    return Outcome(ServiceStatus.scaling, f"Scaling to {desired.replicas} {noun} ({progress})", again_in)
+
+
+def _not_passing_in_time(desired: Desired, current: Sequence[ReplicaView]) -> list[ReplicaView]:
+    """Running replicas that had their health deadline and more to pass their checks, and did not:
+    what a status that only said "scaling" would hide (a wrong ContainerPort, a replica not listening)."""
+    if desired.health_deadline is None:
+        return []
+    return [
+        v for v in current
+        if not ready(v) and v.running_for is not None and v.running_for > desired.health_deadline
+    ]
 
 
 def rollout_surge(parallelism: int, replicas: int, slots: int) -> int:

@@ -414,7 +414,8 @@ class Reconciler:
             return rolled_back
         surge = rollout_surge(self.rollout_parallelism, record.spec.Replicas, self.slots)
         desired = Desired(
-            record.spec.Image, record.spec.Replicas, record.revision, self.replace_down_after, surge, self.slots
+            record.spec.Image, record.spec.Replicas, record.revision, self.replace_down_after, surge, self.slots,
+            health_deadline=rollout_deadline(record),
         )
         healing = self._healing.get(record.uid, {})
         step = plan(desired, observed, healing, active=record.status == ServiceStatus.active)

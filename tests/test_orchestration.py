@@ -95,6 +95,21 @@ async def test_a_dead_replica_is_replaced(api: httpx.AsyncClient, backend, docke
     await wait_status(api, "heal", "active")
 
 
+async def test_a_replica_that_never_passes_its_checks_is_named_in_the_status(api: httpx.AsyncClient):
+    # The replica listens on 80; the checks knock on 8081: it runs, and never passes.
+    body = web_body("deaf", 1, ContainerPort=8081, HealthCheckInterval=1, HealthCheckRise=1, HealthCheckFall=1)
+    assert (await api.post("/services/create", json=body)).status_code == 201
+
+    async def named() -> dict | None:
+        body = (await api.get("/services/deaf")).json()
+        return body if "not passing health checks after" in body["Message"] else None
+
+    service = await eventually(named, timeout=90, what="the status to name the replica not passing its checks")
+    (replica,) = (await api.get("/services/deaf/containers")).json()
+    assert service["Status"] == "scaling" and replica["Name"] in service["Message"], service
+    await api.delete("/services/deaf")
+
+
 async def test_a_crash_loop_stays_error_between_restarts_without_flapping(api: httpx.AsyncClient, backend, docker_client):
     # Each run lives a second, so the replica is caught `running` (not yet UP) between restarts.
     body = web_body("looper", 1, Entrypoint="/bin/sh -c", Cmd=["sleep 1; exit 3"])

@@ -263,6 +263,17 @@ def test_a_crash_loop_is_an_error_with_backoff_naming_the_replica():
     assert ids(step.crashing) == ["s2@r1"] and not step.changes
 
 
+def test_a_replica_running_past_its_health_deadline_without_passing_is_named_in_the_status():
+    desired = replace(want(3), health_deadline=45.0)
+    observed = [rep("s1"), rep("s2"), rep("s3", health="starting", running_for=46.4)]
+    outcome = plan(desired, observed).outcome
+    assert outcome.status == ServiceStatus.scaling
+    assert outcome.message == "Scaling to 3 replicas (2 ready; web-s3-r1 not passing health checks after 46 s)"
+    # Within its deadline, it is only not ready yet.
+    observed[2] = rep("s3", health="starting", running_for=44.0)
+    assert plan(desired, observed).outcome.message == "Scaling to 3 replicas (2 ready)"
+
+
 def test_a_crash_loop_caught_running_between_restarts_stays_an_error_without_a_stale_exit_code():
     step = plan(want(2), [rep("s1"), rep("s2", health="DOWN", restarts=5)])
     assert step.outcome.status == ServiceStatus.error and step.outcome.backoff
