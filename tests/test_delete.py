@@ -10,7 +10,7 @@ import time
 import docker
 import httpx
 
-from backend.docker_driver import LABEL_ROLE, LABEL_UID
+from backend.docker_driver import LABEL_ROLE, LABEL_UID, STOP_TIMEOUT, TEARDOWN_STOP_TIMEOUT
 from tests.conftest import eventually, wait_status, web_body
 
 # The test image's PID 1 is a shell trapping TERM, INT and QUIT only: as PID 1 it ignores SIGUSR1,
@@ -25,11 +25,19 @@ def objects_of(docker_client: docker.DockerClient, uid: str) -> list:
 
 
 async def test_delete_answers_at_once_and_kills_a_replica_deaf_to_its_stop_signal(api: httpx.AsyncClient, backend,
-                                                                                   docker_client):
+                                                                                   docker_client, monkeypatch):
     await api.post("/services/create", json=web_body("deaf", 2, **DEAF))
     service = await wait_status(api, "deaf", "active", 60)
     uid = backend.store.get("deaf").uid
     since = int(time.time()) - 1
+    real_remove, graces = backend.driver.remove, []
+
+    def recording_remove(container, graceful=True, stop_timeout=STOP_TIMEOUT):
+        if container.labels.get(LABEL_ROLE) == "replica":
+            graces.append(stop_timeout)  # the seconds Docker waits after the StopSignal before it kills
+        return real_remove(container, graceful, stop_timeout)
+
+    monkeypatch.setattr(backend.driver, "remove", recording_remove)
 
     response = await api.delete("/services/deaf")
     assert response.status_code == 202, response.text
@@ -50,6 +58,8 @@ async def test_delete_answers_at_once_and_kills_a_replica_deaf_to_its_stop_signa
         kills = [e["Actor"]["Attributes"].get("signal") for e in events if e.get("Action") == "kill"]
         died = [e["Actor"]["Attributes"].get("exitCode") for e in events if e.get("Action") == "die"]
         assert kills[:2] == ["10", "9"] and died == ["137"], (kills, died)
+    # ...after the short teardown grace, not the full one a replica replaced in a rollout gets.
+    assert graces == [TEARDOWN_STOP_TIMEOUT] * 2 and TEARDOWN_STOP_TIMEOUT < STOP_TIMEOUT, graces
 
     # Gone already: 204, as often as asked; a name never known stays 404.
     assert (await api.delete("/services/deaf")).status_code == 204

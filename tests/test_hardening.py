@@ -258,6 +258,21 @@ def test_serve_beyond_loopback_without_a_token_refuses_to_start(tmp_path):
     assert not (tmp_path / "data" / "state.db").exists()
 
 
+def test_insecure_and_allowed_hosts_reach_the_server(monkeypatch):
+    """`--insecure` and `--allowed-host` are handed to the server as given (the refusal without a
+    token is tested above on the real command; here, that --insecure lifts it)."""
+    import backend.server
+    from tui.cli import main
+
+    asked: list[tuple[str, object, dict[str, object]]] = []
+    monkeypatch.setattr(backend.server, "serve", lambda listen, tokens, **kwargs: asked.append((listen, tokens, kwargs)))
+    monkeypatch.delenv("HYPERSERVICE_TOKEN", raising=False)
+    assert main(["serve", "--listen", "0.0.0.0:8765", "--insecure", "--allowed-host", "ops.example"]) == 0
+    assert main(["serve", "--listen", "0.0.0.0:8765"]) == 0
+    assert [kwargs for _, _, kwargs in asked] == [{"extra_hosts": ["ops.example"], "insecure": True},
+                                                 {"extra_hosts": [], "insecure": False}]
+
+
 # --- 3. body size, field bounds, validation off the event loop ---------------------------------
 
 

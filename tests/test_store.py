@@ -46,8 +46,16 @@ def umask(value: int) -> Iterator[None]:
 # -- 11. keys at rest ---------------------------------------------------------------------------
 
 
-def test_data_dir_and_database_files_are_private_from_the_start_whatever_the_umask(tmp_path: Path):
+def test_data_dir_and_database_files_are_private_from_the_start_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     data = tmp_path / "data"
+
+    def tightened(*args: object, **kwargs: object) -> None:  # a mode fixed after creation had a window
+        raise AssertionError(f"created open, then tightened: {args}")
+
+    monkeypatch.setattr(os, "chmod", tightened)  # Path.chmod calls it
+    monkeypatch.setattr(os, "fchmod", tightened)
     with umask(0):  # the most open umask: anything not created 0600/0700 on purpose shows here
         store = Store(data / "state.db", POOL)
         try:

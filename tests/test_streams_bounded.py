@@ -113,6 +113,25 @@ async def test_a_client_gone_before_its_stream_opened_leaves_no_thread(tcp_api: 
     assert streams[0].closed
 
 
+async def test_a_quiet_follower_ends_its_thread_and_docker_stream_when_the_client_goes(
+    tcp_api: httpx.AsyncClient, backend  # noqa: F811
+):
+    """A replica that writes nothing: its thread is blocked reading the Docker stream, with no line to
+    notice the client went by; closing that stream when the client goes is what ends it."""
+    await tcp_api.post("/services/create", json=web_body("silent", 1))  # httpd writes no log lines
+    await wait_status(tcp_api, "silent", "active", 60)
+    (replica,) = (await tcp_api.get("/services/silent/containers")).json()
+    client = raw_request(str(tcp_api.base_url), "/services/silent/logs?follow=true&tail=0")
+    try:
+        (follower,) = await eventually(backend.followers.live, 10, what="the follower to start")
+        await eventually(lambda: follower.open_streams == 1, 30, what="its Docker stream to be open")
+    finally:
+        client.close()
+    await eventually(lambda: not backend.followers.live() and not follower_threads(replica["Name"]), 30,
+                     what="the follower's thread to end")
+    assert follower.open_streams == 0
+
+
 class ClosingRecorder:
     """A Docker stream that remembers being closed."""
 
