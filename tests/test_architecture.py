@@ -10,6 +10,7 @@ project stands alone (its tests, scripts and benchmarks read nothing outside the
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import subprocess
 import sys
@@ -53,6 +54,23 @@ def test_the_import_contracts_forbid_every_backend_module_above(contract: str, a
     (forbidden,) = [set(c["forbidden_modules"]) for c in contracts if c["id"] == contract]
     assert {"backend.models", "backend.store"} <= backend_modules()  # the scan finds what is there
     assert backend_modules() - allowed - forbidden == set()
+
+
+# The benchmarks are run by hand: each module (bench/create_converge.py's harness, cases and profile
+# among them) must at least import, so a split or a rename that broke one shows here.
+BENCH_MODULES = sorted(
+    ".".join(path.relative_to(ROOT).with_suffix("").parts) for path in (ROOT / "bench").rglob("*.py")
+    if path.name != "__init__.py"
+)
+
+
+@pytest.mark.parametrize("module", BENCH_MODULES)
+def test_every_bench_module_imports(module: str):
+    importlib.import_module(module)
+
+
+def test_create_converge_is_split_into_harness_cases_and_profile():
+    assert {"bench.converge.harness", "bench.converge.cases", "bench.converge.profile"} <= set(BENCH_MODULES)
 
 # -- the project stands alone: nothing it runs reads files outside the repository ------------------
 
