@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -139,6 +140,51 @@ async def test_the_image_stage_builds_the_fallback_when_the_pull_fails_and_the_b
         backend.close()
         remove_tenant_objects(docker_client, backend.tenant)
 
+
+
+def machine_without_an_engine(tmp_path: Path, dockerd_installed: bool) -> tuple[Path, Path]:
+    """A PATH of its own (only what ensure-docker runs) on which no engine answers until `dockerd` has
+    run: `docker info` fails until then; `apt-get install docker.io` puts a `dockerd` there. Each
+    stand-in notes its call; answers the PATH and the notes."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for tool in ("bash", "sh", "id", "nohup", "seq", "sleep", "tail"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    grep, chmod = shutil.which("grep") or "/usr/bin/grep", shutil.which("chmod") or "/usr/bin/chmod"
+    stand_ins = {
+        "docker": f'[ "$1" = info ] && {grep} -qx dockerd {calls}',
+        "apt-get": f'echo "apt-get $*" >> {calls}\n'
+                   f'case "$*" in *docker.io*) printf "#!/bin/sh\\necho dockerd >> {calls}\\n" > {bin_dir}/dockerd; '
+                   f"{chmod} +x {bin_dir}/dockerd;; esac",
+    }
+    if dockerd_installed:
+        stand_ins["dockerd"] = f"echo dockerd >> {calls}"
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir, calls
+
+
+@pytest.mark.parametrize(("dockerd_installed", "expected"), [
+    pytest.param(True, ["dockerd"], id="installed-not-running"),
+    pytest.param(False, ["apt-get update -qq", "apt-get install -y -qq docker.io", "dockerd"], id="not-installed"),
+])
+def test_ensure_docker_as_root_without_an_engine_gets_debians_and_starts_dockerd(
+    tmp_path, dockerd_installed: bool, expected: list[str]
+):
+    unshare, mount = shutil.which("unshare"), shutil.which("mount")
+    if os.geteuid() != 0 or not unshare or not mount:
+        pytest.skip("needs root and unshare (its dockerd log goes to a /var/log of its own)")
+    bin_dir, calls = machine_without_an_engine(tmp_path, dockerd_installed)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path)}  # no DOCKER_HOST: the default socket
+    result = subprocess.run(  # a mount namespace of its own: a /var/log on tmpfs, so no real log is touched
+        [unshare, "-m", "sh", "-c", f'{mount} -t tmpfs none /var/log && exec "$0"', str(ROOT / "scripts" / "ensure-docker")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().splitlines() == expected
+    assert "ensure-docker: starting dockerd" in result.stdout
+    assert ("installing docker.io" in result.stdout) is not dockerd_installed
 
 def test_ensure_docker_tells_a_user_without_an_engine_what_to_do():
     if os.geteuid() != 0:
