@@ -148,7 +148,7 @@ async def test_a_replacement_that_starts_slowly_takes_no_traffic_until_it_answer
         finally:
             if probe is not None:
                 probe.stop()
-        if new:  # UP and active: it takes its share of the load (and nothing fails meanwhile)
+        if new and probe is not None and probe.at is not None:  # UP and active: it takes its share of the load
             await eventually(lambda: new[0]["Name"] in load.answered_by(), 30, what="the replacement to take traffic")
     assert probe is not None and probe.at is not None, observed[-3:]
     before_answer = [o for o in observed if o[0] < probe.at]
