@@ -141,7 +141,6 @@ async def test_the_image_stage_builds_the_fallback_when_the_pull_fails_and_the_b
         remove_tenant_objects(docker_client, backend.tenant)
 
 
-
 def machine_without_an_engine(tmp_path: Path, dockerd_installed: bool) -> tuple[Path, Path]:
     """A PATH of its own (only what ensure-docker runs) on which no engine answers until `dockerd` has
     run: `docker info` fails until then; `apt-get install docker.io` puts a `dockerd` there. Each
@@ -185,6 +184,7 @@ def test_ensure_docker_as_root_without_an_engine_gets_debians_and_starts_dockerd
     assert calls.read_text().splitlines() == expected
     assert "ensure-docker: starting dockerd" in result.stdout
     assert ("installing docker.io" in result.stdout) is not dockerd_installed
+
 
 def test_ensure_docker_tells_a_user_without_an_engine_what_to_do():
     if os.geteuid() != 0:
