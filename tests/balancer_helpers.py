@@ -189,6 +189,15 @@ class PacedLoad:
             thread.start()
             self._requests.append(thread)
 
+    def in_flight(self) -> list[threading.Thread]:
+        """The requests sent and not ended yet (each ends by `timeout` at the latest)."""
+        return [thread for thread in list(self._requests) if thread.is_alive()]
+
+    def answered_by(self) -> set[str]:
+        """The replicas (hostnames) that have answered a request so far."""
+        with self._lock:
+            return {r.replica for r in self.results if r.ok}
+
     @property
     def failed(self) -> list[TimedResult]:
         with self._lock:

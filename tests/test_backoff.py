@@ -51,6 +51,17 @@ class RecordingQueue:
         pass
 
 
+class PingedEngine(DockerEngine):
+    """The engine as these tests see it: only its ping is ever called (when a step found the engine
+    unreachable), and it answers as told, without Docker, so the tests run where no engine is."""
+
+    answers = True
+
+    def ping(self) -> None:
+        if not self.answers:
+            raise EngineUnavailable("Docker engine not reachable")
+
+
 class Rig:
     """A reconciler on a real store and event hub, with a fake clock and a scripted `_converge`."""
 
@@ -59,8 +70,9 @@ class Rig:
         self.store = Store(settings.state_file, settings.address_pool)
         self.hub = EventHub()
         self.clock = FakeClock()
-        # The driver is never called here: `_converge`, the only step that uses it, is scripted.
-        self.reconciler = Reconciler(self.store, DockerEngine(self.store.tenant), self.hub, settings, clock=self.clock)
+        # Docker is never called here: `_converge`, the only step that uses it, is scripted.
+        self.engine = PingedEngine(self.store.tenant)
+        self.reconciler = Reconciler(self.store, self.engine, self.hub, settings, clock=self.clock)
         self.queue = RecordingQueue()
         self.reconciler.queue = self.queue  # type: ignore[assignment]
         spec = ServiceSpec.model_validate({"Name": "web", "Image": "hbx/web:1", "ServicePort": 80, "Replicas": 1})
@@ -143,6 +155,14 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 def test_failed_steps_back_off_exponentially(rig: Rig, steps: list[Step], delays: list[float | None]):
     assert (BACKOFF_FIRST, BACKOFF_MAX) == (1.0, 60.0)  # the figures the table is written for
     assert [rig.step(result) for result in steps] == delays
+
+
+def test_an_engine_really_away_is_no_failure_of_the_service(rig: Rig):
+    rig.engine.answers = False
+    assert rig.step(ENGINE_DOWN) is None  # no retry of its own: the watcher resyncs all on the engine's return
+    assert rig.reconciler.engine_error is not None
+    rig.engine.answers = True
+    assert rig.step(FAIL) == BACKOFF_FIRST  # the time away counted no failure
 
 
 def test_a_failure_shows_on_the_service_with_its_reason(rig: Rig):

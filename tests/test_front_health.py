@@ -57,8 +57,10 @@ async def test_a_paused_replica_leaves_rotation_fast_and_costs_at_most_a_second_
 
     rate = 20.0
     with PacedLoad(service["IP"], 80, rate=rate, timeout=3.0, max_seconds=60) as load:
-        await asyncio.sleep(2)  # steady load over all three first
-        assert load.ok > 0 and not load.failed, load.failed[:3]
+        # steady load over all three first (two seconds' worth of answers)
+        await eventually(lambda: len(load.answered_by()) == 3 and load.ok >= 2 * rate, 60,
+                         what="the load answered by all three replicas")
+        assert not load.failed, load.failed[:3]
         await asyncio.to_thread(container.pause)
         paused_at = time.monotonic()
         try:
@@ -66,8 +68,10 @@ async def test_a_paused_replica_leaves_rotation_fast_and_costs_at_most_a_second_
                              what=f"the paused {victim} DOWN within {bound:.2f} s + reporting")
             took = time.monotonic() - paused_at
             print(f"\npaused replica DOWN after {took:.2f} s (bound {bound:.2f} s + {REPORTING_SLACK} s reporting)")
-            # The requests it had swallowed end at the client's timeout: keep counting until then.
-            await asyncio.sleep(load.timeout + 1)
+            # The requests it had swallowed end at the client's timeout: keep counting until they have.
+            swallowed = load.in_flight()
+            await eventually(lambda: not any(request.is_alive() for request in swallowed), load.timeout + 30,
+                             what="the requests sent before it went DOWN to end")
             body = (await api.get("/services/hung")).json()
         finally:
             await asyncio.to_thread(container.unpause)
@@ -125,7 +129,7 @@ async def test_a_replacement_that_starts_slowly_takes_no_traffic_until_it_answer
     probe: FirstAnswer | None = None
     events = backend.hub.subscribe_async()
     with PacedLoad(service["IP"], 80, rate=10, timeout=5.0, max_seconds=80) as load:
-        await asyncio.sleep(1)
+        await eventually(lambda: len(load.answered_by()) == 2, 60, what="the load answered by both replicas")
         await asyncio.to_thread(docker_client.containers.get(before[victim]["Id"]).kill)
         deadline = time.monotonic() + 60
         try:
@@ -144,7 +148,8 @@ async def test_a_replacement_that_starts_slowly_takes_no_traffic_until_it_answer
         finally:
             if probe is not None:
                 probe.stop()
-        await asyncio.sleep(1)
+        if new and probe is not None and probe.at is not None:  # UP and active: it takes its share of the load
+            await eventually(lambda: new[0]["Name"] in load.answered_by(), 30, what="the replacement to take traffic")
     assert probe is not None and probe.at is not None, observed[-3:]
     before_answer = [o for o in observed if o[0] < probe.at]
     after_answer = [o for o in observed if o[0] >= probe.at]

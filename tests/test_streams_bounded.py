@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -58,7 +59,9 @@ async def test_a_slow_follower_costs_a_bounded_buffer_and_gets_a_marker(tcp_api:
         def read_until_marker() -> bytes:
             nonlocal received
             client.settimeout(30)
+            deadline = time.monotonic() + 60  # the replica never stops writing: bound the wait for the marker
             while b"lines dropped (client too slow)" not in received:
+                assert time.monotonic() < deadline, "no marker within 60 s"
                 chunk = client.recv(65536)
                 assert chunk, "the server closed the stream"
                 received += chunk

@@ -4,8 +4,6 @@ its traffic bar, re-read about once a second while the tab is shown and never wh
 
 from __future__ import annotations
 
-import asyncio
-
 from fakes import fake_app, sample_balancer
 from textual.widgets import DataTable, Static, TabbedContent
 from tui_helpers import wait_for
@@ -19,6 +17,18 @@ def reads(app) -> int:
     return sum(1 for call in app.client.calls if call == "balancer web")
 
 
+async def wait_refresh_periods(pilot, count: int) -> None:
+    """Until `count` refresh periods have passed, as counted by a timer of the same period: a pane
+    timer that was running would have ticked as often (on a busy machine too, where a fixed sleep
+    may end before a late tick)."""
+    ticks = []
+    witness = pilot.app.screen.set_interval(REFRESH_SECONDS, lambda: ticks.append(1))
+    try:
+        await wait_for(pilot, lambda: len(ticks) >= count, 30 + count * REFRESH_SECONDS, f"{count} refresh periods")
+    finally:
+        witness.stop()
+
+
 async def test_balancer_tab_shows_shares_and_refreshes_only_while_shown():
     app = fake_app()
     async with app.run_test(size=(120, 36)) as pilot:
@@ -27,7 +37,7 @@ async def test_balancer_tab_shows_shares_and_refreshes_only_while_shown():
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, ServiceScreen)
-        await asyncio.sleep(REFRESH_SECONDS * 1.5)
+        await wait_refresh_periods(pilot, 2)
         assert reads(app) == 0  # not read while another tab is shown
 
         await pilot.press("5")
@@ -49,7 +59,7 @@ async def test_balancer_tab_shows_shares_and_refreshes_only_while_shown():
         await pilot.press("4")  # another tab: the reading stops
         await pilot.pause()
         stopped = reads(app)
-        await asyncio.sleep(REFRESH_SECONDS * 2.5)
+        await wait_refresh_periods(pilot, 3)
         assert reads(app) == stopped
 
         await pilot.press("5")  # back: read at once, and again

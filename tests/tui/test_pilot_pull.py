@@ -8,7 +8,7 @@ import re
 
 from fakes import FakeClient, fake_app
 from textual.widgets import Input, ProgressBar, Static
-from tui_helpers import cell, type_into, wait_for
+from tui_helpers import cell, settled, type_into, wait_for
 
 from tests.conftest import wait_status, web_body
 from tui.app import ConsoleApp
@@ -78,7 +78,7 @@ async def test_image_completes_from_the_engines_images_with_tab_or_right(backend
         await pilot.press("right")
         assert field.value == "hyperservice-test/web:1"
         await type_into(pilot, "#Image", "hbx-nothing-like-it")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: settled(app), 10, "the suggestion lookups to end")
         assert field.suggestion == ""
 
 
@@ -95,7 +95,7 @@ async def test_without_the_images_route_the_form_completes_nothing_and_says_noth
         await pilot.press("n")
         await pilot.pause()
         await type_into(pilot, "#Image", "ngi")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: settled(app), 10, "the images read and the suggestion lookups to end")
         assert app.screen.query_one("#Image", SuggestingInput).suggestion == ""
         assert not app._notifications  # no error for a missing nicety
 
