@@ -36,6 +36,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import docker.errors
+import requests
 from docker.models.networks import Network
 from docker.types import (
     CancellableStream,
@@ -90,6 +91,7 @@ RESTART_DELAY_NS = 1_000_000_000  # a failed task is restarted after 1 s (swarm'
 LOG_MAX_SIZE, LOG_MAX_FILE = "10m", "3"
 NETWORK_RELEASE_WAIT = 20.0  # seconds a teardown waits for the tasks to leave the overlay
 UPDATING_STATES = frozenset({"updating", "rollback_started"})
+EDGE_LOG_TIMEOUT = 5.0  # seconds the manager may take to relay an edge task's log (a dead node's: forever)
 
 
 def replica_service_name(ref: ServiceRef) -> str:
@@ -537,24 +539,41 @@ class SwarmEngine(DockerEngine):
     def task_health(
         self, ref: ServiceRef, tasks: Sequence[TaskView], spec: ServiceSpec | None = None
     ) -> dict[str, tuple[str, datetime | None]]:
-        """task id -> (health on the edges, since when), from the balancer service's logs, which the
-        manager relays from every edge node (read on from where the last read ended; from the start
-        after a backend restart). See backend/engines/swarm_health.py for the rules."""
+        """task id -> (health on the edges, since when), from the logs of the balancer's running tasks,
+        which the manager relays from every edge node (each read on from where the last one ended; from
+        the start after a backend restart). See backend/engines/swarm_health.py for the rules."""
         balancer, running = self._balancer_tasks(ref)
         if balancer is None:
             return {t.id: ("", None) for t in tasks}
         with self._health_lock:
             board = self._health.setdefault(ref.uid, SwarmHealthBoard())
-            since = board.since_ns(running)
-        chunks = self._api().service_logs(balancer.id, details=True, timestamps=True, stdout=True, stderr=False,
-                                          since=f"{since // 1_000_000_000}.{since % 1_000_000_000:09d}", is_tty=False)
-        text = b"".join(chunks).decode("utf-8", "replace")
+            since = {task: board.since_ns([task]) for task in running}
+        for task, start in since.items():
+            lines = self._edge_log(task, start)
+            with self._health_lock:
+                board.feed(lines)
         with self._health_lock:
-            board.feed(text.splitlines())
             board.forget_except(running)
             grace = silent_pass_seconds(spec) if spec is not None else 0.0
             now = time.time_ns()
             return {t.id: board.health(t.address, running, now, int(grace * 1e9)) for t in tasks}
+
+    def _edge_log(self, task: str, since_ns: int) -> list[str]:
+        """One edge task's stdout lines since `since_ns`, with timestamps and details, through the
+        manager. A node that stopped answering makes the manager wait for it: after EDGE_LOG_TIMEOUT
+        the lines known so far stand (and swarm soon has that task down)."""
+        api = self._api()
+        params = {"details": 1, "follow": 0, "stdout": 1, "stderr": 0, "timestamps": 1,
+                  "since": f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"}
+        try:
+            response = api._get(api._url("/tasks/{0}/logs", task), params=params, stream=True,
+                                timeout=EDGE_LOG_TIMEOUT)
+            api._raise_for_status(response)
+            text = b"".join(api._multiplexed_response_stream_helper(response)).decode("utf-8", "replace")
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            log.info("health: the log of edge task %s not read: %s", task, exc)
+            return []
+        return text.splitlines()
 
     def rolled_back(self, ref: ServiceRef, revision: int) -> tuple[int, str] | None:
         """(the revision swarm went back to, why) when swarm rolled `revision` back itself."""
