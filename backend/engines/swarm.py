@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -91,7 +92,7 @@ RESTART_DELAY_NS = 1_000_000_000  # a failed task is restarted after 1 s (swarm'
 LOG_MAX_SIZE, LOG_MAX_FILE = "10m", "3"
 NETWORK_RELEASE_WAIT = 20.0  # seconds a teardown waits for the tasks to leave the overlay
 UPDATING_STATES = frozenset({"updating", "rollback_started"})
-EDGE_LOG_TIMEOUT = 5.0  # seconds the manager may take to relay an edge task's log (a dead node's: forever)
+EDGE_LOG_TIMEOUT = 3.0  # seconds the manager may take to relay an edge task's log (a dead node's: forever)
 
 
 def replica_service_name(ref: ServiceRef) -> str:
@@ -529,12 +530,15 @@ class SwarmEngine(DockerEngine):
         service.reload()
 
     def _balancer_tasks(self, ref: ServiceRef) -> tuple[Any, list[str]]:
-        """The balancer service and the ids of its running tasks (one per edge node)."""
+        """The balancer service and the ids of its running tasks on ready nodes (one per edge node): a
+        task on a node swarm has down checks nothing, and the manager would wait for its log."""
         balancer = self._service(ref, ROLE_BALANCER)
         if balancer is None:
             return None, []
+        ready = {str(n.id) for n in self.client.nodes.list() if (n.attrs.get("Status") or {}).get("State") == "ready"}
         tasks = balancer.tasks(filters={"desired-state": "running"})
-        return balancer, [str(t["ID"]) for t in tasks if (t.get("Status") or {}).get("State") == "running"]
+        return balancer, [str(t["ID"]) for t in tasks
+                          if (t.get("Status") or {}).get("State") == "running" and str(t.get("NodeID")) in ready]
 
     def task_health(
         self, ref: ServiceRef, tasks: Sequence[TaskView], spec: ServiceSpec | None = None
@@ -548,9 +552,10 @@ class SwarmEngine(DockerEngine):
         with self._health_lock:
             board = self._health.setdefault(ref.uid, SwarmHealthBoard())
             since = {task: board.since_ns([task]) for task in running}
-        for task, start in since.items():
-            lines = self._edge_log(task, start)
-            with self._health_lock:
+        with ThreadPoolExecutor(max_workers=max(1, len(since))) as pool:  # one slow node delays no other
+            read = dict(zip(since, pool.map(self._edge_log, since, since.values()), strict=True))
+        with self._health_lock:
+            for lines in read.values():
                 board.feed(lines)
         with self._health_lock:
             board.forget_except(running)
