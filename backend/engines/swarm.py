@@ -13,14 +13,18 @@ adopts them instead of creating them again):
 - the replicas: swarm service `<name>-<uid5>` in dnsrr endpoint mode (the VIP needs IPVS), with
   every field of the spec mapped (`replica_service_spec`): image, command, env, workdir, labels,
   stop signal, tty/stdin, ContainerSize as CPU and memory limits, named volumes (node-local), a
-  restart policy, json-file logs and an update config (one task at a time, start-first, rolled back
-  by swarm itself when a new task fails within the monitor window, which follows the health settings);
+  restart policy, the replicas' pids limit, json-file logs and an update config (one task at a time,
+  start-first, a delay for the Rise checks between two, rolled back by swarm itself when a new task
+  fails within the monitor window, which follows the health settings, and by the backend when a new
+  task runs past that window without being UP on the edges: `health_gate`);
 - the balancer: swarm service `<name>-lb<uid3>`, HAProxy (the image the docker engine's balancers
   use) in global mode on the edge nodes (node label `edge=true`; every node when none carries it),
   publishing ServicePort in host mode and finding the replicas by DNS (`tasks.<replica service>`,
   HAProxy `resolvers` on docker's 127.0.0.11 + `server-template`); its haproxy.cfg is a swarm config
   (`balancer_config`);
-- `IP` is the first ready edge node's address; each replica's state and node come from its task.
+- `IP` is the first ready edge node's address; each replica's state and node come from its task, its
+  health from the edge HAProxies' logs, which the manager relays (`task_health`, rules in
+  backend/engines/swarm_health.py); the status is `active` only when every replica is UP.
 """
 
 from __future__ import annotations
