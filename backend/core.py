@@ -424,7 +424,8 @@ class Backend:
         """The replicas of a swarm service: its tasks, each with the node it runs on."""
         assert self.swarm is not None
         port = record.spec.ContainerPort or record.spec.ServicePort
-        return self.swarm.container_infos(ServiceRef(record.name, record.uid), record.revision, record.spec.Image, port)
+        return self.swarm.container_infos(ServiceRef(record.name, record.uid), record.revision, record.spec.Image, port,
+                                          record.spec)
 
     def _container_info(self, record: ServiceRecord, container: Container) -> ContainerInfo:
         state = container.attrs.get("State") or {}
@@ -512,10 +513,13 @@ class Backend:
         return LogFollower(self.driver, self.log_sources(name, container), tail, self.followers)
 
     def follow_stats(self, name: str) -> StatsFollower:
-        """CPU and memory of every replica, about once a second each, pushed by Docker (none on swarm: a
-        task's stats are only on its own node's engine, which the manager does not relay)."""
-        sources = [] if self.swarm is not None else self.log_sources(name, None)
-        return StatsFollower(self.driver, sources, self.followers)
+        """CPU and memory of every replica, about once a second each, pushed by Docker. Not on swarm
+        (Invalid: a 400): a task's stats are kept by its own node's engine, which the manager does not
+        relay, and the backend talks to the manager only."""
+        if self.swarm is not None:
+            self._record(name)  # an unknown service is still a 404
+            raise Invalid(SWARM_NO_STATS)
+        return StatsFollower(self.driver, self.log_sources(name, None), self.followers)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -546,6 +550,10 @@ class Backend:
             return None
         except EngineUnavailable as exc:
             return str(exc)
+
+
+SWARM_NO_STATS = ("stats are not available on the swarm engine: a task's CPU and memory figures are kept by "
+                  "the engine of the node it runs on, which the swarm manager does not relay")
 
 
 def choose_engine(

@@ -168,9 +168,13 @@ class ServiceEngine(Protocol):
 
     name: str
 
-    def converge(self, ref: ServiceRef, spec: ServiceSpec, revision: int, network: Network) -> Outcome:
+    def converge(
+        self, ref: ServiceRef, spec: ServiceSpec, revision: int, network: Network, rolling: bool = False
+    ) -> Outcome:
         """Declare the service as `spec` says (create, scale, roll; adopt what exists) and say how far
-        the engine got, with when to look again (never waits for the engine to get there)."""
+        the engine got, with when to look again (never waits for the engine to get there). `rolling`:
+        `revision` is being rolled out (never ready yet): the engine rolls it back when its replicas
+        fail their health checks, and says so through `rolled_back`."""
         ...
 
     def remove_services(self, ref: ServiceRef, keep_replicas: bool = False) -> None:

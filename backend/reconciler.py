@@ -400,7 +400,9 @@ class Reconciler:
             return Outcome(ServiceStatus.error, str(exc), backoff=True)
         if isinstance(self.engine, ServiceEngine):  # swarm places, heals and rolls the replicas itself
             ref = ServiceRef(record.name, record.uid)
-            outcome = self.engine.converge(ref, record.spec, record.revision, network)
+            current = self.store.revision(record.uid, record.revision)
+            rolling = current is not None and current.Outcome == RevisionOutcome.rolling
+            outcome = self.engine.converge(ref, record.spec, record.revision, network, rolling=rolling)
             reverted = self.engine.rolled_back(ref, record.revision)
             if reverted is not None:
                 return self._engine_rolled_back(record, *reverted) or outcome

@@ -228,6 +228,42 @@ def rfc3339_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + f".{ns % 1_000_000_000:09d}Z"
 
 
+SUBNET_CURSOR = "subnet_cursor"  # meta key: the subnet handed out last (where next-fit goes on from)
+
+
+def _network_or_none(text: str) -> ipaddress.IPv4Network | None:
+    try:
+        network = ipaddress.ip_network(text)
+    except ValueError:
+        return None
+    return network if isinstance(network, ipaddress.IPv4Network) else None
+
+
+def next_fit_subnet(
+    pool: ipaddress.IPv4Network | ipaddress.IPv6Network, prefix: int,
+    taken: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network], after: ipaddress.IPv4Network | None,
+) -> ipaddress.IPv4Network | None:
+    """The first /`prefix` subnet of `pool` after `after` (going round to the pool's start) that overlaps
+    nothing in `taken`; None when there is none. Next-fit, not first-fit: a freed subnet is handed out
+    again only after the rest of the pool has been, because an engine may hold a deleted network's
+    subnet a while longer (a swarm node keeps an overlay's until its tasks are cleaned up there:
+    "Pool overlaps with other one on this address space")."""
+    if not isinstance(pool, ipaddress.IPv4Network):
+        return None  # the pool is IPv4 (settings check it)
+    blocked = [net for net in taken if isinstance(net, ipaddress.IPv4Network)]
+    size = 2 ** (32 - prefix)
+    count = 2 ** (prefix - pool.prefixlen)
+    base = int(pool.network_address)
+    start = 0
+    if after is not None and after.prefixlen == prefix and after.subnet_of(pool):
+        start = (int(after.network_address) - base) // size + 1
+    for step in range(count):
+        candidate = ipaddress.IPv4Network((base + ((start + step) % count) * size, prefix))
+        if not any(candidate.overlaps(other) for other in blocked):
+            return candidate
+    return None
+
+
 class Store:
     """Thread-safe access to the state file. Every method is one short transaction."""
 
@@ -368,14 +404,18 @@ class Store:
         raise AddressPoolExhausted(f"every address of {self._pool} is in use")
 
     def _free_subnet(self, avoid: set[ipaddress.IPv4Network]) -> str:
-        """The first subnet of the network pool that overlaps none in use here nor any in `avoid`."""
+        """The next subnet of the network pool (`next_fit_subnet`, after the last one handed out) that
+        overlaps none in use here nor any in `avoid` (inside a transaction: it moves the cursor)."""
         assert self._network_pool is not None
         taken = {
             ipaddress.ip_network(row[0]) for row in self._db.execute("SELECT subnet FROM services") if row[0]
         } | avoid
-        for candidate in self._network_pool.subnets(new_prefix=self._subnet_prefix):
-            if not any(candidate.overlaps(other) for other in taken):
-                return str(candidate)
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (SUBNET_CURSOR,)).fetchone()
+        after = _network_or_none(str(row[0])) if row else None
+        found = next_fit_subnet(self._network_pool, self._subnet_prefix, taken, after)
+        if found is not None:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (SUBNET_CURSOR, str(found)))
+            return str(found)
         size = 2 ** (self._subnet_prefix - self._network_pool.prefixlen)
         raise NetworkPoolExhausted(
             f"no free network left in HYPERSERVICE_NETWORK_POOL {self._network_pool} "

@@ -19,7 +19,7 @@ from backend.core import Backend
 from backend.docker_driver import LABEL_ROLE, LABEL_TENANT, LABEL_UID
 from backend.models import ServiceSpec
 from backend.settings import Settings
-from backend.store import NetworkPoolExhausted, Store
+from backend.store import NetworkPoolExhausted, Store, next_fit_subnet
 from tests.balancer_helpers import SteadyLoad, who
 from tests.conftest import client_for, eventually, make_settings, remove_tenant_objects, wait_status, web_body
 
@@ -66,6 +66,31 @@ def test_each_service_gets_its_own_subnet_of_the_pool_and_it_is_freed_on_delete(
     store.forget(records[3])
     again = store.insert(spec("later"), "created", "")
     assert again.subnet == records[3].subnet
+
+
+def test_a_freed_subnet_is_handed_out_again_only_after_the_rest_of_the_pool(tmp_path):
+    # Next-fit: an engine may hold a deleted network's subnet a while (a swarm node keeps an overlay's),
+    # so the subnet a delete frees is not the next one handed out; the cursor survives a restart.
+    store = store_on(tmp_path)
+    first, second = (store.insert(spec(name), "created", "") for name in ("a", "b"))
+    assert (first.subnet, second.subnet) == ("10.50.0.0/28", "10.50.0.16/28")
+    store.forget(first)
+    assert store.insert(spec("c"), "created", "").subnet == "10.50.0.32/28"
+    store.close()
+    reopened = store_on(tmp_path)
+    assert reopened.insert(spec("d"), "created", "").subnet == "10.50.0.48/28"
+
+
+def test_next_fit_goes_round_the_pool_and_skips_what_is_taken():
+    pool = ipaddress.ip_network("10.50.0.0/26")  # four /28s
+    net = ipaddress.ip_network
+    assert next_fit_subnet(pool, 28, [], None) == net("10.50.0.0/28")
+    assert next_fit_subnet(pool, 28, [], net("10.50.0.16/28")) == net("10.50.0.32/28")
+    assert next_fit_subnet(pool, 28, [], net("10.50.0.48/28")) == net("10.50.0.0/28")  # round to the start
+    taken = [net("10.50.0.0/28"), net("10.50.0.32/27"), net("fd00::/64")]
+    assert next_fit_subnet(pool, 28, taken, net("10.50.0.48/28")) == net("10.50.0.16/28")
+    assert next_fit_subnet(pool, 28, taken, net("192.168.0.0/28")) == net("10.50.0.16/28")  # not of the pool
+    assert next_fit_subnet(pool, 28, [*taken, net("10.50.0.16/28")], None) is None  # full
 
 
 def test_allocations_survive_a_restart(tmp_path):

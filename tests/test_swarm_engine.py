@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import random
+import re
 import tarfile
 import time
 import uuid
@@ -25,10 +27,12 @@ import pytest
 from textual.widgets import DataTable
 
 from backend.core import Backend
+from backend.docker_driver import ReplicaLimits
 from tests.balancer_helpers import SteadyLoad
 from tests.conftest import WEB_IMAGE, WEB_IMAGE_2, client_for, eventually, make_settings, wait_status
 from tests.swarm_lab import Lab, swarm_lab
 from tui.app import ConsoleApp
+from tui.screens.service import STATS_REFUSED_NOTE
 
 pytestmark = pytest.mark.swarm
 
@@ -88,14 +92,15 @@ def front_answers(lab: Lab, port: int, attempts: int = 12) -> dict[str, set[str]
 
 
 async def settled(api: httpx.AsyncClient, replicas: int, image: str | None = None, timeout: float = 120) -> list[dict]:
-    """The service active with `replicas` running replicas of `image` (default: the service's own); its
-    containers."""
+    """The service active with `replicas` running replicas of `image` (default: the service's own), each
+    UP on the edges; its containers."""
 
     async def check() -> list[dict] | None:
         service = (await api.get(f"/services/{NAME}")).json()
         wanted = image or service["Image"]
         containers = (await api.get(f"/services/{NAME}/containers")).json()
-        running = [c for c in containers if c["State"] == "running" and c["Image"] == wanted and not c["Outdated"]]
+        running = [c for c in containers if c["State"] == "running" and c["Image"] == wanted and not c["Outdated"]
+                   and c["Health"] == "UP"]
         ok = service["Status"] == "active" and service["Replicas"] == replicas and len(running) == len(containers)
         return containers if ok and len(containers) == replicas else None
 
@@ -133,6 +138,17 @@ async def test_the_engine_is_swarm_and_a_service_spreads_and_answers_on_every_ed
     ids = {c["Id"] for c in containers}
     assert ids  # the hostnames answering are task containers; they spread over several replicas
     assert all(len(replicas) >= 2 for replicas in seen.values())
+    assert all(c["HealthSince"] for c in containers)
+    # the overlay's subnet comes from the product's network pool
+    network = lab.manager.networks.list(filters={"label": [f"io.hyperservice.tenant={tenant}"]})[0]
+    subnet = ipaddress.ip_network(network.attrs["IPAM"]["Config"][0]["Subnet"])
+    assert subnet.subnet_of(ipaddress.ip_network(swarm_backend["settings"].network_pool)), subnet
+    assert all(ipaddress.ip_address(c["Address"].split(":")[0]) in subnet for c in containers)
+    # each task's container, on its own node's engine, has the replicas' pids limit
+    task = lab.manager.api.tasks(filters={"service": services["replica"]["ID"], "desired-state": "running"})[0]
+    node = lab.manager.nodes.get(task["NodeID"]).attrs["Description"]["Hostname"]
+    container = lab.engine(node).containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
+    assert container.attrs["HostConfig"]["PidsLimit"] == ReplicaLimits().pids
 
 
 async def test_scale_down_to_two_and_back_to_six(lab: Lab, swarm_backend: dict[str, Any]) -> None:
@@ -150,6 +166,38 @@ async def test_scale_down_to_two_and_back_to_six(lab: Lab, swarm_backend: dict[s
     assert len({c["Node"] for c in containers}) >= 2
 
 
+def task_container(lab: Lab, task_id: str) -> docker.models.containers.Container:
+    """A task's container, on the engine of the node it runs on (the lab's own sockets)."""
+    task = lab.manager.api.inspect_task(task_id)
+    node = lab.manager.nodes.get(task["NodeID"]).attrs["Description"]["Hostname"]
+    return lab.engine(node).containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
+
+
+async def test_a_replica_that_stops_answering_shows_down_and_the_service_degraded_then_recovers(
+    lab: Lab, swarm_backend: dict[str, Any]
+) -> None:
+    async with client_for(swarm_backend["backend"]) as api:
+        containers = await settled(api, REPLICAS)
+        victim = containers[0]
+        frozen = task_container(lab, victim["Id"])
+        frozen.pause()  # it runs on but answers nothing: swarm sees a running task, HAProxy a dead server
+        try:
+            async def down() -> dict | None:
+                service = (await api.get(f"/services/{NAME}")).json()
+                now = {c["Id"]: c for c in (await api.get(f"/services/{NAME}/containers")).json()}
+                ok = now[victim["Id"]]["Health"] == "DOWN" and service["Status"] == "degraded"
+                return {"service": service, "containers": now} if ok else None
+
+            seen = await eventually(down, 60, interval=0.5, what=f"{victim['Name']} DOWN, the service degraded")
+            assert victim["Name"] in seen["service"]["Message"]
+            others = [c for i, c in seen["containers"].items() if i != victim["Id"]]
+            assert all(c["Health"] == "UP" for c in others)
+        finally:
+            frozen.unpause()
+        after = await settled(api, REPLICAS)
+    assert victim["Id"] in {c["Id"] for c in after}  # the same task came back UP
+
+
 async def test_what_does_not_fit_swarm_answers_400_and_changes_nothing(swarm_backend: dict[str, Any]) -> None:
     async with client_for(swarm_backend["backend"]) as api:
         before = (await api.get(f"/services/{NAME}")).json()
@@ -158,6 +206,9 @@ async def test_what_does_not_fit_swarm_answers_400_and_changes_nothing(swarm_bac
         assert response.json()["errors"][0]["field"] == "FIP"
         assert "swarm" in response.json()["errors"][0]["message"]
         assert (await api.get(f"/services/{NAME}/balancer")).status_code == 400
+        stats = await api.get(f"/services/{NAME}/stats")
+        assert stats.status_code == 400 and "node" in stats.json()["message"] and "swarm" in stats.json()["message"]
+        assert (await api.get("/services/nosuch/stats")).status_code == 404
         response = await api.delete(f"/services/{NAME}?volumes=true")
         assert response.status_code == 400 and response.json()["errors"][0]["field"] == "volumes"
         after = (await api.get(f"/services/{NAME}")).json()
@@ -219,12 +270,17 @@ async def test_a_new_backend_on_the_same_data_dir_adopts_everything(
 
     before = snapshot()
     old.close()
-    successor = Backend(make_settings(swarm_backend["data_dir"], engine="auto"), lab.manager)
+    successor = Backend(make_settings(swarm_backend["data_dir"], engine="auto",
+                                      network_pool=swarm_backend["settings"].network_pool), lab.manager)
     swarm_backend["backend"] = successor  # the fixture closes this one
     assert successor.tenant == tenant
     successor.reconciler.sync(NAME)  # what a worker does first: observe, find, report
     successor.start()
     async with client_for(successor) as api:
+        # the health comes back at once: the edges' logs are read again from their start
+        first = (await api.get(f"/services/{NAME}/containers")).json()
+        assert [c["Health"] for c in first] == ["UP"] * REPLICAS, first
+        assert (await api.get(f"/services/{NAME}")).json()["Status"] == "active"
         containers = await settled(api, REPLICAS, WEB_IMAGE_2)
     assert snapshot() == before  # the same swarm services, not even updated
     assert all(c["Node"] for c in containers)
@@ -249,6 +305,10 @@ async def the_console_shows_the_engine_and_each_replicas_node(backend: Backend, 
         table = await shown(lambda: (t := app.screen.query_one("#containers", DataTable)).row_count == REPLICAS and t,
                             "the replicas listed")
         nodes = {str(row.value): getattr(table.get_cell(row, "Node"), "plain", "") for row in table.rows}
+        # no stats on swarm (the backend answers 400): a one-line note instead of the CPU / memory figures
+        summary = app.screen.query_one("#summary")
+        await shown(lambda: STATS_REFUSED_NOTE in str(summary.render()), "the no-stats note in the summary")
+        assert app.screen.is_current and not re.search(r"CPU \d", str(summary.render()))
     assert nodes == {c["Id"]: c["Node"] for c in containers}
 
 
@@ -376,3 +436,70 @@ async def test_an_update_whose_replicas_fail_is_rolled_back_by_swarm_and_the_ser
         finally:
             await api.delete("/services/sroll")
             await eventually(lambda: backend.store.get("sroll") is None, 60, interval=0.5, what="sroll deleted")
+
+
+@pytest.fixture
+def silent_image(lab: Lab) -> Iterator[str]:
+    """An image whose replicas run but answer nothing (no server: a shell loop), on every node (built
+    offline from the web image; the nodes never pull)."""
+    tag = f"hyperservice-test/swarm-silent:{uuid.uuid4().hex[:6]}"
+    dockerfile = (f"FROM {WEB_IMAGE}\n"
+                  """ENTRYPOINT ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]\n""").encode()
+    for node in lab.nodes:
+        context = io.BytesIO()
+        with tarfile.open(fileobj=context, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            tar.addfile(info, io.BytesIO(dockerfile))
+        context.seek(0)
+        lab.engine(node).images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True)
+    yield tag
+    for node in lab.nodes:
+        with contextlib.suppress(docker.errors.APIError):
+            lab.engine(node).images.remove(tag, force=True)
+
+
+async def test_an_update_whose_replicas_run_but_never_answer_is_rolled_back_by_the_health_gate(
+    lab: Lab, swarm_backend: dict[str, Any], silent_image: str
+) -> None:
+    """Swarm sees the new tasks running; only the edges' health checks say they serve nothing. The
+    backend rolls the swarm service back once a new task is past its health deadline and not UP."""
+    backend: Backend = swarm_backend["backend"]
+    port = swarm_backend["port"] + 4
+    body = {"Name": "sgate", "Image": WEB_IMAGE, "Replicas": 3, "ServicePort": port, "ContainerPort": 80,
+            "Protocol": "http", "HealthCheckInterval": 1, "HealthCheckRise": 1, "HealthCheckFall": 1}
+    async with client_for(backend) as api:
+        assert (await api.post("/services/create", json=body)).status_code == 201
+        try:
+            await wait_status(api, "sgate", "active", 90)
+            before = {c["Id"] for c in (await api.get("/services/sgate/containers")).json()}
+            with SteadyLoad(lab.address(lab.edge_nodes[0]), port, threads=2) as load:
+                await eventually(lambda: load.result.ok >= 20, 30, what="load flowing")
+                assert (await api.post("/services/sgate/update", json={"Image": silent_image})).status_code == 200
+
+                async def rolled_back() -> dict | None:
+                    service = (await api.get("/services/sgate")).json()
+                    ok = service["Status"] == "active" and service["Message"].startswith("rolled back to revision 1")
+                    return service if ok else None
+
+                try:
+                    service = await eventually(rolled_back, 180, interval=0.5, what="sgate rolled back and active")
+                except AssertionError as exc:
+                    now = (await api.get("/services/sgate")).json()
+                    replicas = (await api.get("/services/sgate/containers")).json()
+                    raise AssertionError(f"{exc}: {now['Status']}: {now['Message']}; {replicas}") from None
+                served = load.result.ok
+                await eventually(lambda: load.result.ok >= served + 20, 30, what="load after the rollback")
+            revisions = (await api.get("/services/sgate/revisions")).json()
+            containers = (await api.get("/services/sgate/containers")).json()
+        finally:
+            await api.delete("/services/sgate")
+            await eventually(lambda: backend.store.get("sgate") is None, 60, interval=0.5, what="sgate deleted")
+    assert service["Image"] == WEB_IMAGE
+    assert "did not answer its health checks" in service["Message"], service["Message"]
+    assert [(r["Number"], r["Outcome"]) for r in revisions][:2] == [(2, "rolled back"), (1, "active")]
+    assert "sgate-" in revisions[0]["Reason"] and "health checks" in revisions[0]["Reason"], revisions[0]
+    assert len(containers) == 3 and all(c["Image"] == WEB_IMAGE and c["Health"] == "UP" for c in containers)
+    assert {c["Id"] for c in containers} & before  # start-first, one task at a time: old replicas served on
+    print(f"health-gated rollback under load: {load.result.ok} ok, {load.result.failed} failed {load.result.errors}")
+    assert load.result.failed <= 3, load.result.errors  # the edges retry a refused connection elsewhere

@@ -12,9 +12,12 @@ from backend.engines.swarm import (
     TaskView,
     balancer_config,
     balancer_service_spec,
+    docker_time,
+    health_gate,
     monitor_seconds,
     replica_service_spec,
     swarm_outcome,
+    update_delay_seconds,
 )
 from backend.models import ServiceSpec
 from backend.settings import Settings
@@ -64,6 +67,14 @@ def test_every_field_of_the_spec_lands_in_the_replica_service() -> None:
     assert (update["Parallelism"], update["Order"], update["FailureAction"]) == (1, "start-first", "rollback")
     assert update["Monitor"] == monitor_seconds(given) * 1_000_000_000 == (3 + 2) * 2 * 1_000_000_000 + 2_000_000_000
     assert kwargs["rollback_config"]["Order"] == "start-first"
+    # the next task is replaced only once the previous new one had time to pass its Rise checks
+    assert update["Delay"] == update_delay_seconds(given) * 1_000_000_000 == (3 * 2 + 2) * 1_000_000_000
+    assert "Pids" not in limits  # no limit asked: none set
+
+
+def test_the_replicas_pids_limit_lands_in_the_task_resources() -> None:
+    kwargs = replica_service_spec(REF, spec(), 1, "t", "n", ncpu=2, pids=321)
+    assert kwargs["task_template"]["Resources"]["Limits"]["Pids"] == 321
 
 
 def test_a_size_with_more_cpus_than_the_nodes_gets_theirs() -> None:
@@ -144,3 +155,33 @@ def test_only_the_swarm_engine_takes_whole_services_from_the_reconciler() -> Non
 
     assert not isinstance(DockerEngine("tenant"), ServiceEngine)  # planned replica by replica
     assert isinstance(SwarmEngine("tenant", lb_image="a", lb_fallback_image="b", slots=3), ServiceEngine)
+
+
+def test_a_replica_not_up_is_not_active_and_one_down_makes_the_service_degraded() -> None:
+    tasks = [TaskView(id=f"t{i}", name=f"web.{i}", state="running", node="n", address=f"10.0.0.{i}", started="",
+                      revision="1", image="img", error="") for i in (1, 2)]
+    assert swarm_outcome(2, 1, tasks, {}, {"t1": "UP", "t2": "UP"}).status == "active"
+    starting = swarm_outcome(2, 1, tasks, {}, {"t1": "UP", "t2": "starting"})
+    assert (starting.status, starting.message) == ("scaling", "2 of 2 replicas running, 1 passing their health checks")
+    assert swarm_outcome(2, 1, tasks, {}, {"t1": "UP"}).status == "scaling"  # not seen by any edge yet
+    down = swarm_outcome(2, 1, tasks, {}, {"t1": "DOWN", "t2": "UP"})
+    assert (down.status, down.message) == ("degraded", "1 of 2 replicas DOWN (failing their health check: web.1)")
+
+
+def test_the_health_gate_picks_a_new_task_past_its_deadline_that_is_not_up() -> None:
+    started = "2026-11-29T10:00:00.5Z"
+    at = docker_time(started)
+    assert at is not None and docker_time("2026-11-29T10:00:00.512345678Z") == pytest.approx(at + 0.012345678)
+    assert docker_time("") is None and docker_time("0001-01-01T00:00:00Z") is None
+
+    def view(ident: str, revision: str, state: str = "running") -> TaskView:
+        return TaskView(id=ident, name=f"web.{ident}", state=state, node="n", address="", started=started,
+                        revision=revision, image="img", error="")
+
+    tasks = [view("old", "1"), view("new", "2"), view("queued", "2", "starting")]
+    health = {"old": "DOWN", "new": "starting"}
+    assert health_gate(2, tasks, health, deadline=4, now=at + 3) is None  # still within its deadline
+    assert health_gate(2, tasks, health, deadline=4, now=at + 5) == tasks[1]
+    assert health_gate(2, tasks, {**health, "new": "UP"}, deadline=4, now=at + 5) is None
+    assert health_gate(2, tasks, {}, deadline=4, now=at + 5) == tasks[1]  # no edge saw it at all
+    assert health_gate(3, tasks, health, deadline=4, now=at + 5) is None  # only the revision rolled out

@@ -8,19 +8,23 @@ back what swarm did (tasks, update status) and answers an `Outcome` for the reco
 
 What a service becomes (all labelled with tenant, service, uid and role, so a restarted backend
 adopts them instead of creating them again):
-- its own overlay network `hs-<name>-<uid8>` (attachable; its subnet from swarm's own address pool, see
+- its own overlay network `hs-<name>-<uid8>` (attachable; its subnet from the product's network pool, see
   `ensure_network`);
 - the replicas: swarm service `<name>-<uid5>` in dnsrr endpoint mode (the VIP needs IPVS), with
   every field of the spec mapped (`replica_service_spec`): image, command, env, workdir, labels,
   stop signal, tty/stdin, ContainerSize as CPU and memory limits, named volumes (node-local), a
-  restart policy, json-file logs and an update config (one task at a time, start-first, rolled back
-  by swarm itself when a new task fails within the monitor window, which follows the health settings);
+  restart policy, the replicas' pids limit, json-file logs and an update config (one task at a time,
+  start-first, a delay for the Rise checks between two, rolled back by swarm itself when a new task
+  fails within the monitor window, which follows the health settings, and by the backend when a new
+  task runs past that window without being UP on the edges: `health_gate`);
 - the balancer: swarm service `<name>-lb<uid3>`, HAProxy (the image the docker engine's balancers
   use) in global mode on the edge nodes (node label `edge=true`; every node when none carries it),
   publishing ServicePort in host mode and finding the replicas by DNS (`tasks.<replica service>`,
   HAProxy `resolvers` on docker's 127.0.0.11 + `server-template`); its haproxy.cfg is a swarm config
   (`balancer_config`);
-- `IP` is the first ready edge node's address; each replica's state and node come from its task.
+- `IP` is the first ready edge node's address; each replica's state and node come from its task, its
+  health from the edge HAProxies' logs, which the manager relays (`task_health`, rules in
+  backend/engines/swarm_health.py); the status is `active` only when every replica is UP.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 import docker.errors
+import requests
 from docker.models.networks import Network
 from docker.types import (
     CancellableStream,
@@ -42,6 +49,8 @@ from docker.types import (
     ContainerSpec,
     DriverConfig,
     EndpointSpec,
+    IPAMConfig,
+    IPAMPool,
     Mount,
     Placement,
     Resources,
@@ -72,6 +81,7 @@ from backend.docker_driver import (
     volume_name,
 )
 from backend.engines.docker import DockerEngine
+from backend.engines.swarm_health import SwarmHealthBoard
 from backend.models import ContainerInfo, ServiceSpec, ServiceStatus
 from backend.planner import Outcome, Replica
 
@@ -86,6 +96,7 @@ RESTART_DELAY_NS = 1_000_000_000  # a failed task is restarted after 1 s (swarm'
 LOG_MAX_SIZE, LOG_MAX_FILE = "10m", "3"
 NETWORK_RELEASE_WAIT = 20.0  # seconds a teardown waits for the tasks to leave the overlay
 UPDATING_STATES = frozenset({"updating", "rollback_started"})
+EDGE_LOG_TIMEOUT = 3.0  # seconds the manager may take to relay an edge task's log (a dead node's: forever)
 
 
 def replica_service_name(ref: ServiceRef) -> str:
@@ -99,12 +110,27 @@ def balancer_service_name(ref: ServiceRef) -> str:
 
 def monitor_seconds(spec: ServiceSpec) -> int:
     """How long swarm watches a new task before it counts the update of it a success: long enough for
-    the balancer to see it pass its health checks (Rise intervals) plus a Fall's worth of slack."""
+    the balancer to see it pass its health checks (Rise intervals) plus a Fall's worth of slack. It is
+    also the backend's health deadline: a new task running longer than this and not UP on the edges
+    makes the backend roll the update back (`health_gate`)."""
     return (spec.HealthCheckRise + spec.HealthCheckFall) * spec.HealthCheckInterval + 2
 
 
+def silent_pass_seconds(spec: ServiceSpec) -> float:
+    """How long after a slot got a task's address a first check that HAProxy did not log (it passed like
+    the slot's previous one) has certainly happened: an interval, the check's timeout, and slack."""
+    return spec.HealthCheckInterval + min(spec.HealthCheckInterval, haproxy.CHECK_TIMEOUT_MAX) + 1.0
+
+
+def update_delay_seconds(spec: ServiceSpec) -> int:
+    """How long swarm waits after a new task before it replaces the next one: time for the edges to
+    resolve it (DNS held 1 s) and see it pass its Rise checks, so a revision that never answers has
+    replaced about one replica when the health gate stops it, not all of them."""
+    return spec.HealthCheckRise * spec.HealthCheckInterval + 2
+
+
 def replica_service_spec(
-    ref: ServiceRef, spec: ServiceSpec, revision: int, tenant: str, network: str, ncpu: int
+    ref: ServiceRef, spec: ServiceSpec, revision: int, tenant: str, network: str, ncpu: int, pids: int = 0
 ) -> dict[str, Any]:
     """The keyword arguments of the Docker API's create_service / update_service for the replicas."""
     labels = {LABEL_SERVICE: ref.name, LABEL_UID: ref.uid, LABEL_TENANT: tenant}
@@ -130,9 +156,12 @@ def replica_service_spec(
         open_stdin=spec.Stdin,
     )
     memory = spec.memory_bytes()
+    resources = Resources(cpu_limit=min(spec.cpus(), ncpu) * 1_000_000_000, mem_limit=memory)
+    if pids:  # TaskTemplate.Resources.Limits.Pids: API 1.41 (dockerd 20.10); the SDK has no argument for it
+        resources["Limits"]["Pids"] = pids
     template = TaskTemplate(
         container_spec=container,
-        resources=Resources(cpu_limit=min(spec.cpus(), ncpu) * 1_000_000_000, mem_limit=memory),
+        resources=resources,
         restart_policy=RestartPolicy(condition="any", delay=RESTART_DELAY_NS),
         log_driver=DriverConfig("json-file", {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}),
         networks=[network],
@@ -143,7 +172,8 @@ def replica_service_spec(
         "labels": {**labels, LABEL_ROLE: ROLE_REPLICA, LABEL_REVISION: str(revision)},
         "task_template": template,
         "mode": ServiceMode("replicated", replicas=spec.Replicas),
-        "update_config": UpdateConfig(parallelism=1, order="start-first", failure_action="rollback", monitor=monitor),
+        "update_config": UpdateConfig(parallelism=1, order="start-first", failure_action="rollback", monitor=monitor,
+                                      delay=update_delay_seconds(spec) * 1_000_000_000),
         "rollback_config": RollbackConfig(parallelism=1, order="start-first", failure_action="pause", monitor=monitor),
         "endpoint_spec": EndpointSpec(mode="dnsrr"),
     }
@@ -286,8 +316,13 @@ def task_view(task: dict[str, Any], service_name: str, nodes: dict[str, str], ne
     )
 
 
-def swarm_outcome(wanted: int, revision: int, tasks: Sequence[TaskView], update: dict[str, Any]) -> Outcome:
-    """What the service's status says, from its tasks (desired running) and swarm's update status."""
+def swarm_outcome(
+    wanted: int, revision: int, tasks: Sequence[TaskView], update: dict[str, Any],
+    health: Mapping[str, str] | None = None,
+) -> Outcome:
+    """What the service's status says, from its tasks (desired running), swarm's update status and, when
+    given, each task's health on the edges (task id -> UP / DOWN / starting): `active` only when every
+    replica runs and is UP, as on the docker engine; a replica DOWN makes the service `degraded`."""
     current = [t for t in tasks if t.revision == str(revision)]
     running = [t for t in current if t.state == "running"]
     state = str(update.get("State") or "")
@@ -299,12 +334,49 @@ def swarm_outcome(wanted: int, revision: int, tasks: Sequence[TaskView], update:
         why = str(update.get("Message") or state)
         return Outcome(ServiceStatus.error, f"swarm stopped the update: {why}", again_in=POLL_ACTIVE)
     if len(running) == wanted and len(tasks) == wanted:
+        if health is None:
+            return Outcome(ServiceStatus.active, "Scaling complete", again_in=POLL_ACTIVE)
+        down = [t.name for t in running if health.get(t.id) == "DOWN"]
+        if down:
+            return Outcome(ServiceStatus.degraded, f"{len(down)} of {wanted} replicas DOWN (failing their health "
+                           f"check: {', '.join(down)})", again_in=POLL_BUSY)
+        up = [t for t in running if health.get(t.id) == "UP"]
+        if len(up) < wanted:
+            return Outcome(ServiceStatus.scaling, f"{wanted} of {wanted} replicas running, {len(up)} passing their "
+                           "health checks", again_in=POLL_BUSY)
         return Outcome(ServiceStatus.active, "Scaling complete", again_in=POLL_ACTIVE)
     failed = next((t.error for t in tasks if t.error and t.state in ("failed", "rejected")), "")
     waiting = next((f"{t.state}: {t.error}" for t in tasks if t.error and t.state not in ("failed", "rejected")), "")
     message = f"{len(running)} of {wanted} replicas running" + (
         f" (last failure: {failed})" if failed else f" ({waiting})" if waiting else "")
     return Outcome(ServiceStatus.scaling, message, again_in=POLL_BUSY)
+
+
+def docker_time(stamp: str) -> float | None:
+    """Epoch seconds of a Docker timestamp ("2026-11-29T10:17:27.387178734Z"); None when empty."""
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    head, _, rest = stamp.partition(".")
+    fraction = rest.rstrip("Z")[:6] if rest else ""
+    zone = "+00:00" if stamp.endswith("Z") else ""
+    try:
+        return datetime.fromisoformat(f"{head}{'.' + fraction.ljust(6, '0') if fraction else ''}{zone}").timestamp()
+    except ValueError:
+        return None
+
+
+def health_gate(
+    revision: int, tasks: Sequence[TaskView], health: Mapping[str, str], deadline: float, now: float
+) -> TaskView | None:
+    """The first task of the revision being rolled out that has been running longer than `deadline`
+    seconds and is not UP on the edges: the rollout must be rolled back because of it (None: none)."""
+    for task in tasks:
+        started = docker_time(task.started)
+        if task.revision != str(revision) or task.state != "running" or started is None:
+            continue
+        if now - started > deadline and health.get(task.id) != "UP":
+            return task
+    return None
 
 
 class SwarmEngine(DockerEngine):
@@ -320,6 +392,8 @@ class SwarmEngine(DockerEngine):
         # service uid -> (revision swarm rolled back, the revision it went back to, swarm's message)
         self._rolled_back: dict[str, tuple[int, int, str]] = {}
         self._declared: dict[str, int] = {}  # service uid -> the revision this backend last declared to swarm
+        self._health_lock = threading.Lock()
+        self._health: dict[str, SwarmHealthBoard] = {}  # service uid -> what its edges' logs said so far
 
     # -- the swarm ----------------------------------------------------------------------------
 
@@ -348,14 +422,14 @@ class SwarmEngine(DockerEngine):
     # -- the network: an overlay --------------------------------------------------------------
 
     def ensure_network(self, ref: ServiceRef, subnet: str | None = None) -> Network:
-        """The service's overlay, its subnet from swarm's own address pool (`subnet` is not used): a
-        node keeps a deleted overlay's subnet for a while, so the product's pool, which hands a freed
-        subnet to the next service at once, made that service's tasks fail there ("Pool overlaps with
-        other one on this address space")."""
+        """The service's overlay on `subnet`, from the product's pool (HYPERSERVICE_NETWORK_POOL). A node
+        keeps a deleted overlay's subnet a while, so the pool hands a freed subnet out again only after
+        the rest of the pool has been (next-fit, backend.store.next_fit_subnet); a subnet still held
+        somewhere answers "overlaps" and the reconciler moves the service to another one (SubnetTaken)."""
         network = self.find_network(ref)
         if network is not None:
             return network
-        ipam = None
+        ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)]) if subnet else None
         try:
             return self.client.networks.create(
                 network_name(ref), driver="overlay", attachable=True, check_duplicate=True,
@@ -384,11 +458,14 @@ class SwarmEngine(DockerEngine):
             return self.lb_image
         return self.lb_fallback_image
 
-    def converge(self, ref: ServiceRef, spec: ServiceSpec, revision: int, network: Network) -> Outcome:
+    def converge(
+        self, ref: ServiceRef, spec: ServiceSpec, revision: int, network: Network, rolling: bool = False
+    ) -> Outcome:
         """Declare the service's swarm services as `spec` says (creating, scaling or rolling them;
-        adopting those that exist already) and say how far swarm got."""
+        adopting those that exist already) and say how far swarm got. `rolling`: `revision` is being
+        rolled out (not yet ready once): its tasks go through the health gate (`health_gate`)."""
         network_id = str(network.id)
-        wanted = replica_service_spec(ref, spec, revision, self.tenant, network_id, self.ncpu())
+        wanted = replica_service_spec(ref, spec, revision, self.tenant, network_id, self.ncpu(), self.limits.pids)
         service = self._service(ref, ROLE_REPLICA)
         if service is None:
             log.info("service %s: creating swarm service %s", ref.name, wanted["name"])
@@ -401,7 +478,9 @@ class SwarmEngine(DockerEngine):
             update = attrs.get("UpdateStatus") or {}
             label = str(attrs["Spec"]["Labels"].get(LABEL_REVISION, ""))
             rolling_back = str(update.get("State", "")).startswith("rollback")
-            if rolling_back and label != str(revision) and label.isdigit() and self._declared.get(ref.uid, revision) == revision:
+            ours = self._rolled_back.get(ref.uid, (0,))[0] == revision  # the health gate's rollback
+            if (rolling_back and not ours and label != str(revision) and label.isdigit()
+                    and self._declared.get(ref.uid, revision) == revision):
                 # swarm is rolling back the revision we declared (a new task failed within the monitor
                 # window) and has put the previous spec back: never declared again (that would fight
                 # swarm's rollback); the reconciler takes the rollback into the store (`rolled_back`).
@@ -421,6 +500,14 @@ class SwarmEngine(DockerEngine):
         nodes = self.node_names()
         name = replica_service_name(ref)
         tasks = [task_view(t, name, nodes, network_id) for t in service.tasks(filters={"desired-state": "running"})]
+        health = self.task_health(ref, tasks, spec)
+        label = str(service.attrs["Spec"]["Labels"].get(LABEL_REVISION, ""))
+        if rolling and label == str(revision) and self._rolled_back.get(ref.uid, (0,))[0] != revision:
+            deadline = monitor_seconds(spec)
+            failing = health_gate(revision, tasks, {t: h for t, (h, _) in health.items()}, deadline, time.time())
+            if failing is not None:
+                self._roll_back(ref, service, revision, f"replica {failing.name} (on {failing.node or '?'}) did not "
+                                f"answer its health checks within {deadline} s")
         update = service.attrs.get("UpdateStatus") or {}
         if update.get("State") == "rollback_completed" and service.attrs["Spec"]["Labels"].get(LABEL_REVISION) == str(
             revision
@@ -428,7 +515,74 @@ class SwarmEngine(DockerEngine):
             update = {}  # a rollback the store took in: this revision is the one to run
         elif self._rolled_back.get(ref.uid, (0,))[0] == revision:
             update = {"State": "rollback_started"}  # said as such until the store follows
-        return swarm_outcome(spec.Replicas, revision, tasks, update)
+        return swarm_outcome(spec.Replicas, revision, tasks, update, {t: h for t, (h, _) in health.items()})
+
+    def _roll_back(self, ref: ServiceRef, service: Any, revision: int, reason: str) -> None:
+        """Have swarm put the previous spec back (`docker service rollback`: the SDK has no call for it),
+        and remember that `revision` was rolled back, and why, for the reconciler (`rolled_back`)."""
+        previous = str(((service.attrs.get("PreviousSpec") or {}).get("Labels") or {}).get(LABEL_REVISION, ""))
+        if not previous.isdigit() or previous == str(revision):
+            return  # nothing of another revision to go back to: the service says what is wrong
+        api = self._api()
+        response = api._post_json(
+            api._url("/services/{0}/update", service.id), data=service.attrs["Spec"],
+            params={"version": service.attrs["Version"]["Index"], "rollback": "previous"},
+        )
+        api._raise_for_status(response)
+        log.warning("service %s: rolling revision %s back to %s: %s", ref.name, revision, previous, reason)
+        self._rolled_back[ref.uid] = (revision, int(previous), reason)
+        service.reload()
+
+    def _balancer_tasks(self, ref: ServiceRef) -> tuple[Any, list[str]]:
+        """The balancer service and the ids of its running tasks on ready nodes (one per edge node): a
+        task on a node swarm has down checks nothing, and the manager would wait for its log."""
+        balancer = self._service(ref, ROLE_BALANCER)
+        if balancer is None:
+            return None, []
+        ready = {str(n.id) for n in self.client.nodes.list() if (n.attrs.get("Status") or {}).get("State") == "ready"}
+        tasks = balancer.tasks(filters={"desired-state": "running"})
+        return balancer, [str(t["ID"]) for t in tasks
+                          if (t.get("Status") or {}).get("State") == "running" and str(t.get("NodeID")) in ready]
+
+    def task_health(
+        self, ref: ServiceRef, tasks: Sequence[TaskView], spec: ServiceSpec | None = None
+    ) -> dict[str, tuple[str, datetime | None]]:
+        """task id -> (health on the edges, since when), from the logs of the balancer's running tasks,
+        which the manager relays from every edge node (each read on from where the last one ended; from
+        the start after a backend restart). See backend/engines/swarm_health.py for the rules."""
+        balancer, running = self._balancer_tasks(ref)
+        if balancer is None:
+            return {t.id: ("", None) for t in tasks}
+        with self._health_lock:
+            board = self._health.setdefault(ref.uid, SwarmHealthBoard())
+            since = {task: board.since_ns([task]) for task in running}
+        with ThreadPoolExecutor(max_workers=max(1, len(since))) as pool:  # one slow node delays no other
+            read = dict(zip(since, pool.map(self._edge_log, since, since.values()), strict=True))
+        with self._health_lock:
+            for lines in read.values():
+                board.feed(lines)
+        with self._health_lock:
+            board.forget_except(running)
+            grace = silent_pass_seconds(spec) if spec is not None else 0.0
+            now = time.time_ns()
+            return {t.id: board.health(t.address, running, now, int(grace * 1e9)) for t in tasks}
+
+    def _edge_log(self, task: str, since_ns: int) -> list[str]:
+        """One edge task's stdout lines since `since_ns`, with timestamps and details, through the
+        manager. A node that stopped answering makes the manager wait for it: after EDGE_LOG_TIMEOUT
+        the lines known so far stand (and swarm soon has that task down)."""
+        api = self._api()
+        params = {"details": 1, "follow": 0, "stdout": 1, "stderr": 0, "timestamps": 1,
+                  "since": f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"}
+        try:
+            response = api._get(api._url("/tasks/{0}/logs", task), params=params, stream=True,
+                                timeout=EDGE_LOG_TIMEOUT)
+            api._raise_for_status(response)
+            text = b"".join(api._multiplexed_response_stream_helper(response)).decode("utf-8", "replace")
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            log.info("health: the log of edge task %s not read: %s", task, exc)
+            return []
+        return text.splitlines()
 
     def rolled_back(self, ref: ServiceRef, revision: int) -> tuple[int, str] | None:
         """(the revision swarm went back to, why) when swarm rolled `revision` back itself."""
@@ -463,15 +617,22 @@ class SwarmEngine(DockerEngine):
                  for t in service.tasks(filters={"desired-state": "running"})]
         return sorted(views, key=lambda t: t.name)
 
-    def container_infos(self, ref: ServiceRef, revision: int, image: str, port: int) -> list[ContainerInfo]:
-        return [
-            ContainerInfo(
-                Id=t.id, Name=t.name, State=t.state, Health="", Address=f"{t.address}:{port}" if t.address else "",
-                Started=t.started, Restarts=0, Image=image if t.revision == str(revision) else t.image,
-                Outdated=t.revision != str(revision), Node=t.node,
-            )
-            for t in self.tasks(ref)
-        ]
+    def container_infos(
+        self, ref: ServiceRef, revision: int, image: str, port: int, spec: ServiceSpec | None = None
+    ) -> list[ContainerInfo]:
+        tasks = self.tasks(ref)
+        health = self.task_health(ref, tasks, spec)
+        infos = []
+        for t in tasks:
+            state, since = health.get(t.id, ("", None))
+            infos.append(ContainerInfo(
+                Id=t.id, Name=t.name, State=t.state, Health=state if t.state == "running" else "",
+                HealthSince=since.isoformat().replace("+00:00", "Z") if since and t.state == "running" else "",
+                Address=f"{t.address}:{port}" if t.address else "", Started=t.started, Restarts=0,
+                Image=image if t.revision == str(revision) else t.image, Outdated=t.revision != str(revision),
+                Node=t.node,
+            ))
+        return infos
 
     def remove_services(self, ref: ServiceRef, keep_replicas: bool = False) -> None:
         """Remove the balancer (and, unless `keep_replicas`, the replicas) and the balancer's configs."""
@@ -485,6 +646,9 @@ class SwarmEngine(DockerEngine):
         for config in self.client.configs.list(filters={"label": labels}):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):  # in use until its task goes
                 config.remove()
+        if not keep_replicas:
+            with self._health_lock:
+                self._health.pop(ref.uid, None)
 
     # -- the Engine protocol where the reconciler still calls it ------------------------------
 

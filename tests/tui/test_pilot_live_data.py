@@ -140,6 +140,35 @@ async def test_dashes_until_the_first_sample():
         assert sorted(replica_cells(app, "Memory").values()) == ["3.2 MiB", "48.7 MiB", "—"]
 
 
+async def test_an_engine_without_stats_gets_a_one_line_note_and_is_not_asked_again():
+    # The swarm engine answers 400 on /stats (a task's figures stay on its node's engine).
+    import fakes
+
+    from tui.client import ApiError
+    from tui.screens.service import STATS_REFUSED_NOTE
+
+    client = fakes.FakeClient()
+    asked: list[str] = []
+
+    async def refused_stats(name: str):
+        asked.append(name)
+        raise ApiError(400, "stats are not available on the swarm engine: ...")
+        yield  # an async generator, as the real one
+
+    client.stats = refused_stats  # type: ignore[method-assign]
+    app = ConsoleApp(client=client, clock=lambda: fakes.NOW)
+    async with app.run_test(size=(160, 24)) as pilot:
+        await pilot.pause()
+        app.screen.query_one("#services").select_name("web")
+        await pilot.press("enter")
+        summary = app.screen.query_one("#summary")
+        await wait_for(pilot, lambda: STATS_REFUSED_NOTE in str(summary.render()), 5, "the no-stats note")
+        assert isinstance(app.screen, ServiceScreen) and set(replica_cells(app, "CPU").values()) == {"—"}
+        app.screen.follow_stats_if_needed()  # what a change of the replicas does
+        await pilot.pause()
+        assert asked == ["web"]
+
+
 # -- 2. health -----------------------------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ service's address.
 
 The stats stream (`GET /services/{name}/stats`) is read only while this screen exists: a thin worker
 hands samples over in batches; the stream is (re)opened whenever the set of running replicas changes
-(the backend ends it once the replicas it started with are gone), never on a timer.
+(the backend ends it once the replicas it started with are gone), never on a timer. An engine that has
+no stats (the swarm engine answers 400) is not asked again: the summary says so in one line instead.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ BUSY = ("created", "scaling", "updating", "deleting")
 STATS_FLUSH_SECONDS = 0.25  # samples of several replicas arriving close together are drawn together
 
 
+STATS_REFUSED_NOTE = "no CPU/memory figures on this engine"  # the backend answered 400 (swarm)
+
+
 @dataclass
 class StatsSamples(Message):
     """The latest samples of some replicas, from the stats stream opened as `generation`."""
@@ -62,6 +66,7 @@ class StatsEnded(Message):
 
     generation: int
     problem: str | None = None
+    refused: bool = False  # the backend answered 400: this engine has no stats (swarm)
 
 
 def spec_value(service: Service, key: str) -> Text:
@@ -115,6 +120,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         self._stats_open = False
         self._stats_pending: dict[str, ReplicaStats] = {}
         self._stats_flush_scheduled = False
+        self.stats_refused: str | None = None  # why the backend has no stats (its 400), once it said so
 
     def compose(self) -> ComposeResult:
         yield Header(icon="≡")
@@ -177,6 +183,8 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
             cpu = sum(s.CPUPercent or 0.0 for s in samples)
             memory = sum(s.MemoryBytes or 0 for s in samples)
             optional.append(Text(f"CPU {cpu_text(cpu)} · memory {format_bytes(memory)}", style="dim"))
+        elif self.stats_refused is not None:
+            optional.append(Text(STATS_REFUSED_NOTE, style="dim"))
         room = (self.size.width or 80) - 2
         for extra in optional:  # what fits on the first line, in this order
             if len(head) + sum(len(p) + 3 for p in parts) + len(extra) + 3 <= room:
@@ -242,7 +250,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
     def follow_stats_if_needed(self) -> None:
         """Open the stats stream, or reopen it when the running replicas are not the ones it covers."""
         replicas = self.app.catalog.containers.get(self.service_name)
-        if replicas is None or self.gone:
+        if replicas is None or self.gone or self.stats_refused is not None:
             return
         key = frozenset((r.Id, r.Started) for r in replicas if r.State == "running")
         if key == self._stats_key and (self._stats_open or not key):
@@ -258,7 +266,7 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
 
     @work(exclusive=True, group="stats", exit_on_error=False)
     async def follow_stats(self, generation: int) -> None:
-        problem = None
+        problem, refused = None, False
         try:
             async for sample in self.app.client.stats(self.service_name):
                 self._stats_pending[sample.Id] = sample
@@ -266,9 +274,9 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
                     self._stats_flush_scheduled = True
                     self.set_timer(STATS_FLUSH_SECONDS, lambda: self._flush_stats(generation))
         except ApiError as exc:
-            problem = exc.message
+            problem, refused = exc.message, exc.status == 400
         self._flush_stats(generation)
-        self.post_message(StatsEnded(generation, problem))
+        self.post_message(StatsEnded(generation, problem, refused))
 
     def _flush_stats(self, generation: int) -> None:
         self._stats_flush_scheduled = False
@@ -287,6 +295,9 @@ class ServiceScreen(ServiceActions, ConsoleScreen):
         if message.generation == self._stats_generation:
             # Reopened by the next change of the replicas (or the next connect), not retried in a loop.
             self._stats_open = False
+            if message.refused:  # not on this engine (swarm): never asked again, the summary says so
+                self.stats_refused = message.problem or "no stats on this engine"
+                self.redraw(summary_only=True)
 
     def _tick(self) -> None:
         self.redraw()
