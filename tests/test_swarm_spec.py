@@ -164,6 +164,8 @@ def test_a_replica_not_up_is_not_active_and_one_down_makes_the_service_degraded(
     starting = swarm_outcome(2, 1, tasks, {}, {"t1": "UP", "t2": "starting"})
     assert (starting.status, starting.message) == ("scaling", "2 of 2 replicas running, 1 passing their health checks")
     assert swarm_outcome(2, 1, tasks, {}, {"t1": "UP"}).status == "scaling"  # not seen by any edge yet
+    no_edge = swarm_outcome(2, 1, tasks, {}, {"t1": "", "t2": ""})  # no edge task runs
+    assert no_edge.status == "scaling" and "no balancer task runs on an edge node" in no_edge.message
     down = swarm_outcome(2, 1, tasks, {}, {"t1": "DOWN", "t2": "UP"})
     assert (down.status, down.message) == ("degraded", "1 of 2 replicas DOWN (failing their health check: web.1)")
 

@@ -341,6 +341,11 @@ def swarm_outcome(
             return Outcome(ServiceStatus.degraded, f"{len(down)} of {wanted} replicas DOWN (failing their health "
                            f"check: {', '.join(down)})", again_in=POLL_BUSY)
         up = [t for t in running if health.get(t.id) == "UP"]
+        if running and not any(health.get(t.id) for t in running):
+            # The board knows no edge task at all: nothing checks the replicas, nothing serves them.
+            return Outcome(ServiceStatus.scaling, f"{wanted} of {wanted} replicas running; no balancer task runs on "
+                           "an edge node (nodes labelled edge=true, or every node when none is), so none is "
+                           "checked nor served", again_in=POLL_BUSY)
         if len(up) < wanted:
             return Outcome(ServiceStatus.scaling, f"{wanted} of {wanted} replicas running, {len(up)} passing their "
                            "health checks", again_in=POLL_BUSY)
