@@ -257,8 +257,9 @@ def _progress(
     noun = "replica" if desired.replicas == 1 else "replicas"
     progress = f"{ready_count} ready"
     if laggards := _not_passing_in_time(desired, current):
-        longest = max(v.running_for or 0.0 for v in laggards)
-        progress += f"; {_names(laggards)} not passing health checks after {longest:.0f} s"
+        # The deadline, not the time so far: a message that changed with every look would be a new
+        # status event (and history entry) every few seconds.
+        progress += f"; {_names(laggards)} not passing health checks within {desired.health_deadline:g} s"
     return Outcome(ServiceStatus.scaling, f"Scaling to {desired.replicas} {noun} ({progress})", again_in)
 
 

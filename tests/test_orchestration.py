@@ -102,7 +102,7 @@ async def test_a_replica_that_never_passes_its_checks_is_named_in_the_status(api
 
     async def named() -> dict | None:
         body = (await api.get("/services/deaf")).json()
-        return body if "not passing health checks after" in body["Message"] else None
+        return body if "not passing health checks within" in body["Message"] else None
 
     service = await eventually(named, timeout=90, what="the status to name the replica not passing its checks")
     (replica,) = (await api.get("/services/deaf/containers")).json()

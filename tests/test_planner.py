@@ -268,7 +268,10 @@ def test_a_replica_running_past_its_health_deadline_without_passing_is_named_in_
     observed = [rep("s1"), rep("s2"), rep("s3", health="starting", running_for=46.4)]
     outcome = plan(desired, observed).outcome
     assert outcome.status == ServiceStatus.scaling
-    assert outcome.message == "Scaling to 3 replicas (2 ready; web-s3-r1 not passing health checks after 46 s)"
+    assert outcome.message == "Scaling to 3 replicas (2 ready; web-s3-r1 not passing health checks within 45 s)"
+    # The message stays the same while it waits (each new message is a status event and a history entry).
+    observed[2] = rep("s3", health="starting", running_for=300.0)
+    assert plan(desired, observed).outcome.message == outcome.message
     # Within its deadline, it is only not ready yet.
     observed[2] = rep("s3", health="starting", running_for=44.0)
     assert plan(desired, observed).outcome.message == "Scaling to 3 replicas (2 ready)"
