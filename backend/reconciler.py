@@ -240,7 +240,7 @@ class Reconciler:
 
     def enqueue(self, name: str) -> None:
         """Look at a service now: the operator changed it, so a running backoff no longer applies."""
-        self._touch(name)
+        self._touch(name, asked=True)
         self._failures.pop(name, None)
         self._retry_at.pop(name, None)
         self.queue.add(name)
@@ -250,7 +250,7 @@ class Reconciler:
         waiting out a backoff after a failure (its retry is queued already). `background`: behind
         everything else (the resync: with hundreds of services a pass takes the workers a while)."""
         if not background:
-            self._touch(name)
+            self._touch(name, asked=True)
         if self._retry_at.get(name, 0.0) <= self._clock():
             self.queue.add(name, background=background)
 
@@ -262,11 +262,14 @@ class Reconciler:
                 self._resync_asked.add(name)
             self.mark_dirty(name, background=True)
 
-    def _touch(self, name: str) -> None:
+    def _touch(self, name: str, asked: bool = False) -> None:
         """Something happened to the service (or is about to): a snapshot read before now no longer
-        tells its state."""
+        tells its state. `asked`: an event or a change asks for a look at it, so its next sync is not
+        the resync's alone (it reads the engine itself)."""
         with self._touch_lock:
             self._touched[name] = next(self._touch_counter)
+            if asked:
+                self._resync_asked.discard(name)
 
     def _snapshot_for(self, record: ServiceRecord, resync_only: bool) -> EngineSnapshot | None:
         """The resync pass's snapshot of the engine when it may stand for this service's own look (see
