@@ -833,6 +833,9 @@ class Reconciler:
         self._healing.pop(record.uid, None)
         self._departures.pop(record.uid, None)
         self._pulls.pop(record.name, None)
+        with self._touch_lock:
+            self._touched.pop(record.name, None)
+            self._resync_asked.discard(record.name)
         self.store.forget(record)
         self.hub.publish("service", "deleted", Name=record.name)
 
