@@ -306,17 +306,20 @@ class Balancers:
     def containers(self, ref: ServiceRef) -> list[Container]:
         return self.engine.balancers(ref)
 
-    def ensure(self, record: ServiceRecord, servers: dict[str, str]) -> list[Container]:
+    def ensure(
+        self, record: ServiceRecord, servers: dict[str, str], listed: list[Container] | None = None
+    ) -> list[Container]:
         """Balancers for the service's address (and FIP) exist and run; extra ones are removed.
 
         A balancer created here starts with `servers` in its config: they start UP-unchecked, which
         the health board reports as "starting" until their first check. One that is not running
         (stopped, or exiting again and again because an address it binds was taken meanwhile) is
-        made anew, and so is one of an earlier kind (published through docker-proxy).
+        made anew, and so is one of an earlier kind (published through docker-proxy). `listed`: the
+        service's balancers as a snapshot of the engine has them (None: list them now).
         """
         ref = ServiceRef(record.name, record.uid)
         wanted = {"ip": record.ip, **({"fip": record.fip} if record.fip else {})}
-        existing = self.containers(ref)
+        existing = self.containers(ref) if listed is None else listed
         result: list[Container] = []
         stale = [
             container for container in existing

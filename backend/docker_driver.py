@@ -511,8 +511,8 @@ class DockerDriver:
         """uid → service name of every object this installation owns on the engine."""
         owned: dict[str, str] = {}
         tenant = f"{LABEL_TENANT}={self.tenant}"
-        for container in self.client.containers.list(all=True, filters={"label": tenant}, ignore_removed=True):
-            labels = container.labels
+        for item in self.client.api.containers(all=True, filters={"label": tenant}):  # the labels: no inspect
+            labels = item.get("Labels") or {}
             owned[labels.get(LABEL_UID, "")] = labels.get(LABEL_SERVICE, "")
         for network in self.client.networks.list(filters={"label": tenant}):
             labels = network.attrs.get("Labels") or {}

@@ -24,6 +24,7 @@ What crosses the seam:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from docker.models.containers import Container
@@ -157,6 +158,38 @@ class Engine(Protocol):
     def open_log(self, container: Container, since: float) -> LogSource | None:
         """Its stdout from `since` on, as `follow_log` gives it, but as a non-blocking source for a
         shared selector thread; None when this engine cannot (then `follow_log` on a thread)."""
+        ...
+
+
+@dataclass
+class EngineSnapshot:
+    """Everything of this installation on the engine, read at once (one list of its containers, one of
+    its networks), by service uid: what a periodic resync pass hands each service's sync instead of
+    that service's own list calls (a list costs the engine a scan of all its containers, so a list per
+    service made a pass grow with the square of the services).
+
+    Containers listed running are taken from the list as they are (id, name, labels, state, address,
+    creation to the second); the few in any other state are inspected, so an exit's code, OOM kill
+    and restart count are known. `images` remembers, for the snapshot's life, which images the engine
+    has (one look per image, not per service)."""
+
+    replicas: dict[str, list[Replica]] = field(default_factory=dict)  # service uid -> its replicas, oldest first
+    balancers: dict[str, list[Container]] = field(default_factory=dict)  # service uid -> its balancers
+    networks: dict[str, Network] = field(default_factory=dict)  # service uid -> its network
+    images: dict[str, bool] = field(default_factory=dict)  # image reference -> the engine has it
+
+    def covers(self, uid: str) -> bool:
+        """Whether the service had its network when the snapshot was taken (one that had not is new,
+        or half made: its sync looks for itself)."""
+        return uid in self.networks
+
+
+@runtime_checkable
+class SnapshotEngine(Protocol):
+    """An engine that can read everything of this installation at once (`docker`)."""
+
+    def snapshot(self) -> EngineSnapshot:
+        """Every container and network of this installation, by service (one list of each)."""
         ...
 
 

@@ -27,6 +27,12 @@ Controller-style, as in Kubernetes' sample-controller:
   known status (served with an "engine unreachable since ..." note), and the engine watcher, which
   pings every RECONNECT_MAX seconds at most while the engine is away, looks at every service again
   the moment it answers;
+- a periodic resync pass reads the engine once, not once per service: the first sync of the pass
+  takes a snapshot of everything of this installation (`EngineSnapshot`: one list of containers,
+  one of networks), and each service's resync-only sync observes through it, as long as it is young
+  (SNAPSHOT_MAX_AGE) and nothing touched the service since it was taken (an event about it, an
+  operator's change, a sync of it, a stop of one of its replicas: `snapshot_serves`); any other sync
+  lists for itself, so what an event or a change asks about is always seen fresh;
 - a deleted service is torn down on a pool of its own (TEARDOWN_WORKERS at once), so deletes never
   wait for each other or for the workers;
 - what it sees and does (status changes, replicas started, exited, OOM-killed, replaced or removed,
@@ -36,6 +42,7 @@ Controller-style, as in Kubernetes' sample-controller:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import re
 import threading
@@ -47,6 +54,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import docker.errors
+from docker.models.containers import Container
 from docker.models.networks import Network
 
 from backend.balancer import DRAIN_WAIT, BalancerError, Balancers, ReplicaHealth
@@ -62,7 +70,7 @@ from backend.docker_driver import (
     engine_calls,
     object_name,
 )
-from backend.engine import Engine, ServiceEngine
+from backend.engine import Engine, EngineSnapshot, ServiceEngine, SnapshotEngine
 from backend.events import EventHub
 from backend.history import History, exit_reason
 from backend.models import RevisionOutcome, ServiceStatus
@@ -93,6 +101,10 @@ TEARDOWN_WAIT_ON_STOP = 15.0  # seconds a stopping backend waits for the teardow
 START_GRACE = 10.0  # seconds a new replica gets to start, on top of its health checks, in a rollout
 PULL_WORKERS = 2  # images pulled at once (a pull may take minutes: never on a worker)
 STOP_WORKERS = 8  # drained replicas stopped at once (a stop may take STOP_TIMEOUT: never on a worker)
+# Seconds a resync pass's snapshot of the engine serves (capped by the resync period); a pass that
+# takes longer reads the engine again. The resync is the net under missed events: a missed one is
+# noticed at most one period plus this late.
+SNAPSHOT_MAX_AGE = 10.0
 
 
 @dataclass
@@ -101,6 +113,27 @@ class Departure:
 
     deadline: float  # (reconciler clock) when it is stopped even with requests still on it
     stopping: Future[None] | None = None  # its graceful stop and removal, once under way
+
+
+@dataclass(frozen=True)
+class PassSnapshot:
+    """A snapshot of the engine taken for a resync pass: `seq` on the reconciler's touch counter just
+    before it was read, `taken` on its clock."""
+
+    snapshot: EngineSnapshot
+    seq: int
+    taken: float
+
+
+def snapshot_serves(shared: PassSnapshot | None, resync_only: bool, touched: int, now: float, max_age: float) -> bool:
+    """Whether a service's sync may observe through the pass's snapshot instead of asking the engine:
+    only a sync the resync alone asked for (an event or a change wants today's engine), only while the
+    snapshot is young, and only when nothing touched the service (`touched`: the counter's value at
+    its last touch) since the snapshot began to be read: else it may miss a replica just made (and
+    the planner make another) or show one dead that was replaced."""
+    if shared is None or not resync_only:
+        return False
+    return touched < shared.seq and now - shared.taken <= max_age
 
 
 @dataclass
@@ -167,6 +200,15 @@ class Reconciler:
         self._orphans_lock = threading.Lock()  # the resync loop and a direct call never interleave
         # service uid -> (revision rolled back to, why): the service's message once it is active again
         self._rolled_back: dict[str, tuple[int, str]] = {}
+        # The resync's shared snapshot (see snapshot_serves): each touch of a service (an event, a
+        # change, a sync, a stop) takes the next number of one counter, and so does a snapshot.
+        self._touch_lock = threading.Lock()
+        self._touch_counter = itertools.count(1)
+        self._touched: dict[str, int] = {}  # service name -> counter at its last touch
+        self._resync_asked: set[str] = set()  # names the resync marked dirty, not synced since
+        self._pass_snapshot: PassSnapshot | None = None
+        self._pass_snapshot_lock = threading.Lock()  # one worker reads the engine, the others wait for it
+        self.snapshot_max_age = min(SNAPSHOT_MAX_AGE, self.resync_seconds)
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -198,6 +240,7 @@ class Reconciler:
 
     def enqueue(self, name: str) -> None:
         """Look at a service now: the operator changed it, so a running backoff no longer applies."""
+        self._touch(name, asked=True)
         self._failures.pop(name, None)
         self._retry_at.pop(name, None)
         self.queue.add(name)
@@ -206,12 +249,45 @@ class Reconciler:
         """Something about a service changed (an event, the resync): look at it, unless it is
         waiting out a backoff after a failure (its retry is queued already). `background`: behind
         everything else (the resync: with hundreds of services a pass takes the workers a while)."""
+        if not background:
+            self._touch(name, asked=True)
         if self._retry_at.get(name, 0.0) <= self._clock():
             self.queue.add(name, background=background)
 
     def resync_all(self) -> None:
+        with self._pass_snapshot_lock:
+            self._pass_snapshot = None  # a new pass reads the engine anew (once, at its first sync)
         for name in self.store.names():
+            with self._touch_lock:
+                self._resync_asked.add(name)
             self.mark_dirty(name, background=True)
+
+    def _touch(self, name: str, asked: bool = False) -> None:
+        """Something happened to the service (or is about to): a snapshot read before now no longer
+        tells its state. `asked`: an event or a change asks for a look at it, so its next sync is not
+        the resync's alone (it reads the engine itself)."""
+        with self._touch_lock:
+            self._touched[name] = next(self._touch_counter)
+            if asked:
+                self._resync_asked.discard(name)
+
+    def _snapshot_for(self, record: ServiceRecord, resync_only: bool) -> EngineSnapshot | None:
+        """The resync pass's snapshot of the engine when it may stand for this service's own look (see
+        snapshot_serves), taking one when the pass has none or its one is too old; None: look fresh."""
+        if not resync_only or not isinstance(self.engine, SnapshotEngine) or isinstance(self.engine, ServiceEngine):
+            return None  # (swarm's scheduler owns the replicas: it converges each service itself)
+        with self._pass_snapshot_lock:
+            shared = self._pass_snapshot
+            if shared is None or self._clock() - shared.taken > self.snapshot_max_age:
+                with self._touch_lock:
+                    seq = next(self._touch_counter)  # before the read: a touch during it counts as after
+                taken = self._clock()
+                shared = self._pass_snapshot = PassSnapshot(self.engine.snapshot(), seq, taken)
+        with self._touch_lock:
+            touched = self._touched.get(record.name, 0)
+        if not snapshot_serves(shared, resync_only, touched, self._clock(), self.snapshot_max_age):
+            return None
+        return shared.snapshot if shared.snapshot.covers(record.uid) else None
 
     # -- threads -----------------------------------------------------------------------------
 
@@ -280,7 +356,7 @@ class Reconciler:
         name = attributes.get(LABEL_SERVICE)
         if not name:
             return
-        self.mark_dirty(name)
+        self.mark_dirty(name)  # (a touch: the next look at it is fresh)
         if event.get("Type") == "container":
             self.history.on_docker_event(event)
             action = str(event.get("Action") or event.get("status") or "")
@@ -371,13 +447,22 @@ class Reconciler:
 
     def sync(self, name: str) -> float | None:
         """Take the next step for one service; answer when to look again (None: when told)."""
+        with self._touch_lock:
+            resync_only = name in self._resync_asked
+            self._resync_asked.discard(name)
+        try:
+            return self._sync(name, resync_only)
+        finally:
+            self._touch(name)  # what this step did is not in a snapshot read before its end
+
+    def _sync(self, name: str, resync_only: bool) -> float | None:
         record = self.store.get(name)
         if record is None:
             return None
         if record.deleting:
             self._start_teardown(record)
             return None
-        outcome = self._converge(record)
+        outcome = self._converge(record, resync_only)
         if outcome is None:  # nothing to say yet (an image pull reports its own progress)
             return None
         if outcome.status == ServiceStatus.active:
@@ -388,12 +473,14 @@ class Reconciler:
         self.report(name, outcome.status, outcome.message, record.generation)
         return self._backoff(name) if outcome.backoff else outcome.again_in
 
-    def _converge(self, record: ServiceRecord) -> Outcome | None:
+    def _converge(self, record: ServiceRecord, resync_only: bool = False) -> Outcome | None:
         """One step for a live service: observe -> plan (backend.planner: pure) -> apply (through the
-        engine); `sync` reports the outcome (None: nothing to report yet)."""
-        network = self._ensure_network(record)
+        engine); `sync` reports the outcome (None: nothing to report yet). `resync_only`: only the
+        periodic resync asked for this step (it may observe through the pass's snapshot)."""
+        snapshot = self._snapshot_for(record, resync_only)
+        network = self._ensure_network(record, snapshot)
         try:
-            if not self._image_ready(record):
+            if not self._image_ready(record, snapshot):
                 self._pull(record)  # it reports its own progress; the service is looked at again after it
                 return None
         except ImageUnavailable as exc:
@@ -410,7 +497,7 @@ class Reconciler:
             if running != record.containers:
                 self.store.update(record.name, containers=running)
             return outcome
-        observed = self._observe(record)
+        observed = self._observe(record, snapshot)
         rolled_back = self._check_rollout(record, observed)
         if rolled_back is not None:
             return rolled_back
@@ -421,7 +508,8 @@ class Reconciler:
         )
         healing = self._healing.get(record.uid, {})
         step = plan(desired, observed, healing, active=record.status == ServiceStatus.active)
-        self._apply(record, object_name(network), step, {view.replica.id: view for view in observed})
+        listed = snapshot.balancers.get(record.uid, []) if snapshot is not None else None
+        self._apply(record, object_name(network), step, {view.replica.id: view for view in observed}, listed)
         return step.outcome
 
     def _engine_rolled_back(self, record: ServiceRecord, to: int, reason: str) -> Outcome | None:
@@ -439,10 +527,12 @@ class Reconciler:
         self.report(record.name, ServiceStatus.updating, message)
         return Outcome(ServiceStatus.updating, message, again_in=SOON)
 
-    def _observe(self, record: ServiceRecord) -> list[ReplicaView]:
-        """Each replica as the planner sees it: the engine's facts, its health at the balancer and,
-        for one taken out of the balancers, how far it is on its way out."""
-        replicas = {replica.id: replica for replica in self.engine.replicas(ServiceRef(record.name, record.uid))}
+    def _observe(self, record: ServiceRecord, snapshot: EngineSnapshot | None = None) -> list[ReplicaView]:
+        """Each replica as the planner sees it: the engine's facts (from `snapshot` when given), its
+        health at the balancer and, for one taken out of the balancers, how far it is on its way out."""
+        found = (snapshot.replicas.get(record.uid, []) if snapshot is not None
+                 else self.engine.replicas(ServiceRef(record.name, record.uid)))
+        replicas = {replica.id: replica for replica in found}
         departures = self._departures.setdefault(record.uid, {})
         for gone in set(departures) - set(replicas):
             del departures[gone]
@@ -462,15 +552,19 @@ class Reconciler:
             )
         return views
 
-    def _apply(self, record: ServiceRecord, network: str, step: Plan, observed: dict[str, ReplicaView]) -> None:
-        """Take the planned step; nothing here waits for a drain, a stop or a pull."""
+    def _apply(
+        self, record: ServiceRecord, network: str, step: Plan, observed: dict[str, ReplicaView],
+        listed: list[Container] | None = None,
+    ) -> None:
+        """Take the planned step; nothing here waits for a drain, a stop or a pull. `listed`: the
+        service's balancers as the pass's snapshot has them (None: the balancers list them)."""
         if step.heals:
             self._heal(record, step)
         port = record.spec.ContainerPort or record.spec.ServicePort
         # The balancers are made (or checked) while the new replicas start, not after them: they start
         # with the staying replicas, and the new ones join through the gate below once they run.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            balancers_ready = pool.submit(self.balancers.ensure, record, _servers(step.serving, port))
+            balancers_ready = pool.submit(self.balancers.ensure, record, _servers(step.serving, port), listed)
             try:
                 created = self._create_replicas(record, network, list(step.create_in))
             except Exception:
@@ -553,13 +647,18 @@ class Reconciler:
     def _stop_later(self, name: str, replica: Replica) -> Future[None]:
         """Stop (StopSignal, then kill after the stop timeout) and remove a drained replica on the
         stop pool; the service is looked at again once that is done."""
+        self._touch(name)
         stopping = self._stop_pool.submit(self.engine.remove_replicas, [replica])
-        stopping.add_done_callback(lambda _: self.queue.add(name))
+        stopping.add_done_callback(lambda _: self._stopped(name))
         return stopping
 
-    def _image_ready(self, record: ServiceRecord) -> bool:
+    def _stopped(self, name: str) -> None:
+        self._touch(name)  # a replica of it is gone: a snapshot read before now still has it
+        self.queue.add(name)
+
+    def _image_ready(self, record: ServiceRecord, snapshot: EngineSnapshot | None = None) -> bool:
         """Whether the engine has the service's image (a pull of it that ended is taken in: a
-        failed one is raised, as ImageUnavailable)."""
+        failed one is raised, as ImageUnavailable). With a snapshot, asked once per image for it."""
         pull = self._pulls.get(record.name)
         if pull is not None and pull.image == record.spec.Image:
             if not pull.done.done():
@@ -567,7 +666,12 @@ class Reconciler:
             del self._pulls[record.name]
             pull.done.result()  # raises what the pull raised
             return True
-        return self.engine.has_image(record.spec.Image)
+        if snapshot is None:
+            return self.engine.has_image(record.spec.Image)
+        known = snapshot.images.get(record.spec.Image)
+        if known is None:
+            known = snapshot.images[record.spec.Image] = self.engine.has_image(record.spec.Image)
+        return known
 
     def _pull(self, record: ServiceRecord) -> None:
         """Pull the service's image on the pull pool, unless that runs already; the service is looked
@@ -645,11 +749,12 @@ class Reconciler:
         if messages:
             self.report(record.name, ServiceStatus.degraded, "; ".join(messages))
 
-    def _ensure_network(self, record: ServiceRecord) -> Network:
+    def _ensure_network(self, record: ServiceRecord, snapshot: EngineSnapshot | None = None) -> Network:
         """The service's network on its own subnet of the network pool; when someone else on the engine
         took that subnet meanwhile (another installation, a kept network), move to a free one."""
         ref = ServiceRef(record.name, record.uid)
-        existing = self.engine.find_network(ref)
+        existing = snapshot.networks.get(record.uid) if snapshot is not None else None
+        existing = existing or self.engine.find_network(ref)
         if existing is not None:
             return existing
         subnet = record.subnet or self.store.assign_subnet(record.name)
@@ -735,6 +840,9 @@ class Reconciler:
         self._healing.pop(record.uid, None)
         self._departures.pop(record.uid, None)
         self._pulls.pop(record.name, None)
+        with self._touch_lock:
+            self._touched.pop(record.name, None)
+            self._resync_asked.discard(record.name)
         self.store.forget(record)
         self.hub.publish("service", "deleted", Name=record.name)
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import http.client
 import os
 import random
@@ -67,6 +68,7 @@ from backend.core import Backend
 from backend.docker_driver import LABEL_SERVICE, LABEL_TENANT
 from backend.haproxy import slot_index
 from backend.settings import Settings
+from bench import polling
 from tests.balancer_helpers import SteadyLoad
 from tests.swarm_lab import Lab, parse_env, swarm_lab
 
@@ -95,17 +97,7 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def eventually(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(POLL)
-    raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}; last: {last!r}")
+eventually = functools.partial(polling.eventually, interval=POLL)  # (bench/polling.py)
 
 
 # -- hyperservice ------------------------------------------------------------------------------------

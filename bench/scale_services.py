@@ -6,12 +6,17 @@ with its reconciler on the local Docker engine, N services of one busybox replic
 balancers), created one after another. Printed:
 
 - create → active per service as the count grows (medians per block of 50: flat, not growing);
-- with all of them live: the console's start → first full paint, a replica killed → its row's Up
-  cell changed, CPU over idle seconds (the whole process: console + backend + reconciler), the
-  reconciler's resync cost (CPU of one pass over every service), threads and file descriptors;
+- with all of them live: the reconciler's resync pass (one pass over every service by its workers, as
+  the periodic resync runs it: wall time, CPU of this process and of dockerd + containerd, and the
+  container lists it sent the engine), beside the same services each synced fresh, one after
+  another (its own lists: what a pass cost before the pass's shared snapshot); the console's start →
+  first full paint, a replica killed → its row's Up cell changed, CPU over idle seconds (the whole
+  process: console + backend + reconciler), threads and file descriptors;
 - memory: the process's RSS, dockerd's and containerd's RSS, and the containers' own.
 
-Everything it made is removed at the end (services deleted through the API, then by tenant label).
+Everything it made is removed at the end (services deleted through the API, then by tenant label),
+also when it fails or is stopped with Ctrl-C (SIGINT, SIGTERM: it stops measuring and cleans up; a
+second Ctrl-C while it cleans up is ignored).
 Usage: python -m bench.scale_services [--services 300] [--idle 30] [--changes 10]
 """
 
@@ -19,17 +24,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import resource
+import signal
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import docker
+import docker.errors
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +50,7 @@ from backend.api import create_app  # noqa: E402
 from backend.core import Backend  # noqa: E402
 from backend.docker_driver import LABEL_TENANT  # noqa: E402
 from backend.settings import Settings  # noqa: E402
+from bench.polling import eventually  # noqa: E402
 
 WEB_IMAGE = "hyperservice-test/web:1"
 LB_IMAGE = "hyperservice-test/haproxy:2.6"
@@ -80,26 +92,72 @@ def cpu_seconds(names: tuple[str, ...]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def engine_cpu_seconds() -> float:
+    """CPU seconds used so far by the engine this bench talks to: the dockerd of /var/run/docker.pid
+    and its containerd (not another dockerd on the host, e.g. a swarm test bed's); every dockerd and
+    containerd when there is no such pid file."""
+    try:
+        dockerd = int(Path("/var/run/docker.pid").read_text().strip())
+    except (OSError, ValueError):
+        return cpu_seconds(("dockerd", "containerd"))
+    pids = [dockerd]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == dockerd and (entry / "comm").read_text().strip() == "containerd":
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def wait_for(check, timeout: float, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s")
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM): stop measuring and clean up."""
+
+
+STOP = threading.Event()  # set by SIGINT / SIGTERM
+
+
+async def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """bench/polling's `eventually`, stopped by Ctrl-C at the next look."""
+
+    def checked() -> Any:
+        if STOP.is_set():
+            raise Interrupted
+        return check()
+
+    return await eventually(checked, timeout, interval=interval)
+
+
+async def pause(seconds: float) -> None:
+    """Sleep, cut short by Ctrl-C (Interrupted)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if STOP.is_set():
+            raise Interrupted
+        await asyncio.sleep(min(0.2, left))
+    if STOP.is_set():
+        raise Interrupted
 
 
 async def create_all(api: httpx.AsyncClient, count: int) -> list[float]:
     """Create services one after another; each: POST → status active (seconds)."""
     times = []
     for index in range(count):
+        if STOP.is_set():
+            raise Interrupted
         name = f"scale{index:03d}"
         body = {"Name": name, "Image": WEB_IMAGE, "ServicePort": 80, "Replicas": 1,
                 "HealthCheckInterval": 2, "HealthCheckRise": 1}
@@ -148,6 +206,8 @@ async def console_figures(backend: Backend, args: argparse.Namespace, client: do
 
         latencies = []
         for _ in range(args.changes):
+            if STOP.is_set():
+                raise Interrupted
             name = random.choice(names)
             replica_id = backend.store.get(name).containers[0]  # type: ignore[union-attr]
             began = time.perf_counter()
@@ -159,13 +219,12 @@ async def console_figures(backend: Backend, args: argparse.Namespace, client: do
             f"median {statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms ({len(latencies)} kills)"
         )
 
-        await asyncio.sleep(2)
-        engine = ("dockerd", "containerd")
+        await pause(2)
         cpu, wall = time.process_time(), time.perf_counter()
-        balancers_cpu, engine_cpu = cpu_seconds(("haproxy",)), cpu_seconds(engine)
-        await asyncio.sleep(args.idle)
+        balancers_cpu, engine_cpu = cpu_seconds(("haproxy",)), engine_cpu_seconds()
+        await pause(args.idle)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        balancers_cpu, engine_cpu = cpu_seconds(("haproxy",)) - balancers_cpu, cpu_seconds(engine) - engine_cpu
+        balancers_cpu, engine_cpu = cpu_seconds(("haproxy",)) - balancers_cpu, engine_cpu_seconds() - engine_cpu
         results[f"idle CPU over {args.idle:g} s (console + backend)"] = f"{cpu / wall * 100:.1f}% of one core"
         results["idle CPU: every balancer's HAProxy"] = f"{balancers_cpu / wall * 100:.1f}% of one core"
         results["idle CPU: dockerd + containerd"] = f"{engine_cpu / wall * 100:.1f}% of one core"
@@ -173,14 +232,62 @@ async def console_figures(backend: Backend, args: argparse.Namespace, client: do
     return results
 
 
-def resync_cost(backend: Backend) -> str:
-    """CPU and wall time of one pass of the reconciler over every service, done here directly."""
+def count_container_lists(client: docker.DockerClient) -> Callable[[], int]:
+    """Count the container lists sent to the engine through `client` (every one, sparse or not, is the
+    low-level `containers` call); answers the count so far."""
+    api: Any = client.api
+    original = api.containers
+    calls = [0]
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    api.containers = counted
+    return lambda: calls[0]
+
+
+async def resync_pass(backend: Backend, lists: Callable[[], int]) -> str:
+    """One resync pass as the periodic resync runs it: every service marked, the workers sync each (the
+    pass's first sync reads the engine once for all); from the mark to the last service's sync."""
+    reconciler: Any = backend.reconciler
+    names = set(backend.store.names())
+    synced: set[str] = set()
+    original = reconciler.sync
+
+    def recorded(name: str) -> float | None:
+        try:
+            return original(name)  # type: ignore[no-any-return]
+        finally:
+            synced.add(name)
+
+    reconciler.sync = recorded
+    try:
+        lists_before, engine_cpu, cpu, wall = lists(), engine_cpu_seconds(), time.process_time(), time.perf_counter()
+        reconciler.resync_all()
+        await wait_for(lambda: synced >= names, timeout=600, interval=0.01)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        engine_cpu, sent = engine_cpu_seconds() - engine_cpu, lists() - lists_before
+    finally:
+        del reconciler.sync
+    return (f"{wall:.2f} s wall, {cpu:.2f} s CPU (process), dockerd + containerd {engine_cpu:.2f} s CPU, "
+            f"{sent} container lists for {len(names)} services")
+
+
+def fresh_syncs(backend: Backend, lists: Callable[[], int]) -> str:
+    """Every service synced fresh, one after another on this thread: each lists its own replicas and
+    balancers (what a resync pass did before it shared one snapshot of the engine)."""
     names = backend.store.names()
+    lists_before, engine_cpu = lists(), engine_cpu_seconds()
     cpu, wall = time.thread_time(), time.perf_counter()
     for name in names:
+        if STOP.is_set():
+            raise Interrupted
         backend.reconciler.sync(name)
     cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-    return f"{wall:.1f} s wall, {cpu:.1f} s CPU in this thread for {len(names)} services ({wall / len(names) * 1000:.0f} ms each)"
+    engine_cpu, sent = engine_cpu_seconds() - engine_cpu, lists() - lists_before
+    return (f"{wall:.1f} s wall, {cpu:.1f} s CPU in this thread, dockerd + containerd {engine_cpu:.1f} s CPU, "
+            f"{sent} container lists for {len(names)} services ({wall / len(names) * 1000:.0f} ms each)")
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -193,6 +300,7 @@ async def run(args: argparse.Namespace) -> None:
         backend = Backend(settings)
         backend.start()
         tenant = backend.tenant
+        lists = count_container_lists(backend.driver.client)
         threads_before, fds_before = threading.active_count(), open_fds()
         try:
             transport = httpx.ASGITransport(app=create_app(backend))
@@ -207,7 +315,9 @@ async def run(args: argparse.Namespace) -> None:
                 figures = {
                     "backend threads (before → with all)": f"{threads_before} → {threading.active_count()}",
                     "open file descriptors": f"{fds_before} → {open_fds()}",
-                    "reconciler: one resync pass": resync_cost(backend),
+                    "reconciler: one resync pass (workers)": await resync_pass(backend, lists),
+                    "reconciler: each service synced fresh": fresh_syncs(backend, lists),
+                    "reconciler: one resync pass again": await resync_pass(backend, lists),
                 }
                 figures.update(await console_figures(backend, args, client))
                 containers = client.containers.list(filters={"label": f"{LABEL_TENANT}={tenant}"})
@@ -228,13 +338,29 @@ async def run(args: argparse.Namespace) -> None:
                     print(f"  {what:<44} {figure}")
                 print("\ndeleting ...", flush=True)
                 for index in range(args.services):
+                    if STOP.is_set():
+                        raise Interrupted
                     await api.delete(f"/services/scale{index:03d}")
         finally:
+            print("cleaning up ...", file=sys.stderr, flush=True)
             backend.close()
-            for container in client.containers.list(all=True, filters={"label": f"{LABEL_TENANT}={tenant}"}):
-                container.remove(force=True)
-            for network in client.networks.list(filters={"label": f"{LABEL_TENANT}={tenant}"}):
-                network.remove()
+            clean_up(client, tenant)
+
+
+def clean_up(client: docker.DockerClient, tenant: str) -> None:
+    """Remove every container and network of the bench's tenant (gone already is fine)."""
+    label = {"label": f"{LABEL_TENANT}={tenant}"}
+
+    def remove(container: Any) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # hundreds of containers: not one after another
+        list(pool.map(remove, client.containers.list(all=True, filters=label, sparse=True)))
+    for network in client.networks.list(filters=label):
+        with contextlib.suppress(docker.errors.NotFound):
+            network.remove()
+    print(f"removed everything of tenant {tenant[:8]}", file=sys.stderr, flush=True)
 
 
 def main() -> int:
@@ -242,7 +368,24 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=300)
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--changes", type=int, default=10)
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+
+    def stop(signum: int, frame: object) -> None:
+        if STOP.is_set():
+            print("still cleaning up; please wait", file=sys.stderr, flush=True)
+            return
+        print(f"\n{signal.Signals(signum).name}: stopping, then cleaning up ...", file=sys.stderr, flush=True)
+        STOP.set()
+
+    # A flag, not KeyboardInterrupt: raised at a random await (inside the console, or the backend's
+    # workers' handoff), it was swallowed or left the cleanup half done. Every wait looks at the flag.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        asyncio.run(run(args))
+    except Interrupted:
+        print("interrupted; cleaned up", file=sys.stderr)
+        return 130
     return 0
 
 

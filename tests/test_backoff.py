@@ -81,7 +81,7 @@ class Rig:
     def step(self, result: Step) -> float | None:
         """One worker pass over `web` whose step has `result`; the delay it was queued again with."""
 
-        def converge(record: ServiceRecord) -> Outcome:
+        def converge(record: ServiceRecord, *_: object) -> Outcome:
             if isinstance(result, Exception):
                 raise result
             return result(self.reconciler, record)

@@ -322,6 +322,12 @@ def test_an_active_service_stays_active_while_health_is_only_being_confirmed():
     assert plan(want(2), unconfirmed, active=False).outcome.status == ServiceStatus.scaling
 
 
+def test_a_settled_active_service_is_not_looked_at_again_until_something_happens():
+    """Every replica UP: no polling (it was every WAIT_FOR_HEALTH s for every active service: two
+    container lists each, 300 a second with 300 services); events and the resync look again."""
+    assert plan(want(2), [rep("s1"), rep("s2")], active=True).outcome == Outcome(ServiceStatus.active, "Scaling complete")
+
+
 def test_a_crash_loop_of_oom_kills_names_the_memory_limit():
     looping = replace(
         rep("s1", state="restarting", restarts=4).replica, oom_killed=True, exit_code=137, memory_limit=64 * 2**20

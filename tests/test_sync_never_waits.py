@@ -181,7 +181,9 @@ class BusyBalancers:
     def __init__(self) -> None:
         self.servers: dict[str, dict[str, str]] = {}
 
-    def ensure(self, record: ServiceRecord, servers: dict[str, str]) -> list[Container]:
+    def ensure(
+        self, record: ServiceRecord, servers: dict[str, str], listed: list[Container] | None = None
+    ) -> list[Container]:
         return []
 
     def set_servers(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlparse
 
@@ -20,6 +21,9 @@ from docker.models.containers import Container
 from backend.balancer import LABEL_SLOT
 from backend.docker_driver import (
     LABEL_REVISION,
+    LABEL_ROLE,
+    LABEL_TENANT,
+    LABEL_UID,
     ROLE_BALANCER,
     ROLE_REPLICA,
     STOP_TIMEOUT,
@@ -29,6 +33,7 @@ from backend.docker_driver import (
     object_id,
     object_name,
 )
+from backend.engine import EngineSnapshot
 from backend.models import ServiceSpec
 from backend.planner import Replica
 
@@ -53,6 +58,39 @@ class DockerEngine(DockerDriver):
 
     def remove_containers(self, ref: ServiceRef, graceful: bool = True, stop_timeout: int = STOP_TIMEOUT) -> None:
         self.remove_many(self.containers(ref), graceful, stop_timeout)
+
+    # -- everything at once ------------------------------------------------------------------------
+
+    def snapshot(self) -> EngineSnapshot:
+        """Every container (both roles, any state) and network of this installation, by service uid:
+        one list of each, without inspecting the containers that run (the list says enough of them);
+        the others are inspected, one by one (few: a settled engine has none)."""
+        tenant = {"label": [f"{LABEL_TENANT}={self.tenant}"]}
+        listed = self.client.api.containers(all=True, filters=tenant)
+        networks = self.client.api.networks(filters=tenant)
+        snapshot = EngineSnapshot()
+        for item in sorted(listed, key=lambda entry: int(entry.get("Created") or 0)):
+            labels = item.get("Labels") or {}
+            uid, role = labels.get(LABEL_UID, ""), labels.get(LABEL_ROLE, "")
+            if not uid or role not in (ROLE_REPLICA, ROLE_BALANCER):
+                continue
+            container: Container | None = self.client.containers.prepare_model(listed_attrs(item))
+            if item.get("State") != "running":  # its exit code, OOM kill and restarts: only inspect says
+                try:
+                    container = self.client.containers.get(str(item.get("Id")))
+                except docker.errors.NotFound:
+                    container = None  # removed since it was listed
+            if container is None:
+                continue
+            if role == ROLE_REPLICA:
+                snapshot.replicas.setdefault(uid, []).append(replica_of(container))
+            else:
+                snapshot.balancers.setdefault(uid, []).append(container)
+        for item in networks:
+            uid = (item.get("Labels") or {}).get(LABEL_UID, "")
+            if uid:
+                snapshot.networks[uid] = self.client.networks.prepare_model(item)
+        return snapshot
 
     # -- balancer containers ----------------------------------------------------------------------
 
@@ -176,6 +214,21 @@ class DockerLogSource:
 
 
 LOG_CONNECT_TIMEOUT = 10.0  # seconds to connect and read the answer's headers; the body never times out
+
+
+def listed_attrs(item: dict[str, Any]) -> dict[str, Any]:
+    """A container as the engine's list gives it (`/containers/json`), in the shape inspect gives it,
+    as far as the list says: id, name, creation (to the second), state, labels, addresses."""
+    names = item.get("Names") or []
+    created = datetime.fromtimestamp(int(item.get("Created") or 0), UTC)
+    return {
+        "Id": item.get("Id", ""),
+        "Name": names[0] if names else "",
+        "Created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "State": {"Status": item.get("State", ""), "Running": item.get("State") == "running"},
+        "Config": {"Labels": item.get("Labels") or {}, "Image": item.get("Image", "")},
+        "NetworkSettings": item.get("NetworkSettings") or {},
+    }
 
 
 def replica_of(container: Container) -> Replica:
