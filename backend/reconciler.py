@@ -125,13 +125,17 @@ class PassSnapshot:
     taken: float
 
 
-def snapshot_serves(shared: PassSnapshot | None, resync_only: bool, touched: int, now: float, max_age: float) -> bool:
+def snapshot_serves(
+    shared: PassSnapshot | None, resync_only: bool, touched: int, now: float, max_age: float, settled: bool = True
+) -> bool:
     """Whether a service's sync may observe through the pass's snapshot instead of asking the engine:
     only a sync the resync alone asked for (an event or a change wants today's engine), only while the
     snapshot is young, and only when nothing touched the service (`touched`: the counter's value at
     its last touch) since the snapshot began to be read: else it may miss a replica just made (and
-    the planner make another) or show one dead that was replaced."""
-    if shared is None or not resync_only:
+    the planner make another) or show one dead that was replaced. Only for a `settled` service (its
+    last look found it active): the list does not say how often a running replica was restarted nor
+    when it started, which a service in trouble (a crash loop between two restarts) is judged by."""
+    if shared is None or not resync_only or not settled:
         return False
     return touched < shared.seq and now - shared.taken <= max_age
 
@@ -285,7 +289,8 @@ class Reconciler:
                 shared = self._pass_snapshot = PassSnapshot(self.engine.snapshot(), seq, taken)
         with self._touch_lock:
             touched = self._touched.get(record.name, 0)
-        if not snapshot_serves(shared, resync_only, touched, self._clock(), self.snapshot_max_age):
+        settled = record.status == ServiceStatus.active
+        if not snapshot_serves(shared, resync_only, touched, self._clock(), self.snapshot_max_age, settled):
             return None
         return shared.snapshot if shared.snapshot.covers(record.uid) else None
 

@@ -48,17 +48,21 @@ def test_a_snapshot_serves_only_a_resync_only_sync_of_a_service_untouched_since_
 
 
 @pytest.mark.parametrize(
-    ("why", "snapshot", "resync_only", "touched", "now"),
+    ("why", "snapshot", "resync_only", "touched", "now", "settled"),
     [
-        ("no snapshot", None, True, 0, 100.0),
-        ("an event or a change asked for the sync", shared(), False, 0, 100.0),
-        ("touched while the snapshot was read", shared(), True, 10, 100.0),
-        ("touched after the snapshot was read", shared(), True, 11, 100.0),
-        ("the snapshot is too old", shared(), True, 0, 110.5),
+        ("no snapshot", None, True, 0, 100.0, True),
+        ("an event or a change asked for the sync", shared(), False, 0, 100.0, True),
+        ("touched while the snapshot was read", shared(), True, 10, 100.0, True),
+        ("touched after the snapshot was read", shared(), True, 11, 100.0, True),
+        ("the snapshot is too old", shared(), True, 0, 110.5, True),
+        ("the service is not settled (a crash loop is judged by restarts the list does not say)", shared(), True, 0, 100.0,
+         False),
     ],
 )
-def test_a_snapshot_does_not_serve(why: str, snapshot: PassSnapshot | None, resync_only: bool, touched: int, now: float):
-    assert not snapshot_serves(snapshot, resync_only, touched, now, max_age=10.0), why
+def test_a_snapshot_does_not_serve(
+    why: str, snapshot: PassSnapshot | None, resync_only: bool, touched: int, now: float, settled: bool
+):
+    assert not snapshot_serves(snapshot, resync_only, touched, now, max_age=10.0, settled=settled), why
 
 
 # -- a container as the engine's list gives it (pure) ---------------------------------------------------
