@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
+from backend.core import Backend
 from tests.conftest import eventually
 from tui.app import ConsoleApp
+from tui.client import ApiClient
 from tui.screens.create import CreateServiceScreen
 from tui.screens.services import ServicesScreen
 
@@ -43,6 +46,18 @@ async def submit_form(pilot: Pilot, name: str) -> None:
     await pilot.press("ctrl+s")
     await wait_for(pilot, lambda: isinstance(pilot.app.screen, ServicesScreen), 30, "the form to close")
     await wait_for(pilot, lambda: name in pilot.app.screen.query_one("#services").rows, 10, "the new row")
+
+
+def recording_client(backend: Backend) -> tuple[ApiClient, list[str]]:
+    """An in-process client of `backend` and the requests it sends, as they are sent ("GET /services")."""
+    requests: list[str] = []
+    client = ApiClient.in_process(backend)
+
+    async def record(request: httpx.Request) -> None:
+        requests.append(f"{request.method} {request.url.path}")
+
+    client.http.event_hooks["request"].append(record)
+    return client, requests
 
 
 def cell(pilot: Pilot, table_id: str, row: str, column: str) -> str:
