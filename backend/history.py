@@ -22,13 +22,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Unpack
 
 from backend.docker_driver import LABEL_ROLE, LABEL_UID, ROLE_REPLICA
 from backend.engine import Engine
 from backend.events import EventHub
-from backend.models import EventGroup, EventType, ServiceEvent, ServiceHistory
-from backend.store import Store
+from backend.models import EventGroup, ServiceEvent, ServiceHistory
+from backend.store import EventEntry, Store
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +55,15 @@ class History:
         self._died: dict[str, float] = {}
         self._removing: dict[str, float] = {}
 
-    def record(
-        self,
-        *,
-        name: str | None = None,
-        uid: str | None = None,
-        type: EventType,
-        action: str,
-        replica: str = "",
-        message: str = "",
-        exit_code: int | None = None,
-        oom_killed: bool = False,
-        by: str = "",
-        if_changed: bool = False,
-    ) -> ServiceEvent | None:
+    def record(self, **entry: Unpack[EventEntry]) -> ServiceEvent | None:
         """Add an entry to the history of service `name` (or instance `uid`) and tell the change feed.
         Nothing happens for a service the store does not know (deleted meanwhile, or not ours), nor,
         with `if_changed`, when the replica's latest entry of this type says the same already."""
         try:
-            stored = self.store.add_event(
-                name=name, uid=uid, type=type, action=action, replica=replica, message=message,
-                exit_code=exit_code, oom_killed=oom_killed, by=by, at=self.clock(), if_changed=if_changed,
-            )
+            stored = self.store.add_event(at=self.clock(), **entry)
         except sqlite3.Error as exc:  # the store closed under a late event: history is not worth a crash
-            log.debug("history entry %s/%s of %s not recorded: %s", type, action, name or uid, exc)
+            log.debug("history entry %s/%s of %s not recorded: %s", entry["type"], entry["action"],
+                      entry.get("name") or entry.get("uid"), exc)
             return None
         if stored is None:
             return None

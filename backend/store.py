@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 from backend.models import EventType, Revision, RevisionOutcome, ServiceEvent, ServiceSpec
 
@@ -262,6 +262,24 @@ def next_fit_subnet(
         if not any(candidate.overlaps(other) for other in blocked):
             return candidate
     return None
+
+
+class EventEntry(TypedDict, total=False):
+    """One history entry to add, as `Store.add_event` and `History.record` take it: the service by
+    `name` or by instance `uid` (one of them); what happened (`type`, `action`, and for a replica its
+    name, exit code, whether it was OOM-killed); a `message`; who asked (`by`, for an action). With
+    `if_changed`, nothing is added when the latest entry of this type and replica has this action."""
+
+    name: str | None
+    uid: str | None
+    type: Required[EventType]
+    action: Required[str]
+    replica: str
+    message: str
+    exit_code: int | None
+    oom_killed: bool
+    by: str
+    if_changed: bool
 
 
 class Store:
@@ -610,26 +628,15 @@ class Store:
 
     # -- history ------------------------------------------------------------------------------
 
-    def add_event(
-        self,
-        *,
-        name: str | None = None,
-        uid: str | None = None,
-        type: EventType,
-        action: str,
-        replica: str = "",
-        message: str = "",
-        exit_code: int | None = None,
-        oom_killed: bool = False,
-        by: str = "",
-        at: float | None = None,
-        if_changed: bool = False,
-    ) -> tuple[str, ServiceEvent] | None:
+    def add_event(self, *, at: float | None = None, **entry: Unpack[EventEntry]) -> tuple[str, ServiceEvent] | None:
         """Add one entry to the history of the service named `name` (or of instance `uid`) and prune
         its oldest beyond `events_kept`, in one transaction. Answers (service name, the entry); None
         when no such service is known (an event of a deleted or foreign instance is dropped), or, with
         `if_changed`, when the latest entry of this type and replica has this action already (a health
         seen again after a restart is no change)."""
+        name, uid, type, action = entry.get("name"), entry.get("uid"), entry["type"], entry["action"]
+        replica, message, by = entry.get("replica", ""), entry.get("message", ""), entry.get("by", "")
+        exit_code, oom_killed = entry.get("exit_code"), entry.get("oom_killed", False)
         if (name is None) == (uid is None):
             raise ValueError("give the service's name or its uid")
         at = time.time() if at is None else at
@@ -641,7 +648,7 @@ class Store:
             if row is None:
                 return None
             service, instance = row
-            if if_changed:
+            if entry.get("if_changed", False):
                 last = db.execute(
                     "SELECT action FROM events WHERE uid = ? AND type = ? AND replica = ? ORDER BY id DESC LIMIT 1",
                     (instance, type, replica),

@@ -86,6 +86,20 @@ def backend(settings: Settings, docker_client: docker.DockerClient) -> Iterator[
         remove_tenant_objects(docker_client, tenant)
 
 
+@contextlib.contextmanager
+def backend_to_restart(settings: Settings, docker_client: docker.DockerClient) -> Iterator[Backend]:
+    """A started backend, for a test that closes it and starts the next one on the same data dir (a
+    restart). On the way out it is closed (again: closing twice is harmless) and its tenant's Docker
+    objects removed, the next backends' included (the same data dir: the same tenant)."""
+    instance = Backend(settings)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.close()
+        remove_tenant_objects(docker_client, instance.tenant)
+
+
 @pytest.fixture
 def backend_factory(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Callable[..., Backend]]:
     """Started backends with settings of the test's choosing (`backend_factory(max_replicas=2)`)."""

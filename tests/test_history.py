@@ -21,7 +21,14 @@ from backend.events import EventHub
 from backend.history import History, summarise
 from backend.models import ServiceEvent, ServiceSpec
 from backend.store import EVENTS_KEPT, Store
-from tests.conftest import client_for, eventually, make_settings, remove_tenant_objects, wait_status, web_body
+from tests.conftest import (
+    backend_to_restart,
+    client_for,
+    eventually,
+    make_settings,
+    wait_status,
+    web_body,
+)
 
 POOL = "127.9.0.0/24"
 # Holds 100 MB in the shell's own memory (PID 1): with 64 MB and no swap, the kernel OOM-kills it.
@@ -181,10 +188,7 @@ def test_docker_events_become_starts_exits_oom_kills_and_restarts(tmp_path: Path
 
 async def test_history_names_an_oom_kill_groups_it_and_survives_a_restart(tmp_path, docker_client: docker.DockerClient):
     settings = make_settings(tmp_path / "data")
-    first = Backend(settings)
-    first.start()
-    tenant = first.tenant
-    try:
+    with backend_to_restart(settings, docker_client) as first:
         async with client_for(first) as api:
             created = await api.post("/services/create", json=web_body("hog", 1, ContainerSize="s1", Cmd=HOG))
             assert created.status_code == 201
@@ -243,9 +247,6 @@ async def test_history_names_an_oom_kill_groups_it_and_survives_a_restart(tmp_pa
                 assert kept[scale[0]["Id"]] == scale[0]
         finally:
             second.close()
-    finally:
-        first.close()
-        remove_tenant_objects(docker_client, tenant)
 
 
 async def test_scaling_down_is_a_removal_not_trouble_and_health_is_recorded(backend: Backend, api):

@@ -21,7 +21,15 @@ from backend.models import ServiceSpec
 from backend.settings import Settings
 from backend.store import NetworkPoolExhausted, Store, next_fit_subnet
 from tests.balancer_helpers import SteadyLoad, who
-from tests.conftest import client_for, eventually, make_settings, remove_tenant_objects, wait_status, web_body
+from tests.conftest import (
+    backend_to_restart,
+    client_for,
+    eventually,
+    make_settings,
+    remove_tenant_objects,
+    wait_status,
+    web_body,
+)
 
 
 def spec(name: str) -> ServiceSpec:
@@ -152,10 +160,8 @@ def subnet_of(network: docker.models.networks.Network) -> str:
 async def test_service_networks_come_from_the_pool_and_stay_after_a_restart(tmp_path, docker_client):
     settings = make_settings(tmp_path / "data", max_replicas=4)
     pool = ipaddress.ip_network(settings.network_pool)
-    first = Backend(settings)
-    first.start()
-    tenant = first.tenant
-    try:
+    with backend_to_restart(settings, docker_client) as first:
+        tenant = first.tenant
         async with client_for(first) as api:
             for name in ("one", "two"):
                 assert (await api.post("/services/create", json=web_body(name, 1))).status_code == 201
@@ -182,8 +188,6 @@ async def test_service_networks_come_from_the_pool_and_stay_after_a_restart(tmp_
                 assert subnet_of(network_of(docker_client, tenant, record.uid)) == subnets[name]
         finally:
             second.close()
-    finally:
-        remove_tenant_objects(docker_client, tenant)
 
 
 @pytest.mark.docker
@@ -255,10 +259,7 @@ async def test_sixty_services_at_once_beyond_dockers_default_pools(backend_facto
 async def test_a_raised_replica_limit_grows_existing_balancers(tmp_path, docker_client):
     # Made under a limit of 2 (a balancer with 3 server slots), scaled to 6 after a restart with 40.
     small = make_settings(tmp_path / "data", max_replicas=2)
-    first = Backend(small)
-    first.start()
-    tenant = first.tenant
-    try:
+    with backend_to_restart(small, docker_client) as first:
         async with client_for(first) as api:
             await api.post("/services/create", json=web_body("grow", 2, HealthCheckInterval=1, HealthCheckRise=1))
             service = await wait_status(api, "grow", "active", timeout=60)
@@ -295,5 +296,3 @@ async def test_a_raised_replica_limit_grows_existing_balancers(tmp_path, docker_
                 assert (await api.get("/services/grow")).json()["Replicas"] == 6
         finally:
             second.close()
-    finally:
-        remove_tenant_objects(docker_client, tenant)

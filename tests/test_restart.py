@@ -10,7 +10,15 @@ import docker
 from backend.core import Backend
 from backend.docker_driver import LABEL_ROLE, LABEL_SERVICE, LABEL_TENANT, LABEL_UID
 from backend.store import ServiceRecord
-from tests.conftest import client_for, eventually, make_settings, remove_tenant_objects, wait_status, web_body
+from tests.conftest import (
+    backend_to_restart,
+    client_for,
+    eventually,
+    make_settings,
+    remove_tenant_objects,
+    wait_status,
+    web_body,
+)
 
 
 def running(docker_client: docker.DockerClient, tenant: str, name: str) -> set[str]:
@@ -20,10 +28,8 @@ def running(docker_client: docker.DockerClient, tenant: str, name: str) -> set[s
 
 async def test_restart_keeps_everything_and_heals_what_changed_while_down(tmp_path, docker_client):
     settings = make_settings(tmp_path / "data")
-    first = Backend(settings)
-    first.start()
-    tenant = first.tenant
-    try:
+    with backend_to_restart(settings, docker_client) as first:
+        tenant = first.tenant
         async with client_for(first) as api:
             await api.post("/services/create", json=web_body("alpha", 2))
             await api.post("/services/create", json=web_body("beta", 1, Labels={"tier": "db"}))
@@ -75,9 +81,6 @@ async def test_restart_keeps_everything_and_heals_what_changed_while_down(tmp_pa
                 assert running(docker_client, tenant, "alpha") | running(docker_client, tenant, "beta") == before
         finally:
             second.close()
-    finally:
-        first.close()
-        remove_tenant_objects(docker_client, tenant)
 
 
 async def test_two_backends_on_one_engine_never_touch_each_other(tmp_path, docker_client):
@@ -109,11 +112,9 @@ async def test_a_restored_older_state_file_reports_unknown_services_and_removes_
     provably orphans. They are reported, kept through the grace period, removed only if still unknown;
     a uid that becomes known in the meantime (here: released) is never removed."""
     settings = make_settings(tmp_path / "data", orphan_grace_seconds=600)
-    first = Backend(settings)
-    first.start()
-    tenant = first.tenant
     backup = tmp_path / "backup.db"
-    try:
+    with backend_to_restart(settings, docker_client) as first:
+        tenant = first.tenant
         async with client_for(first) as api:
             await api.post("/services/create", json=web_body("older", 1))
             await wait_status(api, "older", "active")
@@ -163,6 +164,3 @@ async def test_a_restored_older_state_file_reports_unknown_services_and_removes_
             assert second.store.names() == ["older"]
         finally:
             second.close()
-    finally:
-        first.close()
-        remove_tenant_objects(docker_client, tenant)

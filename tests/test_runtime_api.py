@@ -15,7 +15,7 @@ from backend import haproxy, runtime_api
 from backend.balancer import Balancers
 from backend.core import Backend
 from backend.docker_driver import ServiceRef
-from tests.conftest import client_for, make_settings, remove_tenant_objects, wait_status, web_body
+from tests.conftest import backend_to_restart, client_for, make_settings, wait_status, web_body
 
 SECRET = " \t" * (haproxy.ADMIN_SECRET_LENGTH // 2)
 
@@ -123,10 +123,7 @@ async def test_a_balancer_on_this_host_is_asked_over_the_loopback_without_docker
 
 async def test_a_restarted_backend_reads_an_adopted_balancers_secret_once(tmp_path, docker_client):
     settings = make_settings(tmp_path / "data")
-    first = Backend(settings)
-    first.start()
-    tenant = first.tenant
-    try:
+    with backend_to_restart(settings, docker_client) as first:
         async with client_for(first) as api:
             await api.post("/services/create", json=web_body("adopted", 1, HealthCheckInterval=1, HealthCheckRise=1))
             await wait_status(api, "adopted", "active")
@@ -142,5 +139,3 @@ async def test_a_restarted_backend_reads_an_adopted_balancers_secret_once(tmp_pa
             assert execs == [["busybox", "cat", haproxy.ADMIN_SECRET_PATH]]
         finally:
             second.close()
-    finally:
-        remove_tenant_objects(docker_client, tenant)

@@ -387,19 +387,24 @@ async def test_delete_with_keep_removes_the_front_and_leaves_the_replicas_runnin
             service.remove()
 
 
-@pytest.fixture
-def failing_image(lab: Lab) -> Iterator[str]:
-    """An image whose replicas exit at once, on the manager only (built offline from the web image):
-    tasks placed elsewhere fail too (no such image, and the nodes never pull)."""
-    tag = f"hyperservice-test/swarm-exits:{uuid.uuid4().hex[:6]}"
-    dockerfile = f'FROM {WEB_IMAGE}\nENTRYPOINT ["/bin/false"]\n'.encode()
+def build_image(engine: docker.DockerClient, dockerfile: bytes, tag: str) -> None:
+    """Build `tag` on `engine` from `dockerfile` alone (offline: nothing pulled)."""
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
         info = tarfile.TarInfo("Dockerfile")
         info.size = len(dockerfile)
         tar.addfile(info, io.BytesIO(dockerfile))
     context.seek(0)
-    lab.manager.images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True)
+    engine.images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True)
+
+
+@pytest.fixture
+def failing_image(lab: Lab) -> Iterator[str]:
+    """An image whose replicas exit at once, on the manager only (built offline from the web image):
+    tasks placed elsewhere fail too (no such image, and the nodes never pull)."""
+    tag = f"hyperservice-test/swarm-exits:{uuid.uuid4().hex[:6]}"
+    dockerfile = f'FROM {WEB_IMAGE}\nENTRYPOINT ["/bin/false"]\n'.encode()
+    build_image(lab.manager, dockerfile, tag)
     yield tag
     with contextlib.suppress(docker.errors.APIError):
         lab.manager.images.remove(tag, force=True)
@@ -446,13 +451,7 @@ def silent_image(lab: Lab) -> Iterator[str]:
     dockerfile = (f"FROM {WEB_IMAGE}\n"
                   """ENTRYPOINT ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]\n""").encode()
     for node in lab.nodes:
-        context = io.BytesIO()
-        with tarfile.open(fileobj=context, mode="w") as tar:
-            info = tarfile.TarInfo("Dockerfile")
-            info.size = len(dockerfile)
-            tar.addfile(info, io.BytesIO(dockerfile))
-        context.seek(0)
-        lab.engine(node).images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True)
+        build_image(lab.engine(node), dockerfile, tag)
     yield tag
     for node in lab.nodes:
         with contextlib.suppress(docker.errors.APIError):

@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple, TextIO, TypeVar
 
 from pydantic import ValidationError
 
@@ -431,6 +431,17 @@ async def _older_backend(client: ApiClient, name: str, exc: ApiError, route: str
     return ApiError(exc.status, f"{where} has no {route}: it is older than this command; upgrade it")
 
 
+Answer = TypeVar("Answer")
+
+
+async def _on_newer_route(client: ApiClient, name: str, route: str, request: Awaitable[Answer]) -> Answer:
+    """The answer to `request`, on a route an older backend lacks (its 404/405 said so: `_older_backend`)."""
+    try:
+        return await request
+    except ApiError as exc:
+        raise await _older_backend(client, name, exc, route) from None
+
+
 async def _change(client: ApiClient, args: argparse.Namespace, out: Out,
                   ask: Callable[[], Awaitable[Service]], gone: bool = False) -> int:
     """Ask for a change; with --wait, follow it to its end (the stream opened before asking)."""
@@ -483,13 +494,8 @@ async def verb_rolling_update(client: ApiClient, args: argparse.Namespace, out: 
 
 
 async def verb_rollback(client: ApiClient, args: argparse.Namespace, out: Out) -> int:
-    async def ask() -> Service:
-        try:
-            return await client.rollback(args.name, args.revision)
-        except ApiError as exc:
-            raise await _older_backend(client, args.name, exc, "rollback (POST /services/{name}/rollback)") from None
-
-    return await _change(client, args, out, ask)
+    return await _change(client, args, out, lambda: _on_newer_route(
+        client, args.name, "rollback (POST /services/{name}/rollback)", client.rollback(args.name, args.revision)))
 
 
 async def verb_attach_fip(client: ApiClient, args: argparse.Namespace, out: Out) -> int:
@@ -529,30 +535,23 @@ async def verb_logs(client: ApiClient, args: argparse.Namespace, out: Out) -> in
 
 
 async def verb_events(client: ApiClient, args: argparse.Namespace, out: Out) -> int:
-    try:
-        history = await client.get_json(f"/services/{args.name}/events",
-                                        None if args.limit is None else {"limit": args.limit})
-    except ApiError as exc:
-        raise await _older_backend(client, args.name, exc, "service events (GET /services/{name}/events)") from None
+    history = await _on_newer_route(client, args.name, "service events (GET /services/{name}/events)", client.get_json(
+        f"/services/{args.name}/events", None if args.limit is None else {"limit": args.limit}))
     out.print(dump_json(history) if args.json else any_table(history, width=out.width))
     return EXIT_OK
 
 
 async def verb_revisions(client: ApiClient, args: argparse.Namespace, out: Out) -> int:
-    try:
-        revisions = await client.revisions(args.name)
-    except ApiError as exc:
-        raise await _older_backend(client, args.name, exc, "revisions (GET /services/{name}/revisions)") from None
+    revisions = await _on_newer_route(client, args.name, "revisions (GET /services/{name}/revisions)",
+                                      client.revisions(args.name))
     out.print(dump_json([r.model_dump(mode="json") for r in revisions]) if args.json
               else revisions_table(revisions, width=out.width, colour=out.colour))
     return EXIT_OK
 
 
 async def verb_balancer(client: ApiClient, args: argparse.Namespace, out: Out) -> int:
-    try:
-        view = await client.balancer(args.name)
-    except ApiError as exc:
-        raise await _older_backend(client, args.name, exc, "balancer view (GET /services/{name}/balancer)") from None
+    view = await _on_newer_route(client, args.name, "balancer view (GET /services/{name}/balancer)",
+                                 client.balancer(args.name))
     out.print(dump_json(view.model_dump(mode="json")) if args.json
               else balancer_table(view, width=out.width, colour=out.colour))
     return EXIT_OK

@@ -3,14 +3,13 @@ fast; plus a change made elsewhere showing live, on the real backend."""
 
 from __future__ import annotations
 
-import httpx
 from fakes import FakeClient, fake_app
 from textual.widgets import DataTable
-from tui_helpers import settled, wait_for
+from tui_helpers import recording_client, settled, wait_for
 
 from tests.conftest import web_body
 from tui.app import ConsoleApp
-from tui.client import ApiClient, ApiError
+from tui.client import ApiError
 from tui.screens.help import KEYS, HelpScreen
 from tui.screens.message import MessageScreen
 from tui.screens.service import ServiceScreen
@@ -126,13 +125,7 @@ async def test_q_quits():
 
 async def test_a_change_elsewhere_shows_with_no_key_pressed(backend, api):
     # (how soon is bench/console.py's business: "container change → row updated")
-    requests: list[str] = []
-    client = ApiClient.in_process(backend)
-
-    async def record(request: httpx.Request) -> None:
-        requests.append(f"{request.method} {request.url.path}")
-
-    client.http.event_hooks["request"].append(record)
+    client, requests = recording_client(backend)
     app = ConsoleApp(backend=backend, client=client)
     async with app.run_test(size=(120, 30)) as pilot:
         await wait_for(pilot, lambda: app.catalog.loaded, 10, "the list")

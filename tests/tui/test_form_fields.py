@@ -7,20 +7,12 @@ from __future__ import annotations
 import trustme
 from fakes import fake_app
 from textual.widgets import Input, Select, Switch
-from tui_helpers import type_into
+from tui_helpers import open_form, type_into
 
 from backend.models import ServiceSpec
 from tui.screens.create import FIELD_ORDER, CreateServiceScreen
 from tui.widgets.form.field_row import FieldRow
 from tui.widgets.form.list_editor import KeyValueEditor, ListEditor
-
-
-async def open_form(pilot) -> CreateServiceScreen:
-    await pilot.pause()
-    await pilot.press("n")
-    await pilot.pause()
-    assert isinstance(pilot.app.screen, CreateServiceScreen)
-    return pilot.app.screen
 
 
 def error_of(screen, field: str) -> str:

@@ -4,12 +4,11 @@ active in the list, live; invalid input is shown on its field and blocks the sub
 from __future__ import annotations
 
 from textual.widgets import Input
-from tui_helpers import cell, type_into, wait_for
+from tui_helpers import cell, fill, open_form, submit_form, type_into, wait_for
 
 from tests.conftest import WEB_IMAGE, web_body
 from tui.app import ConsoleApp
 from tui.screens.create import CreateServiceScreen
-from tui.screens.services import ServicesScreen
 from tui.widgets.form.field_row import FieldRow
 
 
@@ -20,18 +19,10 @@ def error_of(app: ConsoleApp, field: str) -> str:
 async def test_form_creates_a_service_that_turns_active_live(backend):
     app = ConsoleApp(backend=backend)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause()
-        await pilot.press("n")
-        await pilot.pause()
-        assert isinstance(app.screen, CreateServiceScreen)
-        await type_into(pilot, "#Name", "formweb")
-        await type_into(pilot, "#Image", WEB_IMAGE)
-        await type_into(pilot, "#Replicas", "2")
-        await type_into(pilot, "#ServicePort", "80")
+        await open_form(pilot)
+        await fill(pilot, Name="formweb", Image=WEB_IMAGE, Replicas="2", ServicePort="80")
         assert app.screen.query_one("#ContainerPort", Input).value == "80"  # follows ServicePort
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: isinstance(app.screen, ServicesScreen), 30, "the form to close")
-        await wait_for(pilot, lambda: "formweb" in app.screen.query_one("#services").rows, 10, "the new row")
+        await submit_form(pilot, "formweb")
         seen = set()
 
         def active() -> bool:
@@ -48,9 +39,7 @@ async def test_form_creates_a_service_that_turns_active_live(backend):
 async def test_invalid_value_shows_on_its_field_and_blocks_submit(backend):
     app = ConsoleApp(backend=backend)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause()
-        await pilot.press("n")
-        await pilot.pause()
+        await open_form(pilot)
         await type_into(pilot, "#Name", "Bad_Name")
         assert "DNS label" in error_of(app, "Name")  # as typed, from the backend's model
         await type_into(pilot, "#Replicas", "0")
@@ -73,13 +62,8 @@ async def test_name_taken_lands_on_name(backend, api):
     assert (await api.post("/services/create", json=web_body("taken", 1))).status_code == 201
     app = ConsoleApp(backend=backend)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause()
-        await pilot.press("n")
-        await pilot.pause()
-        await type_into(pilot, "#Name", "taken")
-        await type_into(pilot, "#Image", WEB_IMAGE)
-        await type_into(pilot, "#Replicas", "1")
-        await type_into(pilot, "#ServicePort", "8080")
+        await open_form(pilot)
+        await fill(pilot, Name="taken", Image=WEB_IMAGE, Replicas="1", ServicePort="8080")
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: error_of(app, "Name") != "", 20, "the 409 on Name")
         assert isinstance(app.screen, CreateServiceScreen)

@@ -10,15 +10,13 @@ import uuid
 import docker
 import pytest
 from textual.widgets import Input
-from tui_helpers import cell, type_into, wait_for
+from tui_helpers import cell, fill, open_form, submit_form, wait_for
 
 from backend.docker_driver import LABEL_ROLE, LABEL_TENANT
 from backend.settings import DEMO_IMAGE
 from tests.balancer_helpers import get
 from tests.conftest import LB_IMAGE, make_settings
 from tui.app import ConsoleApp
-from tui.screens.create import CreateServiceScreen
-from tui.screens.services import ServicesScreen
 
 # A registry on loopback that does not exist: the pull fails at once, and no traffic leaves the host.
 MISSING_LB_IMAGE = f"127.0.0.1:9/hyperservice-test/absent-{uuid.uuid4().hex[:8]}:1"
@@ -40,19 +38,11 @@ def demo_image(docker_client: docker.DockerClient) -> str:
 async def test_the_demo_from_the_form_defaults_turns_active_and_answers(backend, demo_image, docker_client):
     app = ConsoleApp(backend=backend)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause()
-        await pilot.press("n")
-        await pilot.pause()
-        assert isinstance(app.screen, CreateServiceScreen)
+        await open_form(pilot)
         assert demo_image in app.screen.query_one("#Image", Input).placeholder  # the form's example exists
         # only the required fields; everything else keeps the form's defaults
-        await type_into(pilot, "#Name", "demo")
-        await type_into(pilot, "#Image", demo_image)
-        await type_into(pilot, "#Replicas", "2")
-        await type_into(pilot, "#ServicePort", "80")
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: isinstance(app.screen, ServicesScreen), 30, "the form to close")
-        await wait_for(pilot, lambda: "demo" in app.screen.query_one("#services").rows, 10, "the new row")
+        await fill(pilot, Name="demo", Image=demo_image, Replicas="2", ServicePort="80")
+        await submit_form(pilot, "demo")
 
         def active() -> bool:
             return cell(pilot, "#services", "demo", "Status") == "active" and cell(pilot, "#services", "demo", "Up") == "2/2"

@@ -19,11 +19,10 @@ import httpx
 import pytest
 import uvicorn
 from textual.widgets import DataTable, Input
-from tui_helpers import cell, type_into, wait_for
+from tui_helpers import cell, recording_client, type_into, wait_for
 
 from tests.conftest import eventually, make_settings, web_body
 from tui.app import ConsoleApp
-from tui.client import ApiClient
 from tui.screens.create import CreateServiceScreen
 from tui.screens.fip import Choices, FloatingIPDialog
 from tui.screens.service import ServiceScreen
@@ -201,13 +200,7 @@ async def test_start_up_reads_every_replica_with_one_request(backend, api):
         assert (await api.post("/services/create", json=web_body(name, 1))).status_code == 201
     for name in ("one", "two", "three"):
         await wait_active(api, name)
-    requests: list[str] = []
-    client = ApiClient.in_process(backend)
-
-    async def record(request: httpx.Request) -> None:
-        requests.append(f"{request.method} {request.url.path}")
-
-    client.http.event_hooks["request"].append(record)
+    client, requests = recording_client(backend)
     app = ConsoleApp(backend=backend, client=client)
     async with app.run_test(size=(120, 30)) as pilot:
         await wait_for(pilot, lambda: all(name in app.screen.query_one("#services").rows

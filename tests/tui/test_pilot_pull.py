@@ -8,12 +8,11 @@ import re
 
 from fakes import FakeClient, fake_app
 from textual.widgets import Input, ProgressBar, Static
-from tui_helpers import cell, settled, type_into, wait_for
+from tui_helpers import cell, open_form, settled, type_into, wait_for
 
 from tests.conftest import wait_status, web_body
 from tui.app import ConsoleApp
 from tui.client import ApiError
-from tui.screens.create import CreateServiceScreen
 from tui.screens.service import ServiceScreen
 from tui.widgets.form.suggesting_input import SuggestingInput
 
@@ -59,10 +58,7 @@ async def test_image_completes_from_the_engines_images_with_tab_or_right(backend
     references = sorted(tag for image in docker_client.images.list() for tag in image.tags)
     app = ConsoleApp(backend=backend)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause()
-        await pilot.press("n")
-        await pilot.pause()
-        assert isinstance(app.screen, CreateServiceScreen)
+        await open_form(pilot)
         field = app.screen.query_one("#Image", SuggestingInput)
         await type_into(pilot, "#Image", "hyperservice-t")
         expected = next(r for r in references if r.startswith("hyperservice-t"))
@@ -91,9 +87,7 @@ async def test_without_the_images_route_the_form_completes_nothing_and_says_noth
     client.images = missing  # type: ignore[method-assign]
     app = ConsoleApp(client=client)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause()
-        await pilot.press("n")
-        await pilot.pause()
+        await open_form(pilot)
         await type_into(pilot, "#Image", "ngi")
         await wait_for(pilot, lambda: settled(app), 10, "the images read and the suggestion lookups to end")
         assert app.screen.query_one("#Image", SuggestingInput).suggestion == ""
@@ -103,8 +97,7 @@ async def test_without_the_images_route_the_form_completes_nothing_and_says_noth
 async def test_the_form_reads_the_images_once_and_suggests_in_their_order():
     app = fake_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause()
-        await pilot.press("n")
+        await open_form(pilot)
         await type_into(pilot, "#Image", "hyperservice-test/w")
         field = app.screen.query_one("#Image", SuggestingInput)
         await wait_for(pilot, lambda: field.suggestion == "hyperservice-test/web:1", 5, "the suggestion")

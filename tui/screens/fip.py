@@ -4,7 +4,7 @@ It offers the backend's pool (`GET /fips`, read when the dialog opens): the free
 service holds, the ones other services hold (shown, not choosable) and "Detach". `up`/`down` walk the
 choices and put the chosen one into the address box; any address can still be typed there (checked as
 it is typed with the backend's `ServiceUpdate` model). `enter` answers the box's value ("" detaches),
-`escape` cancels.
+`escape` cancels (answering is `ValueDialog`'s).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
@@ -26,6 +25,7 @@ from backend.models import Service
 from tui.client import ApiError, FloatingIP
 from tui.formatting import plain, visible
 from tui.screens.actions import update_problem
+from tui.screens.value_dialog import ValueDialog
 
 if TYPE_CHECKING:
     from tui.app import ConsoleApp
@@ -43,12 +43,11 @@ class Choices(OptionList, can_focus=False):
     """The pool's addresses; focus stays in the address box (typing works), `up`/`down` walk these."""
 
 
-class FloatingIPDialog(ModalScreen[str | None]):
+class FloatingIPDialog(ValueDialog):
     if TYPE_CHECKING:  # the console's own app, for the checker (tui.app imports this module)
         app = getters.app(ConsoleApp)
 
     BINDINGS = [
-        Binding("escape", "cancel", "Cancel"),
         Binding("down", "walk(1)", "Next address", show=False),
         Binding("up", "walk(-1)", "Previous address", show=False),
     ]
@@ -172,17 +171,3 @@ class FloatingIPDialog(ModalScreen[str | None]):
         if holder and holder != self.service.Name:
             return f"⚠ {value} is attached to {holder}: detach it there first."
         return f"Apply attaches {value}" + (f" instead of {self.service.FIP}." if self.service.FIP else ".")
-
-    @on(Input.Changed, "#FIP")
-    def _changed(self) -> None:
-        self._problem()
-
-    @on(Input.Submitted, "#FIP")
-    @on(Button.Pressed, "#confirm")
-    def _submit(self) -> None:
-        if self._problem() is None:
-            self.dismiss(self.query_one(Input).value.strip())
-
-    @on(Button.Pressed, "#cancel")
-    def action_cancel(self) -> None:
-        self.dismiss(None)

@@ -2,26 +2,22 @@
 
 The value is checked as it is typed with the backend's `ServiceUpdate` model (the caller passes the
 check), the problem shown under the input; `enter` answers, `escape` cancels. Title, help and problem
-are shown as plain text (they carry service names and typed values).
+are shown as plain text (they carry service names and typed values). Answering is `ValueDialog`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from tui.formatting import plain, visible
+from tui.screens.value_dialog import ValueDialog
 
 
-class PromptDialog(ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-
+class PromptDialog(ValueDialog):
     def __init__(self, title: str, field: str, value: str, help: str, check: Callable[[str], str | None],
                  confirm: str = "Apply", placeholder: str = "") -> None:
         super().__init__(classes="dialog-screen")
@@ -52,17 +48,3 @@ class PromptDialog(ModalScreen[str | None]):
         error.update(plain(f"✗ {problem}") if problem else "")
         error.display = bool(problem)
         return problem
-
-    @on(Input.Changed)
-    def _changed(self) -> None:
-        self._problem()
-
-    @on(Input.Submitted)
-    @on(Button.Pressed, "#confirm")
-    def _submit(self) -> None:
-        if self._problem() is None:
-            self.dismiss(self.query_one(Input).value.strip())
-
-    @on(Button.Pressed, "#cancel")
-    def action_cancel(self) -> None:
-        self.dismiss(None)

@@ -4,29 +4,20 @@ every entry, newest first: status changes, replica starts, exits (exit code, OOM
 health changes and the operator's actions (with who asked).
 
 It reads `GET /services/{name}/events` when it is first shown and again whenever the backend's change
-feed says the service's history grew (`changed`, coalesced); while hidden it only notes that it is
-stale. Never on a timer. Every string from the backend is shown as text (`plain`), never as markup.
+feed says the service's history grew; while hidden it only notes that it is stale. Never on a timer
+(the reading is `HistoryPane`'s). Every string from the backend is shown as text (`plain`), never as markup.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import TYPE_CHECKING
-
 from rich.text import Text
-from textual import getters, work
 from textual.app import ComposeResult
-from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from backend.models import ServiceEvent, ServiceHistory
-from tui.client import ApiError
-from tui.formatting import DASH, HEALTH_STYLE, STATUS_STYLE, parse_time, plain
+from tui.formatting import DASH, HEALTH_STYLE, STATUS_STYLE, plain
+from tui.widgets.service.history_pane import HistoryPane, short_time
 
-if TYPE_CHECKING:
-    from tui.app import ConsoleApp
-
-COALESCE_SECONDS = 0.1  # entries recorded close together (a replica's die, restart, DOWN) share one read
 LIMIT = 200  # entries shown
 TROUBLE_STYLE = {"OOM-killed": "bold red", "exited": "red", "replaced": "#e08000", "went DOWN": "#e08000"}
 REPLICA_STYLE = {"start": "green", "restart": "yellow", "replace": "#e08000", "remove": "dim"}
@@ -54,14 +45,6 @@ def event_details(event: ServiceEvent) -> Text:
     return text
 
 
-def event_time(value: str, now: datetime) -> str:
-    """"11:58:12" today, "03-13 11:58" before (UTC, as the log pane's clock)."""
-    when = parse_time(value)
-    if when is None:
-        return DASH
-    return when.strftime("%H:%M:%S") if when.date() == now.date() else when.strftime("%m-%d %H:%M")
-
-
 def summary_text(history: ServiceHistory) -> Text:
     """The grouped causes, one line each, with the replicas they hit."""
     if not history.Summary:
@@ -80,17 +63,14 @@ def summary_text(history: ServiceHistory) -> Text:
     return lines
 
 
-class EventsPane(Vertical):
-    if TYPE_CHECKING:  # the console's own app, for the checker (tui.app imports this module)
-        app = getters.app(ConsoleApp)
+class EventsPane(HistoryPane[ServiceHistory]):
+    WHAT = "the history"
+    NOTE_ID = "events-summary"
+    TABLE_ID = "events-table"
 
     def __init__(self, service: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.service = service
+        super().__init__(service, **kwargs)
         self.history: ServiceHistory | None = None
-        self.shown = False  # the tab is on screen: changes are read at once
-        self.stale = True  # the history grew since it was last read
-        self._scheduled = False
 
     def compose(self) -> ComposeResult:
         yield Static(Text("Reading the history…", style="dim"), id="events-summary")
@@ -103,58 +83,15 @@ class EventsPane(Vertical):
         table.add_column("Event", key="Event", width=9)
         table.add_column("Details", key="Details")
 
-    # -- when to read ------------------------------------------------------------------------
+    async def read(self) -> ServiceHistory:
+        return await self.app.client.service_events(self.service, limit=LIMIT)
 
-    def show_now(self) -> None:
-        """The tab is shown: read the history if it changed meanwhile (or was never read)."""
-        self.shown = True
-        if self.stale:
-            self._schedule()
-
-    def hidden(self) -> None:
-        self.shown = False
-
-    def changed(self) -> None:
-        """The change feed says the service's history grew."""
-        self.stale = True
-        if self.shown:
-            self._schedule()
-
-    def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self.set_timer(COALESCE_SECONDS, self._read)
-
-    def _read(self) -> None:
-        self._scheduled = False
-        self.stale = False
-        self.fetch()
-
-    @work(exclusive=True, group="history", exit_on_error=False)
-    async def fetch(self) -> None:
-        try:
-            history = await self.app.client.service_events(self.service, limit=LIMIT)
-        except ApiError as exc:
-            self.stale = True  # read again on the next change
-            self.query_one("#events-summary", Static).update(plain(f"Could not read the history: {exc.message}", "red"))
-            return
-        self.show(history)
-
-    # -- drawing -----------------------------------------------------------------------------
-
-    def show(self, history: ServiceHistory) -> None:
-        self.history = history
-        self.query_one("#events-summary", Static).update(summary_text(history))
-        table = self.query_one("#events-table", DataTable)
+    def show(self, data: ServiceHistory) -> None:
+        self.history = data
+        self.query_one("#events-summary", Static).update(summary_text(data))
         now = self.app.now()
-        selected = None
-        if table.row_count and table.cursor_row > 0:  # keep the operator's place; at the top, follow the newest
-            selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        table.clear()
-        for event in reversed(history.Events):  # newest first
-            table.add_row(
-                event_time(event.Time, now), plain(event.Replica or DASH, "" if event.Replica else "dim"),
-                event_label(event), event_details(event), key=str(event.Id),
-            )
-        if selected is not None and selected in table.rows:
-            table.move_cursor(row=table.get_row_index(selected), animate=False)
+        self.refill(
+            ((short_time(event.Time, now), plain(event.Replica or DASH, "" if event.Replica else "dim"),
+              event_label(event), event_details(event)), str(event.Id))
+            for event in reversed(data.Events)  # newest first
+        )
