@@ -5,7 +5,10 @@ Unlike bench/console.py (an in-memory stand-in for the engine), everything here 
 with its reconciler on the local Docker engine, N services of one busybox replica each (and their
 balancers), created one after another. Printed:
 
-- create → active per service as the count grows (medians per block of 50: flat, not growing);
+- create → active per service as the count grows (medians per block of 50: flat, not growing), beside
+  the engine's own floor at the same count: every 10th service, one `docker network create` + `docker
+  run` of the same image on it until the container answers HTTP (what any service costs the engine as
+  networks and containers pile up), and the ratio of the two per block;
 - with all of them live: the reconciler's resync pass (one pass over every service by its workers, as
   the periodic resync runs it: wall time, CPU of this process and of dockerd + containerd, and the
   container lists it sent the engine), beside the same services each synced fresh, one after
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import os
 import random
 import resource
@@ -41,6 +45,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,9 +157,44 @@ async def pause(seconds: float) -> None:
         raise Interrupted
 
 
-async def create_all(api: httpx.AsyncClient, count: int) -> list[float]:
-    """Create services one after another; each: POST → status active (seconds)."""
-    times = []
+FLOOR_EVERY = 10  # services between two probes of the engine's own floor
+FLOOR_LABEL = "hbx-bench-scale-floor"
+
+
+def engine_floor(client: docker.DockerClient, probe: int) -> float:
+    """Seconds for the engine alone to make a bridge network and a container of the service image on
+    it answering HTTP: the same work a one-replica service asks of it, without hyperservice."""
+    began = time.perf_counter()
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=f"10.215.{probe % 250}.0/24")])
+    network = client.networks.create(f"hbx-floor-{probe}", driver="bridge", ipam=ipam, labels={FLOOR_LABEL: "1"})
+    container = None
+    try:
+        container = client.containers.run(WEB_IMAGE, detach=True, network=network.name, labels={FLOOR_LABEL: "1"})
+        container.reload()
+        address = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+        deadline = began + 60
+        while time.perf_counter() < deadline:
+            with contextlib.suppress(OSError):
+                connection = http.client.HTTPConnection(address, 80, timeout=0.5)
+                try:
+                    connection.request("GET", "/")
+                    if connection.getresponse().status == 200:
+                        return time.perf_counter() - began
+                finally:
+                    connection.close()
+            time.sleep(0.01)
+        raise RuntimeError(f"the floor's container at {address} never answered")
+    finally:
+        if container is not None:
+            container.remove(force=True)
+        network.remove()
+
+
+async def create_all(api: httpx.AsyncClient, count: int, client: docker.DockerClient) -> tuple[list[float], list[float]]:
+    """Create services one after another; each: POST → status active (seconds). Every FLOOR_EVERY
+    services, the engine's floor at that count (seconds)."""
+    times: list[float] = []
+    floors: list[float] = []
     for index in range(count):
         if STOP.is_set():
             raise Interrupted
@@ -174,9 +214,12 @@ async def create_all(api: httpx.AsyncClient, count: int) -> list[float]:
 
         await wait_for(active, timeout=120, interval=0.05)
         times.append(time.perf_counter() - began)
+        if (index + 1) % FLOOR_EVERY == 0:
+            floors.append(await asyncio.to_thread(engine_floor, client, len(floors)))
         if (index + 1) % 50 == 0:
-            print(f"  {index + 1} services: last 50 median {statistics.median(times[-50:]):.2f} s", flush=True)
-    return times
+            print(f"  {index + 1} services: last 50 median {statistics.median(times[-50:]):.2f} s, engine floor "
+                  f"{statistics.median(floors[-50 // FLOOR_EVERY:]):.2f} s", flush=True)
+    return times, floors
 
 
 async def console_figures(backend: Backend, args: argparse.Namespace, client: docker.DockerClient) -> dict[str, str]:
@@ -306,12 +349,17 @@ async def run(args: argparse.Namespace) -> None:
             transport = httpx.ASGITransport(app=create_app(backend))
             async with httpx.AsyncClient(transport=transport, base_url="http://hyperservice", timeout=120) as api:
                 print(f"creating {args.services} services one after another ...", flush=True)
-                times = await create_all(api, args.services)
+                times, floors = await create_all(api, args.services, client)
                 blocks = [times[i:i + 50] for i in range(0, len(times), 50)]
-                print("\ncreate → active, per block of 50 services (median, max):")
+                per_block = 50 // FLOOR_EVERY
+                print("\ncreate → active, per block of 50 services (median, max; the engine's floor at that "
+                      "count, median; hyperservice / floor):")
                 for number, block in enumerate(blocks):
+                    floor = floors[number * per_block:(number + 1) * per_block]
+                    ratio = f"{statistics.median(block) / statistics.median(floor):.2f}x" if floor else "-"
+                    floor_text = f"{statistics.median(floor):.2f} s" if floor else "-"
                     print(f"  services {number * 50 + 1:>3}-{number * 50 + len(block):<3} "
-                          f"{statistics.median(block):.2f} s  {max(block):.2f} s")
+                          f"{statistics.median(block):.2f} s  {max(block):.2f} s   floor {floor_text}   {ratio}")
                 figures = {
                     "backend threads (before → with all)": f"{threads_before} → {threading.active_count()}",
                     "open file descriptors": f"{fds_before} → {open_fds()}",
@@ -357,7 +405,10 @@ def clean_up(client: docker.DockerClient, tenant: str) -> None:
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # hundreds of containers: not one after another
         list(pool.map(remove, client.containers.list(all=True, filters=label, sparse=True)))
-    for network in client.networks.list(filters=label):
+    floors = {"label": FLOOR_LABEL}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(remove, client.containers.list(all=True, filters=floors, sparse=True)))
+    for network in client.networks.list(filters=label) + client.networks.list(filters=floors):
         with contextlib.suppress(docker.errors.NotFound):
             network.remove()
     print(f"removed everything of tenant {tenant[:8]}", file=sys.stderr, flush=True)
