@@ -2,7 +2,9 @@
 
 hyperservice (an in-process backend on the local Docker engine, reached through httpx's ASGI transport
 as the console reaches it) is measured side by side, in the same run, with the floor: N plain
-`docker run -d` of the same image, in parallel, until all N answer.
+`docker run -d` of the same image, in parallel, until all N answer; and the same N runs on a
+user-defined bridge network made for them first (network create included): what any service with a
+network of its own (the isolation hyperservice keeps) costs the engine before a balancer or a check.
 
 For hyperservice the clock starts just before the POST; the service address (IP:ServicePort, through
 its balancer) is polled every 20 ms until it answers HTTP 200 ("answers"), and the Status until it reads
@@ -81,13 +83,21 @@ async def hyperservice_trial(api, n: int, tag: str) -> dict[str, float]:
     return result
 
 
-def floor_trial(client, n: int) -> dict[str, float]:
+def floor_trial(client, n: int, isolated: bool = False) -> dict[str, float]:
+    """N `docker run`s in parallel until all N answer: on the default bridge (the floor), or, `isolated`,
+    on a user-defined bridge network made for them first (what any service with a network of its own
+    costs the engine, before a balancer or a health check)."""
     t0 = time.perf_counter()
     containers: list = []
     lock = threading.Lock()
+    network = None
+    if isolated:
+        network = client.networks.create(f"hbx-bench-front-{random.randrange(1 << 30):x}", driver="bridge",
+                                         labels={LABEL: "1"})
 
     def run() -> None:
-        container = client.containers.run(IMAGE, detach=True, labels={LABEL: "1"})
+        options = {"network": network.name} if network is not None else {}
+        container = client.containers.run(IMAGE, detach=True, labels={LABEL: "1"}, **options)
         with lock:
             containers.append(container)
 
@@ -104,7 +114,8 @@ def floor_trial(client, n: int) -> dict[str, float]:
                 if container.id in answered:
                     continue
                 container.reload()
-                ip = container.attrs["NetworkSettings"]["IPAddress"]
+                networks = container.attrs["NetworkSettings"]["Networks"]
+                ip = next((settings["IPAddress"] for settings in networks.values() if settings["IPAddress"]), "")
                 if ip and answers(ip, 80):
                     answered.add(container.id)
             time.sleep(POLL)
@@ -114,6 +125,9 @@ def floor_trial(client, n: int) -> dict[str, float]:
         for container in containers:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
+        if network is not None:
+            with contextlib.suppress(Exception):
+                network.remove()
     return result
 
 
@@ -151,11 +165,11 @@ async def main() -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://hyperservice", timeout=60) as api:
             for repetition in range(args.repeat):
                 for n in counts:
-                    for kind in ("hyperservice", "floor"):
+                    for kind in ("hyperservice", "floor", "isolated"):
                         if kind == "hyperservice":
                             trial = await hyperservice_trial(api, n, f"{n}-{repetition}")
                         else:
-                            trial = await asyncio.to_thread(floor_trial, client, n)
+                            trial = await asyncio.to_thread(floor_trial, client, n, kind == "isolated")
                         print(f"{kind} N={n} #{repetition + 1}: "
                               + ", ".join(f"{k} {v:.2f} s" for k, v in trial.items()), file=sys.stderr)
                         for key, value in trial.items():
@@ -164,17 +178,29 @@ async def main() -> None:
         backend.close()
         for container in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
             container.remove(force=True)
+        for network in client.networks.list(filters={"label": f"{LABEL}=1"}):
+            network.remove()
         label = f"{LABEL_TENANT}={backend.tenant}"
         for container in client.containers.list(all=True, filters={"label": label}):
             container.remove(force=True)
         for network in client.networks.list(filters={"label": label}):
             network.remove()
-    print("| N | service address answers | service active | docker-run floor (all N answer) |")
-    print("| --- | --- | --- | --- |")
+    print("| N | service address answers | service active | docker-run floor (all N answer) "
+          "| the same on a network of their own (network create included) | hs active / floor | hs active / own-network floor |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for n in counts:
         ours, floor = results.get(("hyperservice", n), {}), results.get(("floor", n), {})
+        isolated = results.get(("isolated", n), {})
         print(f"| {n} | {summary(ours.get('answer', []))} | {summary(ours.get('active', []))} "
-              f"| {summary(floor.get('answer', []))} |")
+              f"| {summary(floor.get('answer', []))} | {summary(isolated.get('answer', []))} "
+              f"| {ratio(ours.get('active', []), floor.get('answer', []))} "
+              f"| {ratio(ours.get('active', []), isolated.get('answer', []))} |")
+
+
+def ratio(ours: list[float], theirs: list[float]) -> str:
+    if not ours or not theirs:
+        return "—"
+    return f"{statistics.median(ours) / statistics.median(theirs):.2f}x"
 
 
 if __name__ == "__main__":
