@@ -7,11 +7,9 @@ leaves on the engine is removed afterwards by the tenant label, so tests never s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +21,8 @@ from backend.api import create_app
 from backend.core import Backend
 from backend.docker_driver import LABEL_TENANT
 from backend.settings import Settings
+from bench.polling import TimedOut
+from bench.polling import eventually as poll_until
 from tests.registry import Registry, SavedImage
 
 WEB_IMAGE = "hyperservice-test/web:1"
@@ -152,17 +152,12 @@ async def api(backend: Backend) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def eventually(check: Callable[[], object], timeout: float = 30.0, interval: float = 0.1, what: str = ""):
-    """Poll `check` (sync or async) until it returns something truthy; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value: {last!r}")
+    """Poll `check` (sync or async) until it returns something truthy (bench/polling.py's poll); a
+    timeout is the test's failure, with the last value."""
+    try:
+        return await poll_until(check, timeout, what, interval)
+    except TimedOut as exc:
+        raise AssertionError(str(exc)) from None
 
 
 async def wait_status(api: httpx.AsyncClient, name: str, status: str, timeout: float = 30.0) -> dict:

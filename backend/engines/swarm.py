@@ -566,7 +566,6 @@ class SwarmEngine(DockerEngine):
         with self._health_lock:
             for lines in read.values():
                 board.feed(lines)
-        with self._health_lock:
             board.forget_except(running)
             grace = silent_pass_seconds(spec) if spec is not None else 0.0
             now = time.time_ns()
