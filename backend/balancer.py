@@ -32,6 +32,7 @@ Replicas are matched to the balancer's server slots by their `io.hyperservice.sl
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -50,7 +51,7 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import LogConfig
 
-from backend import haproxy, runtime_api
+from backend import first_checks, haproxy, runtime_api
 from backend.docker_driver import ROLE_BALANCER, ImageUnavailable, ServiceRef, object_id
 from backend.engine import Engine, LogSource
 from backend.store import ServiceRecord
@@ -296,9 +297,18 @@ class Balancers:
         self._followed: set[str] = set()
         self._logs = SharedLogReader()
         self._stopping = threading.Event()
+        # A gated slot's first checks, made from here at once where the balancers are reached over
+        # this host's loopback (backend/first_checks.py). Each gate of a slot on a balancer has a
+        # number; a passed first check admits the slot only while its gate is still the one checked.
+        self._first_checks = first_checks.FirstChecks(self._stopping)
+        self._gates: dict[tuple[str, str], int] = {}  # (balancer id, slot) -> its latest gate's number
+        self._gate_count = 0
+        # balancer id -> held while commands are sent to it (a gate and an admission never interleave)
+        self._command_locks: dict[str, threading.Lock] = {}
 
     def stop(self) -> None:
         self._stopping.set()
+        self._first_checks.close()
         self._logs.close()
 
     # -- containers --------------------------------------------------------------------------
@@ -484,6 +494,9 @@ class Balancers:
             self._secrets.pop(container_id, None)
             self._secret_reads.pop(container_id, None)
             self._exec_only.discard(container_id)
+            self._command_locks.pop(container_id, None)
+            for key in [key for key in self._gates if key[0] == container_id]:
+                del self._gates[key]
 
     # -- the server set ------------------------------------------------------------------------
 
@@ -507,6 +520,7 @@ class Balancers:
         # A new container in a known slot: its health starts over (the board is per slot).
         regate = {slot for slot, owner in owners.items() if slot in servers and owner and board.claim(slot, owner)}
         armed = armed_slots(record, self.slots, self.rollout_parallelism)
+        admissions: dict[str, list[tuple[Container, int]]] = {}  # gated slot -> (balancer, gate number)
         for container in balancers:
             with self._lock:
                 applied = self._applied.get(object_id(container))
@@ -536,7 +550,9 @@ class Balancers:
                     if moved or slot in stale or (snapshot is not None and snapshot.weight == 0):
                         board.assigned(slot, owner=owners.get(slot) or None)
             if commands:
-                self._run(container, commands)
+                gates = self._run_gating(container, commands)
+                for slot, number in gates.items():
+                    admissions.setdefault(slot, []).append((container, number))
             released |= {
                 slot for slot, snap in current.items()
                 if slot not in servers and not snap.spare and snap.state != "MAINT"
@@ -546,7 +562,63 @@ class Balancers:
                 self._applied[object_id(container)] = wanted
         for slot in released:
             board.released(slot)
+        self._start_first_checks(record, servers, admissions)
         return sorted(released)
+
+    def _run_gating(self, container: Container, commands: list[str]) -> dict[str, int]:
+        """Send `commands`; answer the slots they gated, each with its gate's number."""
+        key = object_id(container)
+        gated = haproxy.gated_slots(commands)
+        with self._lock:
+            command_lock = self._command_locks.setdefault(key, threading.Lock())
+        with command_lock:
+            with self._lock:
+                numbers = {}
+                for slot in gated:
+                    self._gate_count += 1
+                    numbers[slot] = self._gates[(key, slot)] = self._gate_count
+            self._run(container, commands)
+        return numbers
+
+    def _start_first_checks(
+        self, record: ServiceRecord, servers: dict[str, str], admissions: dict[str, list[tuple[Container, int]]]
+    ) -> None:
+        """Check each newly gated replica from here at once, where its balancers are reached directly."""
+        if not self._direct or not admissions:
+            return
+        spec = first_checks.CheckSpec(
+            http=record.spec.Protocol in haproxy.HTTP_PROTOCOLS,
+            timeout=min(record.spec.HealthCheckInterval, haproxy.CHECK_TIMEOUT_MAX),
+            rise=record.spec.HealthCheckRise,
+        )
+        for slot, gates in admissions.items():
+            with self._lock:
+                reachable = [(c, n) for c, n in gates if object_id(c) not in self._exec_only]
+            if reachable and slot in servers:
+                self._first_checks.start(servers[slot], spec, functools.partial(self._admit, slot, reachable))
+
+    def _admit(self, slot: str, gates: list[tuple[Container, int]]) -> None:
+        """The replica in `slot` passed its first checks: in rotation on each balancer whose gate of
+        the slot is still the one that was checked (a slot gated again meanwhile, say for a new
+        container at the same address, waits for its own checks)."""
+        for container, number in gates:
+            key = object_id(container)
+            with self._lock:
+                command_lock = self._command_locks.get(key)
+            if command_lock is None:  # forgotten meanwhile (removed)
+                continue
+            with command_lock:
+                with self._lock:
+                    if self._gates.get((key, slot)) != number:
+                        continue
+                try:
+                    answer = self._ask_direct(container, haproxy.admit_slot_command(slot))
+                except (BalancerError, runtime_api.RuntimeApiRefused) as exc:
+                    log.debug("first checks: %s not admitted on %s: %s", slot, container.name, exc)
+                    continue
+            errors = haproxy.runtime_errors(answer or "")
+            if errors:
+                log.debug("first checks: %s not admitted on %s: %s", slot, container.name, errors[0][:200])
 
     def _grow_slots(
         self, container: Container, record: ServiceRecord, current: dict[str, haproxy.ServerSnapshot]

@@ -90,9 +90,9 @@ SLOT_PREFIX = "s"
 # mistake, the connection would be refused and redispatched, never sent somewhere real.
 SPARE_ADDRESS = "127.0.0.1:1"
 # Checks of a server going up or down (`fastinter`): once a new replica passed its first check, the
-# next ones come this soon (Rise 2 = UP 100 ms after the first success); a first failed check of a
+# next ones come this soon (Rise 2 = UP 50 ms after the first success); a first failed check of a
 # serving replica is confirmed this soon. Only servers in transition are checked this often.
-FAST_CHECK_MS = 100
+FAST_CHECK_MS = 50
 # Checks of a DOWN server (`downinter`), which also paces armed spare slots: a replica assigned to an
 # armed slot is checked within this. Each armed spare costs one refused connect on the balancer's own
 # loopback per period (8 of them at 250 ms: about 0.1 % of a CPU core, measured).
@@ -409,6 +409,23 @@ def assign_slot_commands(slot: str, ip: str, port: int) -> list[str]:
         f"set server {server} state ready",
         f"set server {server} weight 1",
     ]
+
+
+def gated_slots(commands: Sequence[str]) -> set[str]:
+    """The slots that `commands` put through the gate (`assign_slot_commands()`): each is DOWN now and
+    enters rotation once it has passed `rise` checks."""
+    gated = set()
+    for command in commands:
+        words = command.split()
+        if words[:2] == ["set", "server"] and words[3:] == ["health", "down"] and words[2].startswith(f"{BACKEND}/"):
+            gated.add(words[2].split("/", 1)[1])
+    return gated
+
+
+def admit_slot_command(slot: str) -> str:
+    """Put a gated slot in rotation at once: for a replica that has just passed `rise` checks made
+    outside the balancer (backend/first_checks.py). HAProxy logs it "is UP, changed from CLI"."""
+    return f"set server {_server(slot)} health up"
 
 
 def release_slot_commands(slot: str, armed: bool = False) -> list[str]:

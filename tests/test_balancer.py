@@ -61,7 +61,7 @@ async def test_each_service_answers_on_its_own_address_through_its_balancer(api,
     assert balancers[0].image.tags == ["hyperservice-test/haproxy:2.6"]
     assert balancers[0].attrs["HostConfig"]["Binds"] in (None, [])  # config copied in, not mounted
     config = balancers[0].exec_run(["cat", "/usr/local/etc/haproxy/haproxy.cfg"]).output.decode()
-    assert "balance roundrobin" in config and "check inter 1s fastinter 100ms downinter 250ms fall 2 rise 2" in config
+    assert "balance roundrobin" in config and "check inter 1s fastinter 50ms downinter 250ms fall 2 rise 2" in config
 
 
 async def test_an_address_already_in_use_is_reported(api, backend):

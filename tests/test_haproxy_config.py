@@ -149,7 +149,7 @@ def test_semantics_of_every_combination(protocol, algorithm, affinity, pem_path)
     assert "option log-health-checks" in backend
     assert ("retry-on conn-failure empty-response" in backend) == http
     assert ("http-request disable-l7-retry unless METH_GET" in backend) == http
-    assert ("default-server check inter 5s fastinter 100ms downinter 250ms fall 3 rise 2"
+    assert ("default-server check inter 5s fastinter 50ms downinter 250ms fall 3 rise 2"
             " observe layer4 error-limit 3 on-error mark-down") in backend
 
     cookie = [d for d in backend if d.startswith("cookie ")]
@@ -181,7 +181,7 @@ def test_health_settings_and_check_path_reach_the_config():
     parts = sections(hx.render_config(make(health_interval=1, health_fall=7, health_rise=4, health_check_path="/healthz")))
     backend = parts[f"backend {hx.BACKEND}"]
     assert backend[[d.split()[0] for d in backend].index("default-server")].startswith(
-        "default-server check inter 1s fastinter 100ms downinter 250ms fall 7 rise 4 ")
+        "default-server check inter 1s fastinter 50ms downinter 250ms fall 7 rise 4 ")
     assert "option httpchk GET /healthz" in backend
     assert "timeout check 1s" in parts["defaults"]  # never longer than the interval
 
