@@ -59,7 +59,10 @@ class HyperserviceCase:
         lb_image = LB_IMAGE if has_image(client, LB_IMAGE) else Settings().lb_image
         self.backend = Backend(
             Settings(
-                data_dir=self.data_dir, resync_seconds=resync_seconds, lb_image=lb_image, address_pool=ADDRESS_POOL
+                data_dir=self.data_dir, resync_seconds=resync_seconds, lb_image=lb_image, address_pool=ADDRESS_POOL,
+                # The engine is a swarm manager while this bench runs (for the swarm cases): `auto`
+                # would pick the swarm engine, whose replicas are not on this host's bridges.
+                engine="docker",
             )
         )
         self.backend.start()
