@@ -45,7 +45,7 @@ from backend.api import create_app
 from backend.core import Backend
 from backend.docker_driver import LABEL_TENANT, LABEL_UID
 from backend.settings import Settings
-from tests.engine_proxy import EngineProxy
+from bench.engine_proxy import EngineProxy
 
 IMAGE = "hyperservice-test/web:1"
 LB_IMAGE = "hyperservice-test/haproxy:2.6"

@@ -69,8 +69,8 @@ from backend.docker_driver import LABEL_SERVICE, LABEL_TENANT
 from backend.haproxy import slot_index
 from backend.settings import Settings
 from bench import polling
-from tests.balancer_helpers import SteadyLoad
-from tests.swarm_lab import Lab, parse_env, swarm_lab
+from bench.lab import Lab, parse_env, swarm_lab
+from bench.load import SteadyLoad
 
 OLD_IMAGE = "hyperservice-test/web:1"
 NEW_IMAGE = "hyperservice-test/web:2"

@@ -33,9 +33,12 @@ from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 
 from backend.core import Backend
 from backend.models import ServiceSpec
-from tests.balancer_helpers import PacedLoad
-from tests.conftest import make_settings
-from tests.swarm_lab import Lab, parse_env, poll_until, swarm_lab
+from backend.settings import Settings
+from bench.lab import Lab, parse_env, swarm_lab
+from bench.load import PacedLoad
+from bench.polling import wait_until as poll_until
+
+LB_IMAGE = "hyperservice-test/haproxy:2.6"  # built offline by tests/images/build.sh
 
 REPLICAS = 6
 IMAGE = "hyperservice-test/web:1"
@@ -77,7 +80,8 @@ def plain_swarm(lab: Lab, restart_delay: float | None = None) -> float:
 
 
 def hyperservice(lab: Lab, rate: float) -> dict[str, float]:
-    settings = make_settings(Path(tempfile.mkdtemp()) / "data", engine="swarm")
+    settings = Settings(data_dir=Path(tempfile.mkdtemp()) / "data", engine="swarm", lb_image=LB_IMAGE, resync_seconds=2.0,
+                        address_pool=f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24")
     backend = Backend(settings, lab.manager)
     backend.start()
     port = random.randint(20000, 29999)

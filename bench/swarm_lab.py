@@ -21,7 +21,8 @@ import uuid
 
 from docker.types import EndpointSpec, ServiceMode
 
-from tests.swarm_lab import Lab, parse_env, poll_until, swarm_lab
+from bench.lab import Lab, parse_env, swarm_lab
+from bench.polling import wait_until as poll_until
 
 REPLICAS = 6
 IMAGE = "hyperservice-test/web:1"

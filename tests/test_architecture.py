@@ -72,6 +72,27 @@ def test_every_bench_module_imports(module: str):
 def test_create_converge_is_split_into_harness_cases_and_profile():
     assert {"bench.converge.harness", "bench.converge.cases", "bench.converge.profile"} <= set(BENCH_MODULES)
 
+
+def imported_modules(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
+def test_the_benchmarks_never_import_the_tests():
+    """What both need (load, the lab's driver, polling, the engine cut) lives in bench/ and the tests
+    import it from there; a benchmark importing tests/ would run the tests' fixtures' assumptions."""
+    importers = {
+        str(path.relative_to(ROOT)): sorted(m for m in imported_modules(path) if m == "tests" or m.startswith("tests."))
+        for path in (ROOT / "bench").rglob("*.py")
+    }
+    assert {path: modules for path, modules in importers.items() if modules} == {}
+    assert imported_modules(ROOT / "bench" / "rolling_update.py") >= {"bench.lab", "bench.load"}  # the scan sees imports
+
 # -- the project stands alone: nothing it runs reads files outside the repository ------------------
 
 SELF_CONTAINED = ("tests", "scripts", "images", "bench", ".ci")

@@ -17,7 +17,8 @@ import trustme
 from backend import haproxy
 from backend.balancer import LABEL_ADMIN_PORT, LABEL_FRONT
 from backend.docker_driver import LABEL_ROLE, LABEL_SERVICE, LABEL_TENANT
-from tests.balancer_helpers import SteadyLoad, echo_replica, get, tls_who, who
+from bench.load import SteadyLoad, get
+from tests.balancer_helpers import echo_replica, tls_who, who
 from tests.conftest import eventually, make_settings, wait_status, web_body
 
 FAST_CHECKS = {"HealthCheckInterval": 1, "HealthCheckFall": 2, "HealthCheckRise": 2}

@@ -14,8 +14,8 @@ import requests
 
 from backend.core import Backend
 from backend.docker_driver import EngineUnavailable, describe_engine_error, engine_calls, is_engine_unreachable
+from bench.engine_proxy import EngineProxy
 from tests.conftest import client_for, eventually, make_settings, remove_tenant_objects, wait_status, web_body
-from tests.engine_proxy import EngineProxy
 
 
 async def drain(subscription) -> list[dict]:

@@ -13,7 +13,7 @@ import time
 import httpx
 
 from backend import haproxy
-from tests.balancer_helpers import PacedLoad, get
+from bench.load import PacedLoad, get
 from tests.conftest import eventually, wait_status, web_body
 
 FAST_CHECKS = {"HealthCheckInterval": 1, "HealthCheckFall": 2, "HealthCheckRise": 2}

@@ -20,7 +20,8 @@ from backend.docker_driver import LABEL_ROLE, LABEL_TENANT, LABEL_UID
 from backend.models import ServiceSpec
 from backend.settings import Settings
 from backend.store import NetworkPoolExhausted, Store, next_fit_subnet
-from tests.balancer_helpers import SteadyLoad, who
+from bench.load import SteadyLoad
+from tests.balancer_helpers import who
 from tests.conftest import (
     backend_to_restart,
     client_for,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.balancer_helpers import SteadyLoad, get
+from bench.load import SteadyLoad, get
 from tests.conftest import WEB_IMAGE, client_for, eventually, wait_status, web_body
 
 WEB_IMAGE_2 = "hyperservice-test/web:2"

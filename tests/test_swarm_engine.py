@@ -28,9 +28,9 @@ from textual.widgets import DataTable
 
 from backend.core import Backend
 from backend.docker_driver import ReplicaLimits
-from tests.balancer_helpers import SteadyLoad
+from bench.lab import Lab, swarm_lab
+from bench.load import SteadyLoad
 from tests.conftest import WEB_IMAGE, WEB_IMAGE_2, client_for, eventually, make_settings, wait_status
-from tests.swarm_lab import Lab, swarm_lab
 from tui.app import ConsoleApp
 from tui.screens.service import STATS_REFUSED_NOTE
 

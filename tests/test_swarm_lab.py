@@ -23,8 +23,9 @@ import pytest
 from docker.models.services import Service
 from docker.types import EndpointSpec, ServiceMode
 
+from bench.lab import Lab, parse_env, swarm_lab
+from bench.polling import wait_until as poll_until
 from tests.conftest import LB_IMAGE, WEB_IMAGE, WEB_IMAGE_2
-from tests.swarm_lab import Lab, parse_env, poll_until, swarm_lab
 
 pytestmark = pytest.mark.swarm
 

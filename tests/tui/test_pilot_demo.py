@@ -14,7 +14,7 @@ from tui_helpers import cell, fill, open_form, submit_form, wait_for
 
 from backend.docker_driver import LABEL_ROLE, LABEL_TENANT
 from backend.settings import DEMO_IMAGE
-from tests.balancer_helpers import get
+from bench.load import get
 from tests.conftest import LB_IMAGE, make_settings
 from tui.app import ConsoleApp
 
