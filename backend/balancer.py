@@ -121,9 +121,10 @@ def armed_slots(record: ServiceRecord, slots: int, rollout_parallelism: int = 1)
 
 def balancer_config(
     record: ServiceRecord, servers: dict[str, str], slots: int, address: str, admin_port: int,
-    rollout_parallelism: int = 1,
+    armed: int,
 ) -> haproxy.BalancerConfig:
-    """The config of the balancer listening on `address` (the service's IP or FIP) at ServicePort."""
+    """The config of the balancer listening on `address` (the service's IP or FIP) at ServicePort,
+    its lowest `armed` spare slots armed (see Balancers.armed)."""
     spec = record.spec
     return haproxy.BalancerConfig(
         service=record.name,
@@ -138,7 +139,7 @@ def balancer_config(
         health_rise=spec.HealthCheckRise,
         servers=tuple(sorted(servers.items(), key=lambda item: haproxy.slot_index(item[0]) or 0)),
         slots=slots,
-        armed_slots=armed_slots(record, slots, rollout_parallelism),
+        armed_slots=armed,
     )
 
 
@@ -306,6 +307,14 @@ class Balancers:
         # balancer id -> held while commands are sent to it (a gate and an admission never interleave)
         self._command_locks: dict[str, threading.Lock] = {}
 
+    def armed(self, record: ServiceRecord, container: Container | None = None) -> int:
+        """How many spare slots a balancer keeps armed: none where the backend makes a new replica's
+        first checks itself (the balancer is reached over this host's loopback: an idle spare then
+        costs nothing), else `armed_slots()` (each costs a refused connect per DOWN_CHECK_MS)."""
+        with self._lock:
+            reached = self._direct and (container is None or object_id(container) not in self._exec_only)
+        return 0 if reached else armed_slots(record, self.slots, self.rollout_parallelism)
+
     def stop(self) -> None:
         self._stopping.set()
         self._first_checks.close()
@@ -393,10 +402,11 @@ class Balancers:
             if container.status != "running":  # otherwise slow to answer: it stays, checked again next time
                 self.engine.remove(container, graceful=False)
             raise
+        started = haproxy.started_state(
+            balancer_config(record, servers, self.slots, address, admin_port, self.armed(record))
+        )
         with self._lock:
-            self._started[object_id(container)] = haproxy.started_state(
-                balancer_config(record, servers, self.slots, address, admin_port, self.rollout_parallelism)
-            )
+            self._started[object_id(container)] = started
         return container
 
     def resolve_image(self) -> str:
@@ -470,7 +480,7 @@ class Balancers:
         """Copy the config (and, when creating the balancer, its runtime-API secret) into it."""
         config = balancer_config(
             record, servers, self.slots, container.labels[LABEL_ADDRESS], _admin_port(container),
-            self.rollout_parallelism,
+            self.armed(record, container),
         )
         files = haproxy.balancer_files(config, record.spec.SSLCert or None)
         if admin_secret is not None:
@@ -519,7 +529,6 @@ class Balancers:
         board = self.board(record.uid)
         # A new container in a known slot: its health starts over (the board is per slot).
         regate = {slot for slot, owner in owners.items() if slot in servers and owner and board.claim(slot, owner)}
-        armed = armed_slots(record, self.slots, self.rollout_parallelism)
         admissions: dict[str, list[tuple[Container, int]]] = {}  # gated slot -> (balancer, gate number)
         changed: list[Container] = []  # the balancers sent commands (their config file is saved after)
         for container in balancers:
@@ -538,7 +547,7 @@ class Balancers:
                 current = haproxy.parse_servers_state(self._ask(container, haproxy.SHOW_SERVERS_STATE))
             if any(slot not in current for slot in servers):
                 current = self._grow_slots(container, record, current)
-            commands = haproxy.reconcile_commands(servers, current, regate | stale, armed)
+            commands = haproxy.reconcile_commands(servers, current, regate | stale, self.armed(record, container))
             if container.labels.get(LABEL_FRONT) == "ip":
                 # On the board before the commands run: HAProxy may check the replica and log it UP
                 # within milliseconds of the command, and the log follower may read that line before
@@ -594,6 +603,9 @@ class Balancers:
             http=record.spec.Protocol in haproxy.HTTP_PROTOCOLS,
             timeout=min(record.spec.HealthCheckInterval, haproxy.CHECK_TIMEOUT_MAX),
             rise=record.spec.HealthCheckRise,
+            # Until the balancer's own checks have surely started: a slot that left maintenance is
+            # checked by HAProxy within an interval, then every DOWN_CHECK_MS.
+            window=record.spec.HealthCheckInterval + first_checks.HANDOVER_SLACK,
         )
         for slot, gates in admissions.items():
             with self._lock:

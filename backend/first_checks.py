@@ -10,8 +10,12 @@ http/httpsTerm the balancer's `GET /` over HTTP/1.0 answered 2xx/3xx, each bound
 spaced like HAProxy's own (`fastinter`). After `rise` in a row the caller's `admit` puts the slot in
 rotation (`set server … health up`), unless the slot was gated again meanwhile (the caller's business).
 
-What does not pass within WINDOW is left to HAProxy's own checks: a slow starter is admitted by the
-balancer alone, on its clock. HAProxy keeps checking an admitted replica as it does every other.
+Checks that keep failing go on, RETRY_MS apart for FAST_PHASE seconds then haproxy.DOWN_CHECK_MS apart
+(HAProxy's own pace for a DOWN server), until the spec's window is over: by then the balancer's own
+checks of the slot run (they start within an interval of the assignment) and a slow starter is theirs
+to admit. HAProxy keeps checking an admitted replica as it does every other. Such checks are what
+lets the balancers keep no armed spare slots (backend/balancer.py, `Balancers.armed`): an idle spare
+costs nothing, where an armed one costs a refused connect every DOWN_CHECK_MS on every balancer.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from backend import haproxy
 log = logging.getLogger(__name__)
 
 RETRY_MS = 20  # after a failed first check: the replica's process is usually a few ms from listening
-WINDOW = 2.0  # seconds of first checks at most; beyond, HAProxy's own checks decide
-WORKERS = 8  # checks of this many replicas at once (a scale-up by more queues behind them)
+FAST_PHASE = 2.0  # seconds of checks RETRY_MS apart; then at HAProxy's DOWN-server pace
+HANDOVER_SLACK = 0.5  # seconds past the check interval that the first checks go on (see CheckSpec.window)
+WORKERS = 32  # replicas checked at once (mostly asleep between checks); more queue behind them
 CONNECT_TIMEOUT = 1.0  # as the balancer's `timeout connect`
 MAX_STATUS_LINE = 1024
 
@@ -43,6 +48,7 @@ class CheckSpec:
     timeout: float  # `timeout check`: seconds to wait for the answer once connected
     rise: int  # consecutive passes that put a replica in rotation
     spacing: float = haproxy.FAST_CHECK_MS / 1000  # between two passed checks (`fastinter`)
+    window: float = FAST_PHASE  # seconds of first checks at most; then HAProxy's own checks decide
 
 
 def check_once(address: str, spec: CheckSpec) -> bool:
@@ -76,12 +82,13 @@ def _status_passes(line: bytes) -> bool:
 
 
 def passes_rise(
-    address: str, spec: CheckSpec, stopping: threading.Event, window: float = WINDOW,
+    address: str, spec: CheckSpec, stopping: threading.Event,
     check: Callable[[str, CheckSpec], bool] = check_once,
 ) -> bool:
-    """Check `address` until it passed `rise` checks in a row (True), or the window is over or the
-    backend stops (False)."""
-    deadline = time.monotonic() + window
+    """Check `address` until it passed `rise` checks in a row (True), or the spec's window is over or
+    the backend stops (False)."""
+    started = time.monotonic()
+    deadline = started + spec.window
     passed = 0
     while not stopping.is_set():
         if check(address, spec):
@@ -91,7 +98,8 @@ def passes_rise(
             pause = spec.spacing
         else:
             passed = 0
-            pause = RETRY_MS / 1000
+            fast = time.monotonic() - started < FAST_PHASE
+            pause = RETRY_MS / 1000 if fast else haproxy.DOWN_CHECK_MS / 1000
         if time.monotonic() + pause > deadline:
             return False
         stopping.wait(pause)

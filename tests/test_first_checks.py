@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 
 from backend import first_checks, haproxy
-from backend.balancer import Balancers
+from backend.balancer import Balancers, armed_slots
 from backend.docker_driver import ServiceRef
-from tests.conftest import backend_to_restart, client_for, eventually, make_settings, wait_status, web_body
+from tests.conftest import backend_to_restart, client_for, make_settings, wait_status, web_body
 
 TCP = first_checks.CheckSpec(http=False, timeout=0.3, rise=1)
 HTTP = first_checks.CheckSpec(http=True, timeout=0.3, rise=1)
@@ -104,27 +104,38 @@ def scripted(results: list[bool]):
 
 
 def test_rise_counts_consecutive_passes_only():
-    spec = first_checks.CheckSpec(http=False, timeout=1, rise=3, spacing=0.01)
+    spec = first_checks.CheckSpec(http=False, timeout=1, rise=3, spacing=0.01, window=5)
     check, calls = scripted([False, True, True, False, True, True, True])
-    assert first_checks.passes_rise("10.0.0.2:80", spec, threading.Event(), window=5, check=check)
+    assert first_checks.passes_rise("10.0.0.2:80", spec, threading.Event(), check=check)
     assert len(calls) == 7  # the failure after two passes started the count over
 
 
 def test_checks_that_never_pass_give_up_at_the_window_and_leave_it_to_haproxy():
-    spec = first_checks.CheckSpec(http=False, timeout=1, rise=2, spacing=0.01)
+    spec = first_checks.CheckSpec(http=False, timeout=1, rise=2, spacing=0.01, window=0.3)
     check, calls = scripted([False])
     started = time.monotonic()
-    assert not first_checks.passes_rise("10.0.0.2:80", spec, threading.Event(), window=0.3, check=check)
+    assert not first_checks.passes_rise("10.0.0.2:80", spec, threading.Event(), check=check)
     assert time.monotonic() - started < 1.0
     assert len(calls) >= 3  # retried meanwhile (every RETRY_MS)
+
+
+def test_after_the_fast_phase_failed_checks_come_at_haproxys_down_pace(monkeypatch):
+    monkeypatch.setattr(first_checks, "FAST_PHASE", 0.1)
+    spec = first_checks.CheckSpec(http=False, timeout=1, rise=1, window=0.1 + 3 * haproxy.DOWN_CHECK_MS / 1000)
+    check, calls = scripted([False])
+    assert not first_checks.passes_rise("10.0.0.2:80", spec, threading.Event(), check=check)
+    fast = [b - a for a, b in zip(calls, calls[1:], strict=False) if b - calls[0] < 0.1]
+    slow = [b - a for a, b in zip(calls, calls[1:], strict=False) if a - calls[0] > 0.1]
+    assert fast and max(fast) < haproxy.DOWN_CHECK_MS / 1000 / 2
+    assert slow and min(slow) >= haproxy.DOWN_CHECK_MS / 1000 * 0.9
 
 
 def test_first_checks_stop_with_the_backend():
     stopping = threading.Event()
     stopping.set()
     check, calls = scripted([True])
-    spec = first_checks.CheckSpec(http=False, timeout=1, rise=5, spacing=0.01)
-    assert not first_checks.passes_rise("10.0.0.2:80", spec, stopping, window=5, check=check)
+    spec = first_checks.CheckSpec(http=False, timeout=1, rise=5, spacing=0.01, window=5)
+    assert not first_checks.passes_rise("10.0.0.2:80", spec, stopping, check=check)
     assert len(calls) <= 1
 
 
@@ -166,22 +177,21 @@ def _servers_state(balancers: Balancers, primary) -> dict[str, haproxy.ServerSna
     return haproxy.parse_servers_state(balancers._ask(primary, haproxy.SHOW_SERVERS_STATE))
 
 
-async def test_a_new_replica_is_admitted_by_its_first_checks_not_haproxys_down_clock(tmp_path, docker_client, monkeypatch):
-    """The balancer's own clock for a DOWN slot is made a minute here: a replica added by a scale-up
-    is in rotation within seconds only because the backend checked it at once (HAProxy logs that
-    admission "changed from CLI"), and it answers through the service address."""
-    monkeypatch.setattr(haproxy, "DOWN_CHECK_MS", 60_000)
+async def test_a_new_replica_is_admitted_by_its_first_checks_and_idle_spares_cost_no_checks(tmp_path, docker_client):
+    """With a 60 s check interval HAProxy's own first check of a slot leaving maintenance may be a
+    minute away: a replica added by a scale-up is in rotation within seconds only because the backend
+    checked it at once (HAProxy logs that admission "changed from CLI"). The balancer, reached over
+    this host's loopback, keeps its spare slots disabled (no armed spares checked every 250 ms)."""
     settings = make_settings(tmp_path / "data")
     with backend_to_restart(settings, docker_client) as backend:
         async with client_for(backend) as api:
-            await api.post("/services/create", json=web_body("quick", 1, HealthCheckInterval=1))
-            await wait_status(api, "quick", "active")
+            await api.post("/services/create", json=web_body("quick", 1, HealthCheckInterval=60))
+            await wait_status(api, "quick", "active", timeout=20)
             record = backend.store.get("quick")
             balancers = backend.reconciler.balancers
             [primary] = backend.driver.balancers(ServiceRef(record.name, record.uid))
-            # The armed spare s2 has failed its startup checks: HAProxy's next check of it is a minute away.
-            await eventually(lambda: _servers_state(balancers, primary)["s2"].state == "DOWN",
-                             what="the armed spare s2 DOWN")
+            spares = {slot: snap for slot, snap in _servers_state(balancers, primary).items() if slot != "s1"}
+            assert spares and all(snap.state == "MAINT" for snap in spares.values()), spares
             started = time.monotonic()
             response = await api.post("/services/quick/update", json={"Replicas": 2})
             assert response.status_code == 200, response.text
@@ -190,3 +200,20 @@ async def test_a_new_replica_is_admitted_by_its_first_checks_not_haproxys_down_c
             logs = docker_client.containers.get(primary.id).logs().decode()
             assert "Server replicas/s2 is UP, changed from CLI" in logs
             assert _servers_state(balancers, primary)["s2"].state == "UP"
+
+
+def test_balancers_arm_spare_slots_only_where_the_backend_cannot_make_first_checks():
+    record = SimpleNamespace(spec=SimpleNamespace(Replicas=3))
+    local = Balancers(engine=None, image="x", slots=64, on_health=lambda *_: None,  # type: ignore[arg-type]
+                      direct_runtime_api=True)
+    remote = Balancers(engine=None, image="x", slots=64, on_health=lambda *_: None,  # type: ignore[arg-type]
+                       direct_runtime_api=False)
+    try:
+        container = SimpleNamespace(id="lb1", name="web-lb")
+        assert local.armed(record) == 0  # type: ignore[arg-type]
+        assert remote.armed(record) == armed_slots(record, 64) > 0  # type: ignore[arg-type]
+        local._exec_only.add("lb1")  # its runtime API turned out not to be reachable from here
+        assert local.armed(record, container) == armed_slots(record, 64)  # type: ignore[arg-type]
+    finally:
+        local.stop()
+        remote.stop()

@@ -179,7 +179,7 @@ async def test_a_replacement_that_starts_slowly_takes_no_traffic_until_it_answer
 
 async def test_new_replicas_enter_rotation_without_waiting_a_check_interval(api):
     """With a 30 s check interval, a replica waiting for its first regular check could wait 30 s;
-    new replicas (of a new service, of a scale-up) land on armed slots and are checked at once."""
+    new replicas (of a new service, of a scale-up) are checked at once (backend/first_checks.py)."""
     slow_checks = {"HealthCheckInterval": 30, "HealthCheckFall": 3, "HealthCheckRise": 2}
     response = await api.post("/services/create", json=web_body("prompt", 2, Protocol="http", **slow_checks))
     assert response.status_code == 201, response.text
