@@ -601,7 +601,7 @@ class Balancers:
             return
         spec = first_checks.CheckSpec(
             http=record.spec.Protocol in haproxy.HTTP_PROTOCOLS,
-            timeout=min(record.spec.HealthCheckInterval, haproxy.CHECK_TIMEOUT_MAX),
+            timeout=haproxy.check_timeout(record.spec.HealthCheckInterval),
             rise=record.spec.HealthCheckRise,
             # Until the balancer's own checks have surely started: a slot that left maintenance is
             # checked by HAProxy within an interval, then every DOWN_CHECK_MS.

@@ -259,7 +259,12 @@ class BalancerConfig:
     @property
     def check_timeout(self) -> int:
         """Seconds a connected check waits for its answer (`timeout check`)."""
-        return min(self.health_interval, CHECK_TIMEOUT_MAX)
+        return check_timeout(self.health_interval)
+
+
+def check_timeout(health_interval: int) -> int:
+    """`timeout check` for a check interval: never more than the interval, nor CHECK_TIMEOUT_MAX."""
+    return min(health_interval, CHECK_TIMEOUT_MAX)
 
 
 def render_config(cfg: BalancerConfig) -> str:

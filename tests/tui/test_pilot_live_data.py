@@ -130,8 +130,7 @@ async def test_dashes_until_the_first_sample():
     app = ConsoleApp(client=client, clock=lambda: fakes.NOW)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        app.screen.query_one("#services").select_name("web")
-        await pilot.press("enter")
+        await open_service(pilot, app, "web")
         await wait_for(pilot, lambda: len(replica_cells(app, "CPU")) == 3, 5, "the replicas")
         assert set(replica_cells(app, "CPU").values()) == {"—"} and set(replica_cells(app, "Memory").values()) == {"—"}
         release.set()
@@ -158,8 +157,7 @@ async def test_an_engine_without_stats_gets_a_one_line_note_and_is_not_asked_aga
     app = ConsoleApp(client=client, clock=lambda: fakes.NOW)
     async with app.run_test(size=(160, 24)) as pilot:
         await pilot.pause()
-        app.screen.query_one("#services").select_name("web")
-        await pilot.press("enter")
+        await open_service(pilot, app, "web")
         summary = app.screen.query_one("#summary")
         await wait_for(pilot, lambda: STATS_REFUSED_NOTE in str(summary.render()), 5, "the no-stats note")
         assert isinstance(app.screen, ServiceScreen) and set(replica_cells(app, "CPU").values()) == {"—"}
